@@ -2,8 +2,8 @@
 //! runs without LD_LIBRARY_PATH/DYLD_LIBRARY_PATH, and on Linux makes OpenBLAS provide the BLAS.
 
 fn main() {
-    let lib_dir = std::env::var("DEP_MLX_LIBDIR")
-        .expect("the mlx-sys build script publishes DEP_MLX_LIBDIR");
+    let lib_dir =
+        std::env::var("DEP_MLX_LIBDIR").expect("the mlx-sys build script publishes DEP_MLX_LIBDIR");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
     println!("cargo:rerun-if-env-changed=DEP_MLX_LIBDIR");
 

@@ -1,0 +1,44 @@
+//! The library's one error type. Errors cross into Rhai once, at the binding boundary.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the engine, with messages written for the person at the REPL.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An MLX operation failed (shape mismatch, out of memory, ...).
+    #[error("MLX: {0}")]
+    Mlx(#[from] mlx_rs::error::Exception),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// A model file or folder that cannot be used as it is.
+    #[error("{0}")]
+    Model(String),
+    /// A tokenizer or chat template problem.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Bad arguments from a script or the command line.
+    #[error("{0}")]
+    Invalid(String),
+    /// The user pressed Ctrl-C.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! mlxi: a research shell for looking inside language models, on Apple's MLX.
+//!
+//! The library holds the engine (model loading, architectures, tokenization, forward passes,
+//! generation, hooks) and the Rhai bindings; `main.rs` is the command line.
+
+pub mod error;
+
+pub use error::{Error, Result};
