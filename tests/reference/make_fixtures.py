@@ -35,6 +35,40 @@ from mlx_lm.convert import convert  # noqa: E402
 from mlx_lm.models.base import create_attention_mask, create_causal_mask  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
+
+def _patch_quantized_switch_linear():
+    """mlx-lm 0.32.2 passes `global_scale=` to mx.gather_qmm, which mlx 0.32.2's
+    gather_qmm does not accept, so every quantized MoE forward raises TypeError.
+    Call it without that argument when there is no global scale (affine modes);
+    the computation is otherwise mlx-lm's own."""
+    from mlx_lm.models import switch_layers
+
+    if "global_scale" in (mx.gather_qmm.__doc__ or ""):
+        return
+
+    def __call__(self, x, indices, sorted_indices=False):
+        assert self.global_scale is None
+        x = mx.gather_qmm(
+            x,
+            self["weight"],
+            self["scales"],
+            self.get("biases"),
+            rhs_indices=indices,
+            transpose=True,
+            group_size=self.group_size,
+            bits=self.bits,
+            mode=self.mode,
+            sorted_indices=sorted_indices,
+        )
+        if "bias" in self:
+            x = x + mx.expand_dims(self["bias"][indices], -2)
+        return x
+
+    switch_layers.QuantizedSwitchLinear.__call__ = __call__
+
+
+_patch_quantized_switch_linear()
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "tests" / "fixtures" / "models"
 
@@ -412,6 +446,10 @@ QUANT_CASES = {
     "llama-q4": ("llama", 4, 32, None, "float32"),
     "qwen3-q8": ("qwen3", 8, 64, None, "float32"),
     "qwen2-mixed": ("qwen2", 4, 64, mixed_predicate, "bfloat16"),
+    # MoE as mlx-community ships it: experts stacked under mlx-lm's internal
+    # `switch_mlp` names, and the router (`mlp.gate`) at 8 bits through
+    # qwen3_moe.Model.quant_predicate. Group 32 because moe_intermediate_size is 32.
+    "qwen3_moe-q4": ("qwen3_moe", 4, 32, None, "float32"),
 }
 
 # Cases whose golden logits need Hugging Face semantics that mlx-lm lacks.
