@@ -7,7 +7,7 @@ mlx-lm's `load()` accepts, plus `golden.safetensors` holding `input_ids` (int32
 loading that folder (so mlx-lm's loading path and `sanitize` are exercised).
 
 Deterministic: weights come from numpy's PCG64 with fixed seeds, the tokenizer is
-trained on a fixed corpus. Run (about a minute on 2 CPU cores):
+trained on a fixed corpus. Run (about 15 s on 2 CPU cores):
 
     ~/.cache/mlxi/refvenv/bin/python tests/reference/make_fixtures.py
 
