@@ -6,3 +6,6 @@
 pub mod error;
 
 pub use error::{Error, Result};
+pub mod generate;
+pub mod hooks;
+pub mod model;

@@ -1,0 +1,266 @@
+//! Hook points: TransformerLens names for every activation, and the registry the model's block
+//! code consults at each point. A point with nothing attached returns its input unchanged.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use mlx_rs::Array;
+
+use crate::error::{Error, Result};
+
+/// A hook point. Shapes are TransformerLens's: `[batch, pos, ...]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookName {
+    /// Token embeddings (after any embedding scale), `[batch, pos, d_model]`.
+    Embed,
+    /// Residual stream entering block `i`, `[batch, pos, d_model]`.
+    ResidPre(usize),
+    /// Residual stream after attention, before the MLP, `[batch, pos, d_model]`.
+    ResidMid(usize),
+    /// Residual stream leaving block `i`, `[batch, pos, d_model]`.
+    ResidPost(usize),
+    /// Attention output added to the residual stream, `[batch, pos, d_model]`.
+    AttnOut(usize),
+    /// MLP output added to the residual stream, `[batch, pos, d_model]`.
+    MlpOut(usize),
+    /// Queries before rotary embedding, `[batch, pos, head, d_head]`.
+    Q(usize),
+    /// Keys before rotary embedding, `[batch, pos, kv_head, d_head]`.
+    K(usize),
+    /// Values, `[batch, pos, kv_head, d_head]`.
+    V(usize),
+    /// Attention-weighted values before the output projection, `[batch, pos, head, d_head]`.
+    Z(usize),
+    /// Attention probabilities, `[batch, head, query_pos, key_pos]` (computed only when hooked).
+    Pattern(usize),
+    /// MLP hidden activation (after the gate), `[batch, pos, d_mlp]`.
+    MlpPost(usize),
+    /// The final norm's output, `[batch, pos, d_model]`.
+    LnFinal,
+}
+
+impl HookName {
+    /// Every hook point of a model with `n_layers` blocks, in forward order.
+    pub fn all(n_layers: usize) -> Vec<HookName> {
+        let mut v = vec![HookName::Embed];
+        for i in 0..n_layers {
+            v.extend([
+                HookName::ResidPre(i),
+                HookName::Q(i),
+                HookName::K(i),
+                HookName::V(i),
+                HookName::Pattern(i),
+                HookName::Z(i),
+                HookName::AttnOut(i),
+                HookName::ResidMid(i),
+                HookName::MlpPost(i),
+                HookName::MlpOut(i),
+                HookName::ResidPost(i),
+            ]);
+        }
+        v.push(HookName::LnFinal);
+        v
+    }
+
+    /// The block index, for per-layer points.
+    pub fn layer(&self) -> Option<usize> {
+        use HookName::*;
+        match *self {
+            Embed | LnFinal => None,
+            ResidPre(i) | ResidMid(i) | ResidPost(i) | AttnOut(i) | MlpOut(i) | Q(i) | K(i)
+            | V(i) | Z(i) | Pattern(i) | MlpPost(i) => Some(i),
+        }
+    }
+
+    /// Parse a TransformerLens name; negative layer indices count from the end.
+    pub fn parse(name: &str, n_layers: usize) -> Result<HookName> {
+        let unknown = || {
+            Error::Invalid(format!(
+                "unknown hook point {name:?}; valid names look like hook_embed, \
+                 blocks.{{i}}.hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out, \
+                 blocks.{{i}}.attn.hook_q|hook_k|hook_v|hook_z|hook_pattern, blocks.{{i}}.mlp.hook_post, \
+                 ln_final.hook_normalized (i in 0..{n_layers}, or negative from the end); \
+                 hook_points(m) lists them all"
+            ))
+        };
+        match name {
+            "hook_embed" => return Ok(HookName::Embed),
+            "ln_final.hook_normalized" => return Ok(HookName::LnFinal),
+            _ => {}
+        }
+        let rest = name.strip_prefix("blocks.").ok_or_else(unknown)?;
+        let (idx, point) = rest.split_once('.').ok_or_else(unknown)?;
+        let idx: i64 = idx.parse().map_err(|_| unknown())?;
+        let n = n_layers as i64;
+        let layer = if idx < 0 { n + idx } else { idx };
+        if layer < 0 || layer >= n {
+            return Err(Error::Invalid(format!(
+                "hook point {name:?}: layer {idx} is out of range for a model with {n_layers} layers"
+            )));
+        }
+        let i = layer as usize;
+        Ok(match point {
+            "hook_resid_pre" => HookName::ResidPre(i),
+            "hook_resid_mid" => HookName::ResidMid(i),
+            "hook_resid_post" => HookName::ResidPost(i),
+            "hook_attn_out" => HookName::AttnOut(i),
+            "hook_mlp_out" => HookName::MlpOut(i),
+            "attn.hook_q" => HookName::Q(i),
+            "attn.hook_k" => HookName::K(i),
+            "attn.hook_v" => HookName::V(i),
+            "attn.hook_z" => HookName::Z(i),
+            "attn.hook_pattern" => HookName::Pattern(i),
+            "mlp.hook_post" => HookName::MlpPost(i),
+            _ => return Err(unknown()),
+        })
+    }
+}
+
+impl fmt::Display for HookName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use HookName::*;
+        match self {
+            Embed => write!(f, "hook_embed"),
+            LnFinal => write!(f, "ln_final.hook_normalized"),
+            ResidPre(i) => write!(f, "blocks.{i}.hook_resid_pre"),
+            ResidMid(i) => write!(f, "blocks.{i}.hook_resid_mid"),
+            ResidPost(i) => write!(f, "blocks.{i}.hook_resid_post"),
+            AttnOut(i) => write!(f, "blocks.{i}.hook_attn_out"),
+            MlpOut(i) => write!(f, "blocks.{i}.hook_mlp_out"),
+            Q(i) => write!(f, "blocks.{i}.attn.hook_q"),
+            K(i) => write!(f, "blocks.{i}.attn.hook_k"),
+            V(i) => write!(f, "blocks.{i}.attn.hook_v"),
+            Z(i) => write!(f, "blocks.{i}.attn.hook_z"),
+            Pattern(i) => write!(f, "blocks.{i}.attn.hook_pattern"),
+            MlpPost(i) => write!(f, "blocks.{i}.mlp.hook_post"),
+        }
+    }
+}
+
+/// Where in a run a hook is called: this call's queries are absolute positions
+/// `offset .. offset + len` (left padding included).
+#[derive(Debug, Clone, Copy)]
+pub struct HookCtx {
+    pub offset: i32,
+    pub len: i32,
+}
+
+/// A function attached at a hook point: returns `Some(replacement)` or `None` to keep `x`.
+pub type HookFn = Box<dyn FnMut(&Array, HookCtx) -> Result<Option<Array>>>;
+
+/// One attached hook.
+pub struct Hook {
+    pub name: HookName,
+    /// A short description for listings (`hooks(m)`).
+    pub label: String,
+    /// A steering intervention (removed by `unsteer`), as opposed to a plain hook.
+    pub steering: bool,
+    pub func: HookFn,
+}
+
+/// The hooks attached to a model, plus activations being captured in the current run.
+#[derive(Default)]
+pub struct Hooks {
+    hooks: Vec<Hook>,
+    /// Points whose activations are recorded by the current forward (see `capture`).
+    capture: HashMap<HookName, Vec<Array>>,
+}
+
+impl Hooks {
+    /// True when nothing is attached and nothing is captured (the plain fast path).
+    pub fn is_empty(&self) -> bool {
+        self.hooks.is_empty() && self.capture.is_empty()
+    }
+
+    /// True when `name` has a hook or is being captured.
+    pub fn is_active(&self, name: &HookName) -> bool {
+        self.capture.contains_key(name) || self.hooks.iter().any(|h| &h.name == name)
+    }
+
+    pub fn attach(&mut self, hook: Hook) {
+        self.hooks.push(hook);
+    }
+
+    /// Remove every hook (steering included).
+    pub fn clear(&mut self) {
+        self.hooks.clear();
+    }
+
+    /// Remove steering interventions only.
+    pub fn clear_steering(&mut self) {
+        self.hooks.retain(|h| !h.steering);
+    }
+
+    /// `(point, label)` of every attached hook, in attachment order.
+    pub fn list(&self) -> Vec<(HookName, String)> {
+        self.hooks
+            .iter()
+            .map(|h| (h.name, h.label.clone()))
+            .collect()
+    }
+
+    /// Start recording the given points; each forward appends its activation.
+    pub fn start_capture(&mut self, points: &[HookName]) {
+        self.capture = points.iter().map(|p| (*p, Vec::new())).collect();
+    }
+
+    /// Stop recording and return what was recorded.
+    pub fn take_capture(&mut self) -> HashMap<HookName, Vec<Array>> {
+        std::mem::take(&mut self.capture)
+    }
+
+    /// Run every hook attached at `name` on `x`, in attachment order, each seeing the previous
+    /// one's output; record the result if `name` is being captured.
+    pub fn at(&mut self, name: &HookName, x: Array, offset: i32, len: i32) -> Result<Array> {
+        if self.is_empty() {
+            return Ok(x);
+        }
+        let ctx = HookCtx { offset, len };
+        let mut x = x;
+        for hook in self.hooks.iter_mut().filter(|h| &h.name == name) {
+            if let Some(y) = (hook.func)(&x, ctx)? {
+                if y.shape() != x.shape() {
+                    return Err(Error::Invalid(format!(
+                        "hook at {name} returned shape {:?}, expected {:?}",
+                        y.shape(),
+                        x.shape()
+                    )));
+                }
+                x = y;
+            }
+        }
+        if let Some(store) = self.capture.get_mut(name) {
+            store.push(x.clone());
+        }
+        Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_round_trips() {
+        for name in HookName::all(3) {
+            assert_eq!(HookName::parse(&name.to_string(), 3).unwrap(), name);
+        }
+    }
+
+    #[test]
+    fn negative_layers_count_from_the_end() {
+        assert_eq!(
+            HookName::parse("blocks.-1.hook_resid_post", 30).unwrap(),
+            HookName::ResidPost(29)
+        );
+        assert!(HookName::parse("blocks.30.hook_resid_post", 30).is_err());
+        assert!(HookName::parse("blocks.-31.hook_resid_post", 30).is_err());
+    }
+
+    #[test]
+    fn unknown_names_are_errors_that_list_valid_forms() {
+        let err = HookName::parse("blocks.0.hook_resid", 2).unwrap_err();
+        assert!(err.to_string().contains("hook_resid_post"), "{err}");
+        assert!(HookName::parse("embed", 2).is_err());
+    }
+}

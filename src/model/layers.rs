@@ -1,0 +1,425 @@
+//! Building blocks shared by the architecture files: linear layers (plain or quantized),
+//! embeddings, norms, rotary embeddings, attention masks, the KV cache and the attention core.
+//!
+//! Architecture differences do not live here; each architecture file composes these pieces.
+
+use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
+use mlx_rs::ops::{self, indexing::TryIndexOp};
+use mlx_rs::{Array, Dtype};
+
+use crate::error::{Error, Result};
+use crate::hooks::{HookName, Hooks};
+
+/// A linear layer `y = x W^T + b`, with `W` stored plain (`[out, in]`) or quantized in MLX's
+/// affine format (packed `uint32` weight, per-group `scales` and `biases`).
+#[derive(Debug, Clone)]
+pub enum Linear {
+    Dense {
+        weight: Array,
+        bias: Option<Array>,
+    },
+    Quantized {
+        weight: Array,
+        scales: Array,
+        biases: Array,
+        bias: Option<Array>,
+        group_size: i32,
+        bits: i32,
+    },
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let (y, bias) = match self {
+            Linear::Dense { weight, bias } => (x.matmul(weight.t())?, bias),
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias,
+                group_size,
+                bits,
+            } => (
+                ops::quantized_matmul(x, weight, scales, biases, true, *group_size, *bits)?,
+                bias,
+            ),
+        };
+        Ok(match bias {
+            Some(b) => y.add(b)?,
+            None => y,
+        })
+    }
+
+    /// The plain `[out, in]` weight (dequantized when stored quantized).
+    pub fn dense_weight(&self) -> Result<Array> {
+        match self {
+            Linear::Dense { weight, .. } => Ok(weight.clone()),
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+                ..
+            } => Ok(ops::dequantize(weight, scales, biases, *group_size, *bits)?),
+        }
+    }
+
+    /// `(bits, group_size)` when quantized.
+    pub fn quantization(&self) -> Option<(i32, i32)> {
+        match self {
+            Linear::Dense { .. } => None,
+            Linear::Quantized {
+                bits, group_size, ..
+            } => Some((*bits, *group_size)),
+        }
+    }
+
+    /// Bytes of the stored parameters.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            Linear::Dense { weight, bias } => {
+                weight.nbytes() + bias.as_ref().map_or(0, |b| b.nbytes())
+            }
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias,
+                ..
+            } => {
+                weight.nbytes()
+                    + scales.nbytes()
+                    + biases.nbytes()
+                    + bias.as_ref().map_or(0, |b| b.nbytes())
+            }
+        }
+    }
+}
+
+/// A token embedding table, usable as the (tied) unembedding too.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    pub table: Linear,
+}
+
+impl Embedding {
+    /// Rows of the table for `ids` (any integer shape), as `[..., d_model]`.
+    pub fn lookup(&self, ids: &Array) -> Result<Array> {
+        match &self.table {
+            Linear::Dense { weight, .. } => Ok(weight.take_axis(ids, 0)?),
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                group_size,
+                bits,
+                ..
+            } => {
+                let w = weight.take_axis(ids, 0)?;
+                let s = scales.take_axis(ids, 0)?;
+                let b = biases.take_axis(ids, 0)?;
+                Ok(ops::dequantize(&w, &s, &b, *group_size, *bits)?)
+            }
+        }
+    }
+
+    /// `x @ table^T`: logits from hidden states with tied embeddings.
+    pub fn as_linear(&self, x: &Array) -> Result<Array> {
+        self.table.forward(x)
+    }
+}
+
+/// RMSNorm with a learned scale (`weight`), optionally Gemma-style `x * (1 + weight)`, which
+/// the architecture file folds into `weight` at load time.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Array,
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(fast::rms_norm(x, Some(&self.weight), self.eps)?)
+    }
+}
+
+/// `rope_scaling` from config.json.
+#[derive(Debug, Clone, serde::Deserialize, Default)]
+pub struct RopeScaling {
+    #[serde(alias = "type")]
+    pub rope_type: Option<String>,
+    pub factor: Option<f32>,
+    pub low_freq_factor: Option<f32>,
+    pub high_freq_factor: Option<f32>,
+    pub original_max_position_embeddings: Option<f32>,
+}
+
+/// Rotary position embedding, applied to `[batch, heads, pos, d_head]`.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    pub dims: i32,
+    pub traditional: bool,
+    pub base: Option<f32>,
+    pub scale: f32,
+    /// Per-pair periods, when the scaling scheme needs them (Llama 3).
+    pub freqs: Option<Array>,
+}
+
+impl Rope {
+    pub fn new(
+        dims: i32,
+        base: f32,
+        traditional: bool,
+        scaling: Option<&RopeScaling>,
+    ) -> Result<Rope> {
+        let plain = Rope {
+            dims,
+            traditional,
+            base: Some(base),
+            scale: 1.0,
+            freqs: None,
+        };
+        let Some(scaling) = scaling else {
+            return Ok(plain);
+        };
+        match scaling.rope_type.as_deref().unwrap_or("default") {
+            "default" => Ok(plain),
+            "linear" => {
+                let factor = scaling.factor.unwrap_or(1.0);
+                Ok(Rope {
+                    scale: 1.0 / factor,
+                    ..plain
+                })
+            }
+            "llama3" => {
+                let factor = scaling
+                    .factor
+                    .ok_or_else(|| Error::Model("rope_scaling llama3 needs `factor`".into()))?;
+                let low = scaling.low_freq_factor.unwrap_or(1.0);
+                let high = scaling.high_freq_factor.unwrap_or(4.0);
+                let old_len = scaling.original_max_position_embeddings.unwrap_or(8192.0);
+                let (low_wavelen, high_wavelen) = (old_len / low, old_len / high);
+                let freqs: Vec<f32> = (0..dims / 2)
+                    .map(|i| {
+                        let f = base.powf(2.0 * i as f32 / dims as f32);
+                        let wavelen = 2.0 * std::f32::consts::PI * f;
+                        if wavelen > low_wavelen {
+                            f * factor
+                        } else if wavelen > high_wavelen {
+                            let smooth = (old_len / wavelen - low) / (high - low);
+                            f / ((1.0 - smooth) / factor + smooth)
+                        } else {
+                            f
+                        }
+                    })
+                    .collect();
+                Ok(Rope {
+                    base: None,
+                    freqs: Some(Array::from_slice(&freqs, &[dims / 2])),
+                    ..plain
+                })
+            }
+            other => Err(Error::Model(format!(
+                "unsupported rope_scaling type {other:?} (supported: default, linear, llama3)"
+            ))),
+        }
+    }
+
+    pub fn apply(&self, x: &Array, offset: i32) -> Result<Array> {
+        Ok(fast::rope(
+            x,
+            self.dims,
+            self.traditional,
+            self.base,
+            self.scale,
+            offset,
+            self.freqs.as_ref(),
+        )?)
+    }
+}
+
+/// Keys and values of one layer, `[batch, kv_heads, pos, d_head]`, grown one step at a time.
+#[derive(Debug, Default, Clone)]
+pub struct LayerCache {
+    pub keys: Option<Array>,
+    pub values: Option<Array>,
+}
+
+impl LayerCache {
+    /// Append this step's keys and values; return everything cached so far.
+    pub fn update(&mut self, k: Array, v: Array) -> Result<(Array, Array)> {
+        let (k, v) = match (self.keys.take(), self.values.take()) {
+            (Some(pk), Some(pv)) => (
+                ops::concatenate(&[pk, k], 2)?,
+                ops::concatenate(&[pv, v], 2)?,
+            ),
+            _ => (k, v),
+        };
+        self.keys = Some(k.clone());
+        self.values = Some(v.clone());
+        Ok((k, v))
+    }
+}
+
+/// The KV cache for a whole model.
+#[derive(Debug, Default, Clone)]
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    /// Positions already processed (the same for every row; left padding counts).
+    pub offset: i32,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> KvCache {
+        KvCache {
+            layers: vec![LayerCache::default(); n_layers],
+            offset: 0,
+        }
+    }
+}
+
+/// Per-forward facts every layer needs: where the queries sit and which keys each row may see.
+pub struct Step<'a> {
+    /// Number of query positions in this call.
+    pub len: i32,
+    /// Absolute position of the first query (the cache length before this call).
+    pub offset: i32,
+    /// Left-padding length of each row (empty when no row is padded).
+    pub pads: &'a [i32],
+    pub hooks: &'a mut Hooks,
+}
+
+impl Step<'_> {
+    /// Pass `x` through whatever is attached at `name` (a no-op when nothing is).
+    pub fn hook(&mut self, name: HookName, x: Array) -> Result<Array> {
+        self.hooks.at(&name, x, self.offset, self.len)
+    }
+}
+
+/// An attention mask for one forward step.
+pub enum Mask {
+    /// Every query sees every key (a single query with no padding).
+    None,
+    /// MLX's built-in causal mask (no cache offset, no padding, no window).
+    Causal,
+    /// Explicit boolean mask `[batch|1, 1, q, k]`, true where attention is allowed.
+    Explicit(Array),
+}
+
+impl Mask {
+    /// Causal mask for `step`, with left padding and an optional sliding window.
+    pub fn build(step: &Step, window: Option<i32>) -> Result<Mask> {
+        let total = step.offset + step.len;
+        let simple = step.pads.iter().all(|&p| p == 0) && window.is_none_or(|w| w >= total);
+        if simple {
+            if step.len == 1 {
+                return Ok(Mask::None);
+            }
+            if step.offset == 0 {
+                return Ok(Mask::Causal);
+            }
+        }
+        let q = Array::from_iter(step.offset..total, &[step.len, 1]);
+        let k = Array::from_iter(0..total, &[1, total]);
+        let mut allowed = k.le(&q)?;
+        if let Some(w) = window {
+            allowed = allowed.logical_and(&k.gt(&q.subtract(Array::from_int(w))?)?)?;
+        }
+        let allowed = if step.pads.iter().any(|&p| p > 0) {
+            let b = step.pads.len() as i32;
+            let pads = Array::from_slice(step.pads, &[b, 1, 1, 1]);
+            let k4 = k.reshape(&[1, 1, 1, total])?;
+            let q4 = q.reshape(&[1, 1, step.len, 1])?;
+            // Keys in the padding are hidden; a padding query sees itself so no row is empty.
+            let visible = k4.ge(&pads)?.logical_or(&k4.eq(&q4)?)?;
+            allowed
+                .reshape(&[1, 1, step.len, total])?
+                .logical_and(&visible)?
+        } else {
+            allowed.reshape(&[1, 1, step.len, total])?
+        };
+        Ok(Mask::Explicit(allowed))
+    }
+}
+
+/// Attention core shared by every architecture: takes roped `q` `[B, H, T, D]` and this step's
+/// `k`, `v` `[B, Hkv, T, D]`, updates the cache, and returns `z` as `[B, T, H, D]`.
+///
+/// The fused kernel is used unless the pattern is hooked or the architecture soft-caps logits;
+/// then the pattern is computed explicitly (with the same mask and GQA grouping).
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    layer: usize,
+    q: Array,
+    k: Array,
+    v: Array,
+    cache: Option<&mut LayerCache>,
+    mask: &Mask,
+    scale: f32,
+    softcap: Option<f32>,
+    step: &mut Step,
+) -> Result<Array> {
+    let (k, v) = match cache {
+        Some(c) => c.update(k, v)?,
+        None => (k, v),
+    };
+    let pattern_name = HookName::Pattern(layer);
+    let explicit = softcap.is_some() || step.hooks.is_active(&pattern_name);
+    let out = if explicit {
+        let shape = q.shape().to_vec();
+        let (b, h, t, d) = (shape[0], shape[1], shape[2], shape[3]);
+        let hkv = k.shape()[1];
+        let groups = h / hkv;
+        // [B, Hkv, G, T, D] against [B, Hkv, 1, S, D].
+        let qg = q.reshape(&[b, hkv, groups, t, d])?;
+        let kt = k.expand_dims(2)?.swap_axes(-1, -2)?;
+        let mut scores = qg.multiply(Array::from_f32(scale))?.matmul(&kt)?;
+        if let Some(cap) = softcap {
+            let c = Array::from_f32(cap);
+            scores = ops::tanh(scores.divide(&c)?)?.multiply(&c)?;
+        }
+        let s = scores.shape()[4];
+        let scores = scores.reshape(&[b, h, t, s])?;
+        let scores = match mask {
+            Mask::None => scores,
+            Mask::Causal => {
+                let q_idx = Array::from_iter(0..t, &[t, 1]);
+                let k_idx = Array::from_iter(0..s, &[1, s]);
+                let allowed = k_idx.le(&q_idx.add(Array::from_int(s - t))?)?;
+                masked_fill(&scores, &allowed)?
+            }
+            Mask::Explicit(m) => masked_fill(&scores, m)?,
+        };
+        let pattern =
+            ops::softmax_axis(&scores.as_dtype(Dtype::Float32)?, -1, true)?.as_dtype(q.dtype())?;
+        let pattern = step.hook(pattern_name, pattern)?;
+        let pg = pattern.reshape(&[b, hkv, groups, t, s])?;
+        pg.matmul(v.expand_dims(2)?)?.reshape(&[b, h, t, d])?
+    } else {
+        match mask {
+            Mask::None => fast::scaled_dot_product_attention(&q, &k, &v, scale, None, None)?,
+            Mask::Causal => fast::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                scale,
+                ScaledDotProductAttentionMask::Causal,
+                None,
+            )?,
+            Mask::Explicit(m) => fast::scaled_dot_product_attention(&q, &k, &v, scale, m, None)?,
+        }
+    };
+    Ok(out.swap_axes(1, 2)?)
+}
+
+fn masked_fill(scores: &Array, allowed: &Array) -> Result<Array> {
+    let neg = Array::from_f32(f32::MIN).as_dtype(scores.dtype())?;
+    Ok(ops::select(allowed, scores, &neg)?)
+}
+
+/// Take the last position of `[B, T, ...]` as `[B, 1, ...]`.
+pub fn last_position(x: &Array) -> Result<Array> {
+    let t = x.shape()[1];
+    Ok(x.try_index((.., (t - 1)..t))?)
+}

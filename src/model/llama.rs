@@ -1,0 +1,258 @@
+//! Llama decoder (Llama 2/3.x, SmolLM, TinyLlama; Mistral, Qwen2 and Qwen3 reuse it through
+//! their own config files). Reference: mlx-lm `mlx_lm/models/llama.py`.
+//!
+//! Pre-norm blocks: `h += attn(rms_norm(h))`, `h += mlp(rms_norm(h))`, SwiGLU MLP, rotary
+//! embeddings (rotate-half unless `rope_traditional`), grouped-query attention.
+
+use mlx_rs::{nn, Array};
+use serde::Deserialize;
+
+use super::layers::{attend, Embedding, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step};
+use super::weights::Weights;
+use crate::error::Result;
+use crate::hooks::HookName;
+
+fn default_rope_theta() -> f32 {
+    10000.0
+}
+fn default_true() -> bool {
+    true
+}
+
+/// config.json of a Llama-family checkpoint.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub hidden_size: i32,
+    pub num_hidden_layers: usize,
+    pub intermediate_size: i32,
+    pub num_attention_heads: i32,
+    pub num_key_value_heads: Option<i32>,
+    pub head_dim: Option<i32>,
+    pub rms_norm_eps: f32,
+    pub vocab_size: i32,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f32,
+    #[serde(default)]
+    pub rope_traditional: bool,
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    pub sliding_window: Option<i32>,
+    /// Per-layer `full_attention` / `sliding_attention`.
+    pub layer_types: Option<Vec<String>>,
+    /// Qwen3: RMSNorm over each head's queries and keys before RoPE. Not a config.json field;
+    /// set by the qwen3 file.
+    #[serde(skip)]
+    pub qk_norm: bool,
+}
+
+impl Config {
+    pub fn n_kv_heads(&self) -> i32 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> i32 {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+}
+
+struct Block {
+    input_norm: RmsNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    post_attn_norm: RmsNorm,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    /// Sliding-window size for this layer, if it uses one.
+    window: Option<i32>,
+}
+
+/// A loaded Llama-family model.
+pub struct Llama {
+    pub cfg: Config,
+    embed: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+    rope: Rope,
+}
+
+impl Llama {
+    pub fn load(cfg: Config, w: &mut Weights) -> Result<Llama> {
+        let (d, h, kv, hd) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.n_kv_heads(),
+            cfg.head_dim(),
+        );
+        let eps = cfg.rms_norm_eps;
+        w.discard_matching(|k| k.ends_with("self_attn.rotary_emb.inv_freq"));
+        let embed = w.embedding("model.embed_tokens", cfg.vocab_size, d)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+            let sliding = cfg
+                .layer_types
+                .as_ref()
+                .and_then(|t| t.get(i))
+                .is_some_and(|t| t == "sliding_attention");
+            layers.push(Block {
+                input_norm: w.rms_norm(&format!("{p}.input_layernorm"), d, eps)?,
+                q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, h * hd, ab)?,
+                k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, ab)?,
+                v_proj: w.linear(&format!("{p}.self_attn.v_proj"), d, kv * hd, ab)?,
+                o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h * hd, d, ab)?,
+                q_norm: cfg
+                    .qk_norm
+                    .then(|| w.rms_norm(&format!("{p}.self_attn.q_norm"), hd, eps))
+                    .transpose()?,
+                k_norm: cfg
+                    .qk_norm
+                    .then(|| w.rms_norm(&format!("{p}.self_attn.k_norm"), hd, eps))
+                    .transpose()?,
+                post_attn_norm: w.rms_norm(&format!("{p}.post_attention_layernorm"), d, eps)?,
+                gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), d, cfg.intermediate_size, mb)?,
+                up_proj: w.linear(&format!("{p}.mlp.up_proj"), d, cfg.intermediate_size, mb)?,
+                down_proj: w.linear(&format!("{p}.mlp.down_proj"), cfg.intermediate_size, d, mb)?,
+                window: if sliding { cfg.sliding_window } else { None },
+            });
+        }
+        let norm = w.rms_norm("model.norm", d, eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            w.discard("lm_head.weight");
+            None
+        } else {
+            Some(w.linear("lm_head", d, cfg.vocab_size, false)?)
+        };
+        let rope = Rope::new(
+            hd,
+            cfg.rope_theta,
+            cfg.rope_traditional,
+            cfg.rope_scaling.as_ref(),
+        )?;
+        Ok(Llama {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    pub fn embed(&self, ids: &Array, step: &mut Step) -> Result<Array> {
+        let h = self.embed.lookup(ids)?;
+        step.hook(HookName::Embed, h)
+    }
+
+    /// Run blocks `0..n` (all of them when `n` is None) over the residual stream `h`.
+    pub fn blocks(
+        &self,
+        mut h: Array,
+        mut cache: Option<&mut KvCache>,
+        step: &mut Step,
+        n: Option<usize>,
+    ) -> Result<Array> {
+        let full_mask = Mask::build(step, None)?;
+        let window_mask = match self.layers.iter().find_map(|l| l.window) {
+            Some(w) => Some(Mask::build(step, Some(w))?),
+            None => None,
+        };
+        let (h_heads, kv_heads, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.n_kv_heads(),
+            self.cfg.head_dim(),
+        );
+        let scale = (hd as f32).powf(-0.5);
+        let n = n.unwrap_or(self.layers.len()).min(self.layers.len());
+        for (i, layer) in self.layers.iter().take(n).enumerate() {
+            let (b, t) = (h.shape()[0], h.shape()[1]);
+            h = step.hook(HookName::ResidPre(i), h)?;
+            let x = layer.input_norm.forward(&h)?;
+            let q = layer.q_proj.forward(&x)?.reshape(&[b, t, h_heads, hd])?;
+            let k = layer.k_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
+            let v = layer.v_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
+            let (q, k) = match (&layer.q_norm, &layer.k_norm) {
+                (Some(qn), Some(kn)) => (qn.forward(&q)?, kn.forward(&k)?),
+                _ => (q, k),
+            };
+            let q = step.hook(HookName::Q(i), q)?.swap_axes(1, 2)?;
+            let k = step.hook(HookName::K(i), k)?.swap_axes(1, 2)?;
+            let v = step.hook(HookName::V(i), v)?.swap_axes(1, 2)?;
+            let q = self.rope.apply(&q, step.offset)?;
+            let k = self.rope.apply(&k, step.offset)?;
+            let mask = match (layer.window, &window_mask) {
+                (Some(_), Some(m)) => m,
+                _ => &full_mask,
+            };
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let z = attend(i, q, k, v, layer_cache, mask, scale, None, step)?;
+            let z = step.hook(HookName::Z(i), z)?;
+            let attn_out = layer.o_proj.forward(&z.reshape(&[b, t, h_heads * hd])?)?;
+            let attn_out = step.hook(HookName::AttnOut(i), attn_out)?;
+            h = step.hook(HookName::ResidMid(i), h.add(&attn_out)?)?;
+            let x = layer.post_attn_norm.forward(&h)?;
+            let gate = layer.gate_proj.forward(&x)?;
+            let post = nn::silu(&gate)?.multiply(&layer.up_proj.forward(&x)?)?;
+            let post = step.hook(HookName::MlpPost(i), post)?;
+            let mlp_out = step.hook(HookName::MlpOut(i), layer.down_proj.forward(&post)?)?;
+            h = step.hook(HookName::ResidPost(i), h.add(&mlp_out)?)?;
+        }
+        Ok(h)
+    }
+
+    /// Final norm (hooked as `ln_final.hook_normalized`).
+    pub fn final_norm(&self, h: &Array, step: &mut Step) -> Result<Array> {
+        let x = self.norm.forward(h)?;
+        step.hook(HookName::LnFinal, x)
+    }
+
+    /// Logits from normalized hidden states.
+    pub fn unembed(&self, x: &Array) -> Result<Array> {
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => self.embed.as_linear(x),
+        }
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// `(name, shape, bytes)` of every parameter group, for `info()` and the anatomy recipe.
+    pub fn param_bytes(&self) -> usize {
+        let mut n = self.embed.table.nbytes() + self.norm.weight.nbytes();
+        n += self.lm_head.as_ref().map_or(0, |l| l.nbytes());
+        for l in &self.layers {
+            n += [
+                &l.q_proj,
+                &l.k_proj,
+                &l.v_proj,
+                &l.o_proj,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ]
+            .iter()
+            .map(|x| x.nbytes())
+            .sum::<usize>();
+            n += l.input_norm.weight.nbytes() + l.post_attn_norm.weight.nbytes();
+        }
+        n
+    }
+
+    /// Quantization of the first block's projections, if any: `(bits, group_size)`.
+    pub fn quantization(&self) -> Option<(i32, i32)> {
+        self.layers.first().and_then(|l| l.q_proj.quantization())
+    }
+}

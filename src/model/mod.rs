@@ -1,0 +1,397 @@
+//! Models: loading from a folder, a `.gguf` file or a Hugging Face repo id; one registry that
+//! maps `model_type` to an architecture; the forward pass with hooks, padding and a KV cache.
+
+pub mod gguf;
+pub mod layers;
+pub mod llama;
+pub mod source;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use mlx_rs::{Array, Dtype};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::hooks::Hooks;
+use layers::{KvCache, Step};
+use weights::{QuantConfig, Weights};
+
+/// The architectures mlxi implements, by config.json `model_type`.
+pub const SUPPORTED: &[&str] = &["llama", "mistral"];
+
+/// Aliases: model types that run on another type's implementation unchanged.
+fn canonical(model_type: &str) -> &str {
+    match model_type {
+        "mistral" => "llama",
+        other => other,
+    }
+}
+
+/// A network of one of the supported architectures.
+pub enum Net {
+    Llama(llama::Llama),
+}
+
+impl Net {
+    fn embed(&self, ids: &Array, step: &mut Step) -> Result<Array> {
+        match self {
+            Net::Llama(m) => m.embed(ids, step),
+        }
+    }
+    fn blocks(
+        &self,
+        h: Array,
+        cache: Option<&mut KvCache>,
+        step: &mut Step,
+        n: Option<usize>,
+    ) -> Result<Array> {
+        match self {
+            Net::Llama(m) => m.blocks(h, cache, step, n),
+        }
+    }
+    fn final_norm(&self, h: &Array, step: &mut Step) -> Result<Array> {
+        match self {
+            Net::Llama(m) => m.final_norm(h, step),
+        }
+    }
+    fn unembed(&self, x: &Array) -> Result<Array> {
+        match self {
+            Net::Llama(m) => m.unembed(x),
+        }
+    }
+    fn n_layers(&self) -> usize {
+        match self {
+            Net::Llama(m) => m.n_layers(),
+        }
+    }
+    fn param_bytes(&self) -> usize {
+        match self {
+            Net::Llama(m) => m.param_bytes(),
+        }
+    }
+    fn quantization(&self) -> Option<(i32, i32)> {
+        match self {
+            Net::Llama(m) => m.quantization(),
+        }
+    }
+}
+
+/// How to load a model (`load(source, opts)`).
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Parameter and activation dtype; default: float32 on the CPU backend, the checkpoint's
+    /// own float type on a GPU.
+    pub dtype: Option<Dtype>,
+    /// Dequantize quantized weights at load; default: true on the CPU backend (MLX's CPU
+    /// quantized kernels are ~10x slower), false on a GPU.
+    pub dequantize: Option<bool>,
+}
+
+/// `m.info()`: what a researcher wants to know about a loaded model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub arch: String,
+    pub n_layers: usize,
+    pub d_model: i32,
+    pub n_heads: i32,
+    pub n_kv_heads: i32,
+    pub d_head: i32,
+    pub d_mlp: i32,
+    pub vocab: i32,
+    pub params: u64,
+    pub dtype: String,
+    /// e.g. "4-bit group 32 (dequantized at load)", or "none".
+    pub quantization: String,
+    pub bytes: u64,
+    pub device: String,
+    pub path: String,
+}
+
+/// A loaded model: network, hooks, and what it was loaded from.
+pub struct Model {
+    pub net: Net,
+    pub hooks: Hooks,
+    pub info: ModelInfo,
+    /// Quantization of the checkpoint as stored: `(bits, group_size)`.
+    pub stored_quantization: Option<(i32, i32)>,
+}
+
+/// True when MLX's default device is a GPU (Metal or CUDA).
+pub fn gpu_available() -> bool {
+    let d = mlx_rs::Device::default();
+    format!("{d}").contains("gpu")
+}
+
+fn dtype_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::Float32 => "float32",
+        Dtype::Float16 => "float16",
+        Dtype::Bfloat16 => "bfloat16",
+        _ => "other",
+    }
+}
+
+/// Parse a user's dtype name.
+pub fn parse_dtype(s: &str) -> Result<Dtype> {
+    match s {
+        "f32" | "float32" => Ok(Dtype::Float32),
+        "f16" | "float16" => Ok(Dtype::Float16),
+        "bf16" | "bfloat16" => Ok(Dtype::Bfloat16),
+        _ => Err(Error::Invalid(format!(
+            "unknown dtype {s:?} (valid: \"f32\", \"f16\", \"bf16\")"
+        ))),
+    }
+}
+
+impl Model {
+    /// Load from a folder, a `.gguf` file or a Hugging Face repo id.
+    pub fn load(source: &str, opts: &LoadOptions) -> Result<Model> {
+        let resolved = source::resolve(source)?;
+        if resolved.is_file() {
+            return Model::load_gguf(&resolved, opts);
+        }
+        Model::load_dir(&resolved, opts)
+    }
+
+    /// The default model (SmolLM2-135M-Instruct, fetched by `./setup`).
+    pub fn load_default(opts: &LoadOptions) -> Result<Model> {
+        Model::load_gguf(&source::default_model_path()?, opts)
+    }
+
+    fn resolve_opts(opts: &LoadOptions, stored: Option<Dtype>) -> (Dtype, bool) {
+        let gpu = gpu_available();
+        let dtype = opts.dtype.unwrap_or(match (gpu, stored) {
+            (true, Some(d)) => d,
+            _ => Dtype::Float32,
+        });
+        (dtype, opts.dequantize.unwrap_or(!gpu))
+    }
+
+    fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        let g = gguf::Gguf::open(path)?;
+        let supported = ["llama", "qwen2", "qwen3", "mistral"];
+        if !supported.contains(&g.arch.as_str()) {
+            return Err(Error::Model(format!(
+                "{}: GGUF architecture {:?} is not supported (supported: {})",
+                path.display(),
+                g.arch,
+                supported.join(", ")
+            )));
+        }
+        let heads = g.head_counts()?;
+        let tensors = g.tensors(Some(heads))?;
+        let cfg = g.llama_config(&tensors)?;
+        let stored = tensors
+            .get("model.layers.0.self_attn.q_proj.scales")
+            .map(|s| s.dtype());
+        let (dtype, dequantize) = Model::resolve_opts(opts, stored);
+        let mut w = Weights::new(tensors, None, dequantize, dtype);
+        let net = Net::Llama(llama::Llama::load(cfg, &mut w)?);
+        w.finish()?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Model::assemble(net, name, g.arch.clone(), path, dtype, dequantize)
+    }
+
+    fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: config_path.clone(),
+            source: e,
+        })?;
+        let model_type = config
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .or_else(|| {
+                config
+                    .get("architectures")
+                    .and_then(|a| a.get(0))
+                    .and_then(|v| v.as_str())
+                    .map(|s| s.trim_end_matches("ForCausalLM").to_lowercase())
+            })
+            .ok_or_else(|| Error::Model(format!("{}: no model_type", config_path.display())))?;
+        let quant = match config
+            .get("quantization")
+            .or_else(|| config.get("quantization_config"))
+        {
+            Some(q) => QuantConfig::from_json(q)?,
+            None => None,
+        };
+        let tensors = source::load_safetensors_dir(dir)?;
+        let stored = tensors
+            .values()
+            .map(|a| a.dtype())
+            .find(|d| matches!(d, Dtype::Float16 | Dtype::Bfloat16 | Dtype::Float32));
+        let (dtype, dequantize) = Model::resolve_opts(opts, stored);
+        let mut w = Weights::new(tensors, quant, dequantize, dtype);
+        let de = |e: serde_json::Error| Error::Json {
+            path: config_path.clone(),
+            source: e,
+        };
+        let net = match canonical(&model_type) {
+            "llama" => {
+                let cfg: llama::Config = serde_json::from_value(config.clone()).map_err(de)?;
+                Net::Llama(llama::Llama::load(cfg, &mut w)?)
+            }
+            other => {
+                return Err(Error::Model(format!(
+                    "model_type {other:?} is not supported (supported: {})",
+                    SUPPORTED.join(", ")
+                )))
+            }
+        };
+        w.finish()?;
+        let name = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Model::assemble(net, name, model_type, dir, dtype, dequantize)
+    }
+
+    fn assemble(
+        net: Net,
+        name: String,
+        arch: String,
+        path: &Path,
+        dtype: Dtype,
+        dequantized: bool,
+    ) -> Result<Model> {
+        let stored_quantization = net.quantization();
+        let (d_model, n_heads, n_kv_heads, d_head, d_mlp, vocab) = match &net {
+            Net::Llama(m) => (
+                m.cfg.hidden_size,
+                m.cfg.num_attention_heads,
+                m.cfg.n_kv_heads(),
+                m.cfg.head_dim(),
+                m.cfg.intermediate_size,
+                m.cfg.vocab_size,
+            ),
+        };
+        let info = ModelInfo {
+            name,
+            arch,
+            n_layers: net.n_layers(),
+            d_model,
+            n_heads,
+            n_kv_heads,
+            d_head,
+            d_mlp,
+            vocab,
+            params: 0,
+            dtype: dtype_name(dtype).into(),
+            quantization: String::new(),
+            bytes: net.param_bytes() as u64,
+            device: if gpu_available() { "gpu" } else { "cpu" }.into(),
+            path: path.display().to_string(),
+        };
+        let _ = dequantized;
+        Ok(Model {
+            net,
+            hooks: Hooks::default(),
+            info,
+            stored_quantization,
+        })
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.net.n_layers()
+    }
+
+    /// Run `ids` `[batch, pos]` (rows left-padded by `pads`) through the model, continuing
+    /// from `cache` if given. Returns logits `[batch, pos, vocab]`, or `[batch, 1, vocab]`
+    /// for the last position only when `last_only`.
+    pub fn run(
+        &mut self,
+        ids: &Array,
+        pads: &[i32],
+        cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<Array> {
+        let len = ids.shape()[1];
+        let offset = cache.as_ref().map_or(0, |c| c.offset);
+        let mut step = Step {
+            len,
+            offset,
+            pads,
+            hooks: &mut self.hooks,
+        };
+        let h = self.net.embed(ids, &mut step)?;
+        let mut cache = cache;
+        let h = self.net.blocks(h, cache.as_deref_mut(), &mut step, None)?;
+        let h = if last_only && !step.hooks.is_active(&crate::hooks::HookName::LnFinal) {
+            layers::last_position(&h)?
+        } else {
+            h
+        };
+        let x = self.net.final_norm(&h, &mut step)?;
+        let x = if last_only {
+            layers::last_position(&x)?
+        } else {
+            x
+        };
+        let logits = self.net.unembed(&x)?;
+        if let Some(c) = cache {
+            c.offset += len;
+        }
+        Ok(logits)
+    }
+
+    /// Logits `[batch, pos, vocab]` (float32) for rows of token ids, left-padded to one length.
+    pub fn forward_ids(&mut self, rows: &[Vec<u32>]) -> Result<Array> {
+        let (ids, pads) = pad_left(rows, 0)?;
+        let logits = self.run(&ids, &pads, None, false)?;
+        Ok(logits.as_dtype(Dtype::Float32)?)
+    }
+
+    /// Unembed residual-stream vectors through the final norm and head (logit lens).
+    pub fn lens(&mut self, h: &Array) -> Result<Array> {
+        let mut step = Step {
+            len: h.shape().get(1).copied().unwrap_or(1),
+            offset: 0,
+            pads: &[],
+            hooks: &mut Hooks::default(),
+        };
+        let x = self.net.final_norm(h, &mut step)?;
+        self.net.unembed(&x)
+    }
+}
+
+/// Left-pad rows of ids with `pad_id` into `[batch, max_len]`; returns the pad length per row.
+pub fn pad_left(rows: &[Vec<u32>], pad_id: u32) -> Result<(Array, Vec<i32>)> {
+    if rows.is_empty() || rows.iter().any(|r| r.is_empty()) {
+        return Err(Error::Invalid("cannot run an empty input".into()));
+    }
+    let t = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut flat = Vec::with_capacity(rows.len() * t);
+    let mut pads = Vec::with_capacity(rows.len());
+    for r in rows {
+        let p = t - r.len();
+        pads.push(p as i32);
+        flat.extend(std::iter::repeat_n(pad_id as i32, p));
+        flat.extend(r.iter().map(|&x| x as i32));
+    }
+    let pads = if pads.iter().all(|&p| p == 0) {
+        Vec::new()
+    } else {
+        pads
+    };
+    Ok((
+        Array::from_slice(&flat, &[rows.len() as i32, t as i32]),
+        pads,
+    ))
+}
+
+/// Where a model came from, for `mlxi models`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalModel {
+    pub name: String,
+    pub path: PathBuf,
+    pub kind: String,
+    pub bytes: u64,
+}

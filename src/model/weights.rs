@@ -1,0 +1,245 @@
+//! Strict weight loading. Tensors are looked up by their checkpoint names; a missing tensor, a
+//! wrong shape or a leftover key is an error that lists the keys. A layer is quantized when its
+//! `.scales` tensor exists; bits and group size are read off the shapes and checked against
+//! config.json's `quantization` (including per-layer overrides).
+
+use std::collections::{BTreeMap, HashMap};
+
+use mlx_rs::{ops, Array, Dtype};
+
+use super::layers::{Embedding, Linear, RmsNorm};
+use crate::error::{Error, Result};
+
+/// `quantization` (or `quantization_config`) from an mlx-community config.json.
+#[derive(Debug, Clone, Default)]
+pub struct QuantConfig {
+    pub group_size: i32,
+    pub bits: i32,
+    /// Per-layer settings by module path (`model.layers.0.mlp.down_proj`).
+    pub overrides: HashMap<String, (i32, i32)>,
+}
+
+impl QuantConfig {
+    /// Read a config.json `quantization` object.
+    pub fn from_json(v: &serde_json::Value) -> Result<Option<QuantConfig>> {
+        let Some(obj) = v.as_object() else {
+            return Ok(None);
+        };
+        if let Some(mode) = obj.get("mode").and_then(|m| m.as_str()) {
+            if mode != "affine" {
+                return Err(Error::Model(format!(
+                    "unsupported quantization mode {mode:?} (supported: affine)"
+                )));
+            }
+        }
+        let int = |o: &serde_json::Map<String, serde_json::Value>, k: &str| {
+            o.get(k).and_then(|x| x.as_i64()).map(|x| x as i32)
+        };
+        let (Some(group_size), Some(bits)) = (int(obj, "group_size"), int(obj, "bits")) else {
+            return Ok(None);
+        };
+        let mut overrides = HashMap::new();
+        for (k, val) in obj {
+            if let Some(o) = val.as_object() {
+                let g = int(o, "group_size").unwrap_or(group_size);
+                let b = int(o, "bits").unwrap_or(bits);
+                overrides.insert(k.clone(), (g, b));
+            }
+        }
+        Ok(Some(QuantConfig {
+            group_size,
+            bits,
+            overrides,
+        }))
+    }
+
+    fn for_module(&self, module: &str) -> (i32, i32) {
+        self.overrides
+            .get(module)
+            .copied()
+            .unwrap_or((self.group_size, self.bits))
+    }
+}
+
+/// The tensors of a checkpoint, consumed as the model is built.
+pub struct Weights {
+    map: BTreeMap<String, Array>,
+    quant: Option<QuantConfig>,
+    /// Dequantize quantized layers at load (the fast path on MLX's CPU backend).
+    pub dequantize: bool,
+    /// The float type for parameters.
+    pub dtype: Dtype,
+}
+
+impl Weights {
+    pub fn new(
+        map: HashMap<String, Array>,
+        quant: Option<QuantConfig>,
+        dequantize: bool,
+        dtype: Dtype,
+    ) -> Weights {
+        Weights {
+            map: map.into_iter().collect(),
+            quant,
+            dequantize,
+            dtype,
+        }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Drop a tensor the architecture does not use (e.g. rotary caches).
+    pub fn discard(&mut self, key: &str) {
+        self.map.remove(key);
+    }
+
+    /// Drop every tensor whose key matches `pred`.
+    pub fn discard_matching(&mut self, pred: impl Fn(&str) -> bool) {
+        self.map.retain(|k, _| !pred(k));
+    }
+
+    /// Rename a tensor (per-architecture key fixes in `sanitize`).
+    pub fn rename(&mut self, from: &str, to: &str) {
+        if let Some(v) = self.map.remove(from) {
+            self.map.insert(to.to_string(), v);
+        }
+    }
+
+    /// Insert a tensor (e.g. one derived in `sanitize`).
+    pub fn insert(&mut self, key: &str, value: Array) {
+        self.map.insert(key.to_string(), value);
+    }
+
+    fn missing(&self, key: &str) -> Error {
+        let stem = key.rsplit_once('.').map_or(key, |(s, _)| s);
+        let stem = stem.rsplit_once('.').map_or(stem, |(s, _)| s);
+        let mut near: Vec<&str> = self
+            .map
+            .keys()
+            .filter(|k| k.starts_with(stem))
+            .map(String::as_str)
+            .take(8)
+            .collect();
+        if near.is_empty() {
+            near = self.map.keys().map(String::as_str).take(8).collect();
+        }
+        Error::Model(format!(
+            "missing tensor {key}; the checkpoint has e.g. {}",
+            near.join(", ")
+        ))
+    }
+
+    /// Take a tensor as stored.
+    pub fn take_raw(&mut self, key: &str) -> Result<Array> {
+        self.map.remove(key).ok_or_else(|| self.missing(key))
+    }
+
+    /// Take a float tensor of exactly `shape`, converted to the model's dtype.
+    pub fn take(&mut self, key: &str, shape: &[i32]) -> Result<Array> {
+        let a = self.take_raw(key)?;
+        if a.shape() != shape {
+            return Err(Error::Model(format!(
+                "tensor {key} has shape {:?}, expected {shape:?}",
+                a.shape()
+            )));
+        }
+        Ok(a.as_dtype(self.dtype)?)
+    }
+
+    /// An RMSNorm scale vector of length `d`.
+    pub fn rms_norm(&mut self, prefix: &str, d: i32, eps: f32) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.take(&format!("{prefix}.weight"), &[d])?,
+            eps,
+        })
+    }
+
+    /// A linear layer `in_dim -> out_dim` at `prefix` (`prefix.weight`, optional `prefix.bias`,
+    /// and `prefix.scales`/`prefix.biases` when quantized).
+    pub fn linear(
+        &mut self,
+        prefix: &str,
+        in_dim: i32,
+        out_dim: i32,
+        bias: bool,
+    ) -> Result<Linear> {
+        let bias = if bias {
+            Some(self.take(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        let wkey = format!("{prefix}.weight");
+        let skey = format!("{prefix}.scales");
+        if !self.contains(&skey) {
+            let weight = self.take(&wkey, &[out_dim, in_dim])?;
+            return Ok(Linear::Dense { weight, bias });
+        }
+        let weight = self.take_raw(&wkey)?;
+        let scales = self.take_raw(&skey)?;
+        let biases = self.take_raw(&format!("{prefix}.biases"))?;
+        let (ws, ss) = (weight.shape().to_vec(), scales.shape().to_vec());
+        let bad = |why: &str| {
+            Error::Model(format!(
+                "quantized layer {prefix}: {why} (weight {ws:?} {:?}, scales {ss:?}, expected \
+                 {out_dim} x {in_dim})",
+                weight.dtype()
+            ))
+        };
+        if weight.dtype() != Dtype::Uint32 || ws.len() != 2 || ss.len() != 2 || ws[0] != out_dim {
+            return Err(bad("unexpected packed weight"));
+        }
+        if ss[0] != out_dim || ss[1] == 0 || in_dim % ss[1] != 0 || (ws[1] * 32) % in_dim != 0 {
+            return Err(bad("shapes do not match the layer"));
+        }
+        let group_size = in_dim / ss[1];
+        let bits = ws[1] * 32 / in_dim;
+        if let Some(q) = &self.quant {
+            let (g, b) = q.for_module(prefix);
+            if (g, b) != (group_size, bits) {
+                return Err(bad(&format!(
+                    "config.json says {b}-bit group {g}, the tensors are {bits}-bit group {group_size}"
+                )));
+            }
+        }
+        if biases.shape() != scales.shape() {
+            return Err(bad("biases and scales differ in shape"));
+        }
+        let (scales, biases) = (scales.as_dtype(self.dtype)?, biases.as_dtype(self.dtype)?);
+        if self.dequantize {
+            let weight = ops::dequantize(&weight, &scales, &biases, group_size, bits)?
+                .as_dtype(self.dtype)?;
+            return Ok(Linear::Dense { weight, bias });
+        }
+        Ok(Linear::Quantized {
+            weight,
+            scales,
+            biases,
+            bias,
+            group_size,
+            bits,
+        })
+    }
+
+    /// A `vocab x d` embedding table at `prefix`.
+    pub fn embedding(&mut self, prefix: &str, vocab: i32, d: i32) -> Result<Embedding> {
+        Ok(Embedding {
+            table: self.linear(prefix, d, vocab, false)?,
+        })
+    }
+
+    /// Finish loading: any tensor left over is an error.
+    pub fn finish(self) -> Result<()> {
+        if self.map.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = self.map.keys().map(String::as_str).collect();
+        let shown = keys.iter().take(12).copied().collect::<Vec<_>>().join(", ");
+        Err(Error::Model(format!(
+            "{} unexpected tensor(s) in the checkpoint: {shown}{}",
+            keys.len(),
+            if keys.len() > 12 { ", ..." } else { "" }
+        )))
+    }
+}
