@@ -4,5 +4,6 @@
 //! generation, hooks) and the Rhai bindings; `main.rs` is the command line.
 
 pub mod error;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
