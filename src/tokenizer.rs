@@ -102,9 +102,11 @@ impl Tokenizer {
             .map_err(|e| tok_err(tokenizer_path.display(), e))?;
 
         let config = read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
-        let special_map = read_json_opt(&dir.join("special_tokens_map.json"))?.unwrap_or(Json::Null);
+        let special_map =
+            read_json_opt(&dir.join("special_tokens_map.json"))?.unwrap_or(Json::Null);
         let token_string = |key: &str| -> Option<String> {
-            special_token_string(config.get(key)).or_else(|| special_token_string(special_map.get(key)))
+            special_token_string(config.get(key))
+                .or_else(|| special_token_string(special_map.get(key)))
         };
 
         let mut tok = Tokenizer {
@@ -120,8 +122,9 @@ impl Tokenizer {
             if let Some(s) = token_string(key) {
                 let id = tok.inner.token_to_id(&s);
                 if id.is_none() {
-                    tok.warnings
-                        .push(format!("{key} {s:?} from tokenizer_config.json is not in the vocabulary"));
+                    tok.warnings.push(format!(
+                        "{key} {s:?} from tokenizer_config.json is not in the vocabulary"
+                    ));
                 }
                 match key {
                     "bos_token" => tok.bos_id = id,
@@ -151,7 +154,8 @@ impl Tokenizer {
                 Some(Json::String(s)) => Some(s.clone()),
                 Some(Json::Array(list)) => {
                     let named = |name: &str| {
-                        list.iter().find(|t| t.get("name").and_then(Json::as_str) == Some(name))
+                        list.iter()
+                            .find(|t| t.get("name").and_then(Json::as_str) == Some(name))
                     };
                     named("default")
                         .or_else(|| list.first())
@@ -278,10 +282,16 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String> {
-        let source = self.chat_template.as_deref().ok_or_else(|| {
-            Error::Tokenizer("this tokenizer has no chat template".to_string())
-        })?;
-        render_chat_template(source, messages, add_generation_prompt, &self.special_strings)
+        let source = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| Error::Tokenizer("this tokenizer has no chat template".to_string()))?;
+        render_chat_template(
+            source,
+            messages,
+            add_generation_prompt,
+            &self.special_strings,
+        )
     }
 
     /// A streaming detokenizer for generation: feed it ids one at a time with
@@ -399,7 +409,11 @@ fn special_token_string(value: Option<&Json>) -> Option<String> {
 /// `eos_token_id` as an int or a list of ints.
 fn json_ids(value: Option<&Json>) -> Vec<u32> {
     match value {
-        Some(Json::Number(n)) => n.as_u64().and_then(|v| u32::try_from(v).ok()).into_iter().collect(),
+        Some(Json::Number(n)) => n
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .into_iter()
+            .collect(),
         Some(Json::Array(a)) => a
             .iter()
             .filter_map(|v| v.as_u64().and_then(|v| u32::try_from(v).ok()))
@@ -468,7 +482,10 @@ fn meta_int(g: &mlx_rs::io::GgufFile, key: &str) -> Result<Option<i64>> {
             .try_item_cast::<i64>()
             .map(Some)
             .map_err(|e| gguf_err(key, e)),
-        Some(a) => Err(gguf_err(key, format!("expected one number, found {}", a.size()))),
+        Some(a) => Err(gguf_err(
+            key,
+            format!("expected one number, found {}", a.size()),
+        )),
     }
 }
 
@@ -582,7 +599,10 @@ impl GgufTokenizerMeta {
 
         // Control tokens are special; user-defined ones are added but not special. BOS/EOS/etc.
         // are special whatever their type says.
-        let named: Vec<u32> = [bos, eos, eot, eom, unk, pad].into_iter().flatten().collect();
+        let named: Vec<u32> = [bos, eos, eot, eom, unk, pad]
+            .into_iter()
+            .flatten()
+            .collect();
         let mut added = Vec::new();
         for (id, token) in self.tokens.iter().enumerate() {
             let ty = self.token_types.get(id).copied().unwrap_or(1);
@@ -637,11 +657,16 @@ impl GgufTokenizerMeta {
             "model": model,
         });
         let bytes = serde_json::to_vec(&doc).map_err(|e| tok_err("GGUF tokenizer", e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| tok_err("GGUF tokenizer", e))?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| tok_err("GGUF tokenizer", e))?;
 
         let mut special_strings = Vec::new();
-        for (key, id) in [("bos_token", bos), ("eos_token", eos), ("pad_token", pad), ("unk_token", unk)] {
+        for (key, id) in [
+            ("bos_token", bos),
+            ("eos_token", eos),
+            ("pad_token", pad),
+            ("unk_token", unk),
+        ] {
             if let Some(id) = id {
                 special_strings.push((key, self.tokens[id as usize].clone()));
             }
@@ -665,9 +690,7 @@ impl GgufTokenizerMeta {
 
     /// Normalizer and pre-tokenizer of a byte-level vocabulary, by `tokenizer.ggml.pre`.
     fn byte_level_pre_tokenizer(&self, warnings: &mut Vec<String>) -> (Json, Json) {
-        let byte_level = |use_regex: bool| {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-        };
+        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
         let split = |pattern: &str| {
             json!({"type": "Sequence", "pretokenizers": [
                 {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
@@ -676,16 +699,15 @@ impl GgufTokenizerMeta {
         };
         let pre = self.pre.as_deref().unwrap_or("default");
         match pre {
-            "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone" | "minerva-7b" => (
+            "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone"
+            | "minerva-7b" => (
                 Json::Null,
                 json!({"type": "Sequence", "pretokenizers": [
                     {"type": "Digits", "individual_digits": true},
                     byte_level(true),
                 ]}),
             ),
-            "qwen2" | "deepseek-r1-qwen" | "megrez" => {
-                (json!({"type": "NFC"}), split(QWEN2_SPLIT))
-            }
+            "qwen2" | "deepseek-r1-qwen" | "megrez" => (json!({"type": "NFC"}), split(QWEN2_SPLIT)),
             "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "smaug-bpe" | "dbrx" | "pixtral" => {
                 (Json::Null, split(LLAMA3_SPLIT))
             }
@@ -803,11 +825,19 @@ impl Object for OrderedMap {
 
     fn get_value(self: &Arc<Self>, key: &JinjaValue) -> Option<JinjaValue> {
         let key = key.as_str()?;
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::Values(self.0.iter().map(|(k, _)| JinjaValue::from(k.as_str())).collect())
+        Enumerator::Values(
+            self.0
+                .iter()
+                .map(|(k, _)| JinjaValue::from(k.as_str()))
+                .collect(),
+        )
     }
 }
 
@@ -845,7 +875,10 @@ fn render_chat_template(
         .collect();
     let mut ctx: Vec<(String, JinjaValue)> = vec![
         ("messages".to_string(), JinjaValue::from(messages)),
-        ("add_generation_prompt".to_string(), JinjaValue::from(add_generation_prompt)),
+        (
+            "add_generation_prompt".to_string(),
+            JinjaValue::from(add_generation_prompt),
+        ),
     ];
     for (key, value) in special_strings {
         ctx.push((key.to_string(), JinjaValue::from(value.as_str())));
@@ -935,11 +968,27 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// A `strftime` subset (`%Y %y %m %d %e %j %H %I %M %S %p %b %B %a %A %%`) for a UTC timestamp.
 fn strftime(format: &str, secs: i64) -> String {
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     const DAYS: [&str; 7] = [
-        "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
     ];
     let days = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400);
@@ -1088,7 +1137,9 @@ fn write_json(
                 }
             }
         }
-        ValueKind::String => write_json_string(out, value.as_str().unwrap_or_default(), opts.ensure_ascii),
+        ValueKind::String => {
+            write_json_string(out, value.as_str().unwrap_or_default(), opts.ensure_ascii)
+        }
         ValueKind::Map => {
             let mut keys: Vec<JinjaValue> = value.try_iter()?.collect();
             if keys.is_empty() {
@@ -1145,7 +1196,11 @@ mod tests {
 
     /// A byte-level BPE tokenizer over a tiny vocabulary, built the way GGUF metadata is.
     fn tiny_gguf(pre: &str, add_bos: bool) -> GgufTokenizerMeta {
-        let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<think>".into()];
+        let mut tokens: Vec<String> = vec![
+            "<|endoftext|>".into(),
+            "<|im_start|>".into(),
+            "<think>".into(),
+        ];
         let mut types = vec![3, 3, 4];
         // the 256 byte-level symbols
         for b in 0u8..=255 {
@@ -1166,14 +1221,18 @@ mod tests {
             bos_id: Some(1),
             eos_id: Some(0),
             add_bos: Some(add_bos),
-            chat_template: Some("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}".into()),
+            chat_template: Some(
+                "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}".into(),
+            ),
             ..Default::default()
         }
     }
 
     /// GPT-2's bytes_to_unicode.
     fn byte_level_char(b: u8) -> char {
-        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let printable = |b: u8| {
+            (b'!'..=b'~').contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+        };
         if printable(b) {
             return b as char;
         }
@@ -1192,7 +1251,10 @@ mod tests {
         let two = tok.token_to_id("2").unwrap();
         assert_eq!(tok.encode("12", false).unwrap(), vec![one, two]);
         // control and user-defined tokens are matched whole; only control ones are special
-        assert_eq!(tok.encode("<|im_start|><think>", false).unwrap(), vec![1, 2]);
+        assert_eq!(
+            tok.encode("<|im_start|><think>", false).unwrap(),
+            vec![1, 2]
+        );
         assert!(tok.is_special(1));
         assert!(!tok.is_special(2));
         assert_eq!(tok.decode(&[1, hi], true).unwrap(), "hi");
@@ -1240,9 +1302,11 @@ mod tests {
             types.push(6);
             scores.push(0.0);
         }
-        for (i, piece) in ["▁", "h", "i", "e", "l", "o", "▁h", "he", "ll", "▁he", "llo", "▁hello"]
-            .iter()
-            .enumerate()
+        for (i, piece) in [
+            "▁", "h", "i", "e", "l", "o", "▁h", "he", "ll", "▁he", "llo", "▁hello",
+        ]
+        .iter()
+        .enumerate()
         {
             tokens.push(piece.to_string());
             types.push(1);
@@ -1264,7 +1328,10 @@ mod tests {
         assert_eq!(tok.encode("hello", true).unwrap(), vec![1, hello]);
         // an unknown character falls back to bytes
         let ids = tok.encode("hello ü", false).unwrap();
-        let u_bytes: Vec<u32> = "ü".bytes().map(|b| tok.token_to_id(&format!("<0x{b:02X}>")).unwrap()).collect();
+        let u_bytes: Vec<u32> = "ü"
+            .bytes()
+            .map(|b| tok.token_to_id(&format!("<0x{b:02X}>")).unwrap())
+            .collect();
         assert_eq!(ids[ids.len() - 2..], u_bytes[..]);
         assert_eq!(tok.decode(&ids, false).unwrap(), "hello ü");
         assert_eq!(tok.tokens("hello", false).unwrap(), vec!["hello"]);
@@ -1272,7 +1339,10 @@ mod tests {
 
     #[test]
     fn tokenizer_sentencepiece_merge_order() {
-        let tokens: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"].iter().map(|s| s.to_string()).collect();
+        let tokens: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0];
         let merges = sentencepiece_merges(&tokens, &scores);
         let expect: Vec<(String, String)> = [("b", "c"), ("a", "b"), ("ab", "c"), ("a", "bc")]
@@ -1326,25 +1396,43 @@ mod tests {
     }
 
     fn render(src: &str, messages: &[ChatMessage], gen: bool) -> Result<String> {
-        render_chat_template(src, messages, gen, &[("bos_token", "<s>".into()), ("eos_token", "</s>".into())])
+        render_chat_template(
+            src,
+            messages,
+            gen,
+            &[("bos_token", "<s>".into()), ("eos_token", "</s>".into())],
+        )
     }
 
     #[test]
     fn tokenizer_template_features() {
-        let msgs = [ChatMessage::system("  Be brief.  "), ChatMessage::user("Hi, you")];
+        let msgs = [
+            ChatMessage::system("  Be brief.  "),
+            ChatMessage::user("Hi, you"),
+        ];
         // trim_blocks / lstrip_blocks, loop controls, python string methods, bos_token
         let src = "{{ bos_token }}\n{% for m in messages %}\n    {% if m.role == 'system' %}{% continue %}{% endif %}\n[{{ m.role.upper() }}] {{ m.content.split(',')[0].strip() }}|{{ m['content'].startswith('Hi') }}\n{% endfor %}\n{% if add_generation_prompt %}[ASSISTANT]{% endif %}";
-        assert_eq!(render(src, &msgs, true).unwrap(), "<s>\n[USER] Hi|True\n[ASSISTANT]");
+        assert_eq!(
+            render(src, &msgs, true).unwrap(),
+            "<s>\n[USER] Hi|True\n[ASSISTANT]"
+        );
         assert_eq!(render(src, &msgs, false).unwrap(), "<s>\n[USER] Hi|True\n");
         // raise_exception surfaces its message
-        let err = render("{{ raise_exception('Only user and assistant roles!') }}", &msgs, true)
-            .unwrap_err()
-            .to_string();
+        let err = render(
+            "{{ raise_exception('Only user and assistant roles!') }}",
+            &msgs,
+            true,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("Only user and assistant roles!"), "{err}");
         // syntax errors are errors, not panics
         assert!(render("{% for %}", &msgs, true).is_err());
         // {% generation %} blocks render their body
-        assert_eq!(render("{%- generation -%} x {%- endgeneration %}", &msgs, true).unwrap(), "x");
+        assert_eq!(
+            render("{%- generation -%} x {%- endgeneration %}", &msgs, true).unwrap(),
+            "x"
+        );
         // strftime_now exists
         let year = render("{{ strftime_now('%Y') }}", &msgs, true).unwrap();
         assert_eq!(year.len(), 4);
@@ -1369,7 +1457,10 @@ mod tests {
         // 2024-07-26 13:05:09 UTC, a Friday
         let t = 1_721_999_109;
         assert_eq!(strftime("%d %b %Y", t), "26 Jul 2024");
-        assert_eq!(strftime("%A %B %e, %y %H:%M:%S %p %I %j %%", t), "Friday July 26, 24 13:05:09 PM 01 208 %");
+        assert_eq!(
+            strftime("%A %B %e, %y %H:%M:%S %p %I %j %%", t),
+            "Friday July 26, 24 13:05:09 PM 01 208 %"
+        );
         assert_eq!(strftime("%Y-%m-%d", 0), "1970-01-01");
         assert_eq!(strftime("%Y-%m-%d %a", 951_782_400), "2000-02-29 Tue");
     }

