@@ -376,3 +376,123 @@ fn gguf_without_tokenizer_is_a_clear_error() {
     assert!(err.contains("not supported"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A GGUF container holding the `tokenizer.ggml.*` metadata that llama.cpp's converter would
+/// write for the tokenizer in `dir` (vocabulary in id order, merges, token types: added special
+/// tokens are control (3), other added tokens user-defined (4)).
+fn gguf_like_llama_cpp(
+    dir: &Path,
+    pre: &str,
+    add_bos: bool,
+    bos: Option<i32>,
+    eos: i32,
+    pad: Option<i32>,
+) -> mlx_rs::io::GgufFile {
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    let mut tokens: Vec<Option<String>> = Vec::new();
+    let mut types: Vec<i32> = Vec::new();
+    let mut put = |id: usize, tok: &str, ty: i32| {
+        if tokens.len() <= id {
+            tokens.resize(id + 1, None);
+            types.resize(id + 1, 1);
+        }
+        tokens[id] = Some(tok.to_string());
+        types[id] = ty;
+    };
+    for (tok, id) in json["model"]["vocab"].as_object().unwrap() {
+        put(id.as_u64().unwrap() as usize, tok, 1);
+    }
+    for added in json["added_tokens"].as_array().unwrap() {
+        let ty = if added["special"].as_bool().unwrap() {
+            3
+        } else {
+            4
+        };
+        put(
+            added["id"].as_u64().unwrap() as usize,
+            added["content"].as_str().unwrap(),
+            ty,
+        );
+    }
+    let tokens: Vec<String> = tokens
+        .into_iter()
+        .map(|t| t.expect("no gaps in the vocabulary"))
+        .collect();
+    let merges: Vec<String> = json["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            Value::String(s) => s.clone(),
+            Value::Array(pair) => format!(
+                "{} {}",
+                pair[0].as_str().unwrap(),
+                pair[1].as_str().unwrap()
+            ),
+            other => panic!("merge {other}"),
+        })
+        .collect();
+
+    let mut g = mlx_rs::io::GgufFile::new().unwrap();
+    g.insert_metadata("tokenizer.ggml.model", "gpt2").unwrap();
+    g.insert_metadata("tokenizer.ggml.pre", pre).unwrap();
+    g.insert_metadata("tokenizer.ggml.tokens", tokens).unwrap();
+    g.insert_metadata("tokenizer.ggml.merges", merges).unwrap();
+    let n = types.len() as i32;
+    g.insert_metadata(
+        "tokenizer.ggml.token_type",
+        mlx_rs::Array::from_slice(&types, &[n]),
+    )
+    .unwrap();
+    if let Some(bos) = bos {
+        g.insert_metadata("tokenizer.ggml.bos_token_id", mlx_rs::Array::from_int(bos))
+            .unwrap();
+    }
+    g.insert_metadata("tokenizer.ggml.eos_token_id", mlx_rs::Array::from_int(eos))
+        .unwrap();
+    if let Some(pad) = pad {
+        g.insert_metadata(
+            "tokenizer.ggml.padding_token_id",
+            mlx_rs::Array::from_int(pad),
+        )
+        .unwrap();
+    }
+    g.insert_metadata(
+        "tokenizer.ggml.add_bos_token",
+        mlx_rs::Array::from_bool(add_bos),
+    )
+    .unwrap();
+    g.insert_metadata(
+        "tokenizer.chat_template",
+        config["chat_template"].as_str().unwrap(),
+    )
+    .unwrap();
+    g
+}
+
+#[test]
+fn qwen3_as_gguf_matches_tokenizer_json() {
+    let Some(dir) = fetched("qwen3") else { return };
+    let _guard = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    // pre "qwen2": NFC, then the Qwen2 split, then byte-level.
+    let gguf = gguf_like_llama_cpp(&dir, "qwen2", false, None, 151645, Some(151643));
+    let tok = Tokenizer::from_gguf(&gguf).unwrap();
+    assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
+    check_against_reference("qwen3", &tok);
+}
+
+#[test]
+fn llama3_as_gguf_matches_tokenizer_json() {
+    let Some(dir) = fetched("llama3") else { return };
+    let _guard = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    // pre "llama-bpe": the Llama 3 split; add_bos_token = true, as in Llama 3 GGUFs.
+    let gguf = gguf_like_llama_cpp(&dir, "llama-bpe", true, Some(128000), 128001, None);
+    let tok = Tokenizer::from_gguf(&gguf).unwrap();
+    assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
+    check_against_reference("llama3_bos", &tok);
+}
