@@ -4,6 +4,7 @@
 //! generation, hooks) and the Rhai bindings; `main.rs` is the command line.
 
 pub mod error;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub mod generate;
