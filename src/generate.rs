@@ -57,6 +57,8 @@ pub struct Generation {
 pub trait Sink {
     /// New text for `row`. Returning an error (e.g. `Error::Interrupted`) stops generation.
     fn text(&mut self, row: usize, piece: &str) -> Result<()>;
+    /// Called once per step, right after the step's tokens are known (`step` counts from 0).
+    fn token(&mut self, _step: usize) {}
 }
 
 impl<F: FnMut(usize, &str) -> Result<()>> Sink for F {
@@ -105,8 +107,9 @@ pub fn generate(
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed.unwrap_or_else(rand::random));
     let mut cache = KvCache::new(model.n_layers());
     let mut logits = model.run(&ids, &pads, Some(&mut cache), true)?;
-    for _ in 0..opts.max_tokens {
+    for step_no in 0..opts.max_tokens {
         let next = sample(&logits, &rows, opts, &mut rng)?;
+        sink.token(step_no);
         for (r, row) in rows.iter_mut().enumerate() {
             if row.done {
                 continue;

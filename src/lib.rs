@@ -3,10 +3,11 @@
 //! The library holds the engine (model loading, architectures, tokenization, forward passes,
 //! generation, hooks) and the Rhai bindings; `main.rs` is the command line.
 
+pub mod bench;
 pub mod error;
-pub mod tokenizer;
-
-pub use error::{Error, Result};
 pub mod generate;
 pub mod hooks;
 pub mod model;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

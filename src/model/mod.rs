@@ -13,7 +13,9 @@ use mlx_rs::{Array, Dtype};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::generate::{generate, GenerateOptions, Generation, Sink};
 use crate::hooks::Hooks;
+use crate::tokenizer::Tokenizer;
 use layers::{KvCache, Step};
 use weights::{QuantConfig, Weights};
 
@@ -112,6 +114,7 @@ pub struct ModelInfo {
 /// A loaded model: network, hooks, and what it was loaded from.
 pub struct Model {
     pub net: Net,
+    pub tokenizer: Tokenizer,
     pub hooks: Hooks,
     pub info: ModelInfo,
     /// Quantization of the checkpoint as stored: `(bits, group_size)`.
@@ -190,11 +193,12 @@ impl Model {
         let mut w = Weights::new(tensors, None, dequantize, dtype);
         let net = Net::Llama(llama::Llama::load(cfg, &mut w)?);
         w.finish()?;
+        let tokenizer = Tokenizer::from_gguf(&g.file)?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Model::assemble(net, name, g.arch.clone(), path, dtype, dequantize)
+        Model::assemble(net, tokenizer, name, g.arch.clone(), path, dtype, dequantize)
     }
 
     fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
@@ -247,15 +251,17 @@ impl Model {
             }
         };
         w.finish()?;
+        let tokenizer = Tokenizer::from_dir(dir)?;
         let name = dir
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Model::assemble(net, name, model_type, dir, dtype, dequantize)
+        Model::assemble(net, tokenizer, name, model_type, dir, dtype, dequantize)
     }
 
     fn assemble(
         net: Net,
+        tokenizer: Tokenizer,
         name: String,
         arch: String,
         path: &Path,
@@ -290,9 +296,17 @@ impl Model {
             device: if gpu_available() { "gpu" } else { "cpu" }.into(),
             path: path.display().to_string(),
         };
-        let _ = dequantized;
+        let mut info = info;
+        info.quantization = match stored_quantization {
+            None => "none".into(),
+            Some((bits, group)) if dequantized => {
+                format!("{bits}-bit group {group} (dequantized at load)")
+            }
+            Some((bits, group)) => format!("{bits}-bit group {group}"),
+        };
         Ok(Model {
             net,
+            tokenizer,
             hooks: Hooks::default(),
             info,
             stored_quantization,
@@ -301,6 +315,54 @@ impl Model {
 
     pub fn n_layers(&self) -> usize {
         self.net.n_layers()
+    }
+
+    /// Token ids for `text`; `special` adds BOS etc. as the model's tokenizer does by default.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text, special)
+    }
+
+    /// The id used to fill left padding.
+    pub fn pad_id(&self) -> u32 {
+        self.tokenizer
+            .pad_id()
+            .or_else(|| self.tokenizer.eos_ids().first().copied())
+            .unwrap_or(0)
+    }
+
+    /// Generate from token-id prompts (batched), stopping at the model's end-of-sequence tokens.
+    pub fn generate_ids(
+        &mut self,
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+        sink: &mut dyn Sink,
+    ) -> Result<Vec<Generation>> {
+        let eos = self.tokenizer.eos_ids().to_vec();
+        let pad = self.pad_id();
+        let tokenizer = self.tokenizer.clone();
+        let decode = move |ids: &[u32]| tokenizer.decode(ids, true);
+        generate(self, prompts, opts, &eos, pad, &decode, sink)
+    }
+
+    /// The `k` most likely next tokens after `ids`: `(id, token text, probability, logit)`.
+    pub fn top_k(&mut self, ids: &[u32], k: usize) -> Result<Vec<(u32, String, f32, f32)>> {
+        let (input, pads) = pad_left(&[ids.to_vec()], 0)?;
+        let logits = self.run(&input, &pads, None, true)?.as_dtype(Dtype::Float32)?;
+        let row = logits.as_slice::<f32>();
+        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = row.iter().map(|x| (x - max).exp()).sum();
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        let k = k.min(row.len());
+        order.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| row[b].total_cmp(&row[a]));
+        order.truncate(k);
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        order
+            .into_iter()
+            .map(|i| {
+                let text = self.tokenizer.decode(&[i as u32], false)?;
+                Ok((i as u32, text, (row[i] - max).exp() / z, row[i]))
+            })
+            .collect()
     }
 
     /// Run `ids` `[batch, pos]` (rows left-padded by `pads`) through the model, continuing

@@ -1,0 +1,121 @@
+//! `mlxi bench`: load time, prefill and decode speed and peak memory of the engine, measured the
+//! same way as the mlx-lm side (`tests/reference/mlxlm_bench.py`), so `bench/run.sh` can print
+//! both in one table.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::generate::{generate, GenerateOptions, Sink};
+use crate::model::{LoadOptions, Model};
+
+/// The benchmark prompt, shared with `tests/reference/mlxlm_bench.py` (same text, same rule:
+/// encoded without special tokens, repeated cyclically, truncated to N tokens).
+pub const PROMPT_TEXT: &str = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg \
+combined movable metal type, oil-based ink, and a wooden screw press adapted from wine making. \
+Within a few decades, printing shops had spread across Europe, books became cheaper, and ideas \
+travelled faster than ever before. Scholars could compare identical copies of a text, errors \
+could be corrected in later editions, and vernacular languages gained a standard written form. ";
+
+/// One benchmark run's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub tool: String,
+    pub model: String,
+    pub quantization: String,
+    pub dtype: String,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub load_s: f64,
+    pub prefill_s: f64,
+    pub prefill_tps: f64,
+    pub decode_s: f64,
+    pub decode_tps: f64,
+    pub peak_memory_bytes: usize,
+    pub max_rss_bytes: u64,
+    pub generated_ids: Vec<u32>,
+}
+
+fn max_rss_bytes() -> u64 {
+    // getrusage: kilobytes on Linux, bytes on macOS.
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a full rusage struct into the pointer we pass.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
+    if !ok {
+        return 0;
+    }
+    // SAFETY: initialised by the successful call above.
+    let kb = unsafe { usage.assume_init() }.ru_maxrss as u64;
+    if cfg!(target_os = "macos") {
+        kb
+    } else {
+        kb * 1024
+    }
+}
+
+/// Load `source` and time a greedy generation of `gen_tokens` after a `prompt_tokens` prompt,
+/// after one short warm-up run (as the mlx-lm side does).
+pub fn run(source: &str, opts: &LoadOptions, prompt_tokens: usize, gen_tokens: usize) -> Result<BenchResult> {
+    let t0 = Instant::now();
+    let mut model = if source == "default" {
+        Model::load_default(opts)?
+    } else {
+        Model::load(source, opts)?
+    };
+    let load_s = t0.elapsed().as_secs_f64();
+    let base = model.tokenizer.encode(PROMPT_TEXT, false)?;
+    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| base[i % base.len()]).collect();
+
+    timed(&mut model, &prompt[..prompt.len().min(16)], 2)?;
+    let (prefill_s, decode_s, ids) = timed(&mut model, &prompt, gen_tokens)?;
+    Ok(BenchResult {
+        tool: "mlxi".into(),
+        model: model.info.path.clone(),
+        quantization: model.info.quantization.clone(),
+        dtype: model.info.dtype.clone(),
+        prompt_tokens,
+        gen_tokens,
+        load_s,
+        prefill_s,
+        prefill_tps: prompt_tokens as f64 / prefill_s,
+        decode_s,
+        decode_tps: (gen_tokens.saturating_sub(1)) as f64 / decode_s,
+        peak_memory_bytes: mlx_rs::memory::peak_memory()?,
+        max_rss_bytes: max_rss_bytes(),
+        generated_ids: ids,
+    })
+}
+
+/// Records when the first token is known.
+struct Clock {
+    first: Option<Instant>,
+}
+
+impl Sink for Clock {
+    fn text(&mut self, _row: usize, _piece: &str) -> Result<()> {
+        Ok(())
+    }
+    fn token(&mut self, _step: usize) {
+        self.first.get_or_insert_with(Instant::now);
+    }
+}
+
+/// Greedy generation of `n` tokens: `(prefill seconds, decode seconds, ids)`, where prefill runs
+/// until the first token is known and decode from then until the last.
+fn timed(model: &mut Model, prompt: &[u32], n: usize) -> Result<(f64, f64, Vec<u32>)> {
+    let opts = GenerateOptions {
+        max_tokens: n,
+        ..Default::default()
+    };
+    let mut clock = Clock { first: None };
+    let start = Instant::now();
+    let out = generate(model, &[prompt.to_vec()], &opts, &[], 0, &|_| Ok(String::new()), &mut clock)?;
+    let end = Instant::now();
+    let first = clock.first.unwrap_or(end);
+    Ok((
+        (first - start).as_secs_f64(),
+        (end - first).as_secs_f64(),
+        out.into_iter().next().map(|g| g.ids).unwrap_or_default(),
+    ))
+}
