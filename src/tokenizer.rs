@@ -175,7 +175,8 @@ impl Tokenizer {
     /// `tokenizer.ggml.pre` names (`smollm`/`starcoder`/`refact`: digits split one by one, then
     /// GPT-2's byte-level regex; `qwen2`: NFC and the Qwen2 split; `llama-bpe`: the Llama 3 split;
     /// `gpt-2`/`default`: GPT-2's). SentencePiece vocabularies (`"llama"`) become a byte-fallback
-    /// BPE whose merges are recovered from the token scores, as transformers does. Tokens of
+    /// BPE whose merges are recovered from the token scores, as transformers does, with
+    /// SentencePiece's own dummy-prefix space (`tokenizer.ggml.add_space_prefix`). Tokens of
     /// type 3 (control) are special; type 4 (user-defined) are added tokens that are not special.
     /// BOS/EOS are added when `tokenizer.ggml.add_bos_token` / `add_eos_token` say so.
     pub fn from_gguf(gguf: &mlx_rs::io::GgufFile) -> Result<Self> {
@@ -575,9 +576,17 @@ impl GgufTokenizerMeta {
                 (self.bpe_model(false, None)?, normalizer, pre, decoder, false)
             }
             "llama" => {
-                // SentencePiece BPE, as transformers' LlamaTokenizer rebuilds it.
+                // SentencePiece BPE with byte fallback and merges recovered from the scores, as
+                // transformers rebuilds it; but the dummy-prefix space is prepended as
+                // SentencePiece and llama.cpp do (also to text that already starts with a space),
+                // with a Prepend normalizer like Llama 2's own tokenizer.json.
                 let prefix = self.add_space_prefix.unwrap_or(true);
-                let pre = json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": if prefix { "first" } else { "never" }, "split": false});
+                let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+                let normalizer = if prefix {
+                    json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]})
+                } else {
+                    replace
+                };
                 let mut steps = vec![
                     json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
                     json!({"type": "ByteFallback"}),
@@ -588,7 +597,7 @@ impl GgufTokenizerMeta {
                 }
                 let decoder = json!({"type": "Sequence", "decoders": steps});
                 let unk_token = unk.map(|id| self.tokens[id as usize].clone());
-                (self.bpe_model(true, unk_token)?, Json::Null, pre, decoder, true)
+                (self.bpe_model(true, unk_token)?, normalizer, Json::Null, decoder, true)
             }
             other => {
                 return Err(Error::Tokenizer(format!(
