@@ -246,7 +246,7 @@ impl Tokenizer {
         self.pad_id
     }
 
-    /// Whether the tokenizer is special: control tokens such as `<|im_start|>` or BOS.
+    /// Whether `id` is a special token (a control token such as `<|im_start|>`, or BOS/EOS).
     pub fn is_special(&self, id: u32) -> bool {
         self.inner
             .id_to_token(id)
@@ -916,7 +916,7 @@ fn strip_generation_tags(source: &str) -> String {
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else {
+        let Some(end) = tag[2..].find("%}").map(|i| i + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -1054,7 +1054,8 @@ fn tojson(value: &JinjaValue, kwargs: Kwargs) -> std::result::Result<JinjaValue,
         Some(v) if v.is_none() => None,
         Some(v) => match v.as_str() {
             Some(s) => Some(s.to_string()),
-            None => Some(" ".repeat(usize::try_from(v.as_i64().unwrap_or(0)).unwrap_or(0))),
+            // (capped: a template should not be able to ask for gigabytes of spaces)
+            None => Some(" ".repeat(v.as_i64().unwrap_or(0).clamp(0, 256) as usize)),
         },
     };
     let (item_sep, key_sep) = match separators {
@@ -1390,6 +1391,15 @@ mod tests {
     }
 
     #[test]
+    fn tokenizer_decode_out_of_range_ids() {
+        let tok = tiny_gguf("smollm", false).build().unwrap();
+        let hi = tok.token_to_id("hi").unwrap();
+        assert_eq!(tok.decode(&[hi, 1_000_000, hi], false).unwrap(), "hihi");
+        assert_eq!(tok.id_to_token(1_000_000), None);
+        assert_eq!(tok.token_to_id("no such token"), None);
+    }
+
+    #[test]
     fn tokenizer_stream_skip_special() {
         let tok = tiny_gguf("smollm", false).build().unwrap();
         let ids = tok.encode("<|im_start|>hi", false).unwrap();
@@ -1437,6 +1447,9 @@ mod tests {
         assert!(err.contains("Only user and assistant roles!"), "{err}");
         // syntax errors are errors, not panics
         assert!(render("{% for %}", &msgs, true).is_err());
+        // odd tags do not trip the {% generation %} rewriting
+        assert!(render("{%}", &msgs, true).is_err());
+        assert!(render("a {%", &msgs, true).is_err());
         // {% generation %} blocks render their body
         assert_eq!(
             render("{%- generation -%} x {%- endgeneration %}", &msgs, true).unwrap(),
