@@ -175,7 +175,8 @@ impl Tokenizer {
     /// `tokenizer.ggml.pre` names (`smollm`/`starcoder`/`refact`: digits split one by one, then
     /// GPT-2's byte-level regex; `qwen2`: NFC and the Qwen2 split; `llama-bpe`: the Llama 3 split;
     /// `gpt-2`/`default`: GPT-2's). SentencePiece vocabularies (`"llama"`) become a byte-fallback
-    /// BPE whose merges are recovered from the token scores, as transformers does. Tokens of
+    /// BPE whose merges are recovered from the token scores, as transformers does, with
+    /// SentencePiece's own dummy-prefix space (`tokenizer.ggml.add_space_prefix`). Tokens of
     /// type 3 (control) are special; type 4 (user-defined) are added tokens that are not special.
     /// BOS/EOS are added when `tokenizer.ggml.add_bos_token` / `add_eos_token` say so.
     pub fn from_gguf(gguf: &mlx_rs::io::GgufFile) -> Result<Self> {
@@ -245,7 +246,7 @@ impl Tokenizer {
         self.pad_id
     }
 
-    /// Whether the tokenizer is special: control tokens such as `<|im_start|>` or BOS.
+    /// Whether `id` is a special token (a control token such as `<|im_start|>`, or BOS/EOS).
     pub fn is_special(&self, id: u32) -> bool {
         self.inner
             .id_to_token(id)
@@ -575,9 +576,17 @@ impl GgufTokenizerMeta {
                 (self.bpe_model(false, None)?, normalizer, pre, decoder, false)
             }
             "llama" => {
-                // SentencePiece BPE, as transformers' LlamaTokenizer rebuilds it.
+                // SentencePiece BPE with byte fallback and merges recovered from the scores, as
+                // transformers rebuilds it; but the dummy-prefix space is prepended as
+                // SentencePiece and llama.cpp do (also to text that already starts with a space),
+                // with a Prepend normalizer like Llama 2's own tokenizer.json.
                 let prefix = self.add_space_prefix.unwrap_or(true);
-                let pre = json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": if prefix { "first" } else { "never" }, "split": false});
+                let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+                let normalizer = if prefix {
+                    json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]})
+                } else {
+                    replace
+                };
                 let mut steps = vec![
                     json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
                     json!({"type": "ByteFallback"}),
@@ -588,7 +597,7 @@ impl GgufTokenizerMeta {
                 }
                 let decoder = json!({"type": "Sequence", "decoders": steps});
                 let unk_token = unk.map(|id| self.tokens[id as usize].clone());
-                (self.bpe_model(true, unk_token)?, Json::Null, pre, decoder, true)
+                (self.bpe_model(true, unk_token)?, normalizer, Json::Null, decoder, true)
             }
             other => {
                 return Err(Error::Tokenizer(format!(
@@ -907,7 +916,7 @@ fn strip_generation_tags(source: &str) -> String {
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else {
+        let Some(end) = tag[2..].find("%}").map(|i| i + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -1045,7 +1054,8 @@ fn tojson(value: &JinjaValue, kwargs: Kwargs) -> std::result::Result<JinjaValue,
         Some(v) if v.is_none() => None,
         Some(v) => match v.as_str() {
             Some(s) => Some(s.to_string()),
-            None => Some(" ".repeat(usize::try_from(v.as_i64().unwrap_or(0)).unwrap_or(0))),
+            // (capped: a template should not be able to ask for gigabytes of spaces)
+            None => Some(" ".repeat(v.as_i64().unwrap_or(0).clamp(0, 256) as usize)),
         },
     };
     let (item_sep, key_sep) = match separators {
@@ -1381,6 +1391,15 @@ mod tests {
     }
 
     #[test]
+    fn tokenizer_decode_out_of_range_ids() {
+        let tok = tiny_gguf("smollm", false).build().unwrap();
+        let hi = tok.token_to_id("hi").unwrap();
+        assert_eq!(tok.decode(&[hi, 1_000_000, hi], false).unwrap(), "hihi");
+        assert_eq!(tok.id_to_token(1_000_000), None);
+        assert_eq!(tok.token_to_id("no such token"), None);
+    }
+
+    #[test]
     fn tokenizer_stream_skip_special() {
         let tok = tiny_gguf("smollm", false).build().unwrap();
         let ids = tok.encode("<|im_start|>hi", false).unwrap();
@@ -1428,6 +1447,9 @@ mod tests {
         assert!(err.contains("Only user and assistant roles!"), "{err}");
         // syntax errors are errors, not panics
         assert!(render("{% for %}", &msgs, true).is_err());
+        // odd tags do not trip the {% generation %} rewriting
+        assert!(render("{%}", &msgs, true).is_err());
+        assert!(render("a {%", &msgs, true).is_err());
         // {% generation %} blocks render their body
         assert_eq!(
             render("{%- generation -%} x {%- endgeneration %}", &msgs, true).unwrap(),

@@ -144,8 +144,13 @@ fn check_against_reference(name: &str, tok: &Tokenizer) {
         }
     }
 
-    assert!(tok.has_chat_template(), "{name}: no chat template");
-    for conv in entry["chat"].as_array().unwrap() {
+    let chats = entry["chat"].as_array().unwrap();
+    assert_eq!(
+        tok.has_chat_template(),
+        !chats.is_empty(),
+        "{name}: chat template"
+    );
+    for conv in chats {
         let messages: Vec<ChatMessage> = serde_json::from_value(conv["messages"].clone()).unwrap();
         let gen = conv["add_generation_prompt"].as_bool().unwrap();
         let expect = conv["rendered"].as_str().unwrap();
@@ -495,4 +500,65 @@ fn llama3_as_gguf_matches_tokenizer_json() {
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
     assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
     check_against_reference("llama3_bos", &tok);
+}
+
+#[test]
+fn sentencepiece_gguf_matches_sentencepiece() {
+    // A tiny SentencePiece BPE model (trained by the reference script; its metadata is in
+    // cases.json) written into a GGUF container the way llama.cpp's converter does.
+    let all = cases();
+    let entry = &all["tokenizers"]["spm_tiny"];
+    let meta = &entry["gguf"];
+    let strings = |key: &str| -> Vec<String> {
+        meta[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect()
+    };
+    let tokens = strings("tokens");
+    let n = tokens.len() as i32;
+    let scores: Vec<f32> = meta["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let types: Vec<i32> = meta["token_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect();
+    let id = |key: &str| mlx_rs::Array::from_int(meta[key].as_i64().unwrap() as i32);
+
+    let _guard = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    let mut g = mlx_rs::io::GgufFile::new().unwrap();
+    g.insert_metadata("tokenizer.ggml.model", "llama").unwrap();
+    g.insert_metadata("tokenizer.ggml.tokens", tokens).unwrap();
+    g.insert_metadata(
+        "tokenizer.ggml.scores",
+        mlx_rs::Array::from_slice(&scores, &[n]),
+    )
+    .unwrap();
+    g.insert_metadata(
+        "tokenizer.ggml.token_type",
+        mlx_rs::Array::from_slice(&types, &[n]),
+    )
+    .unwrap();
+    g.insert_metadata("tokenizer.ggml.bos_token_id", id("bos_token_id"))
+        .unwrap();
+    g.insert_metadata("tokenizer.ggml.eos_token_id", id("eos_token_id"))
+        .unwrap();
+    g.insert_metadata("tokenizer.ggml.unknown_token_id", id("unknown_token_id"))
+        .unwrap();
+    g.insert_metadata(
+        "tokenizer.ggml.add_space_prefix",
+        mlx_rs::Array::from_bool(meta["add_space_prefix"].as_bool().unwrap()),
+    )
+    .unwrap();
+    let tok = Tokenizer::from_gguf(&g).unwrap();
+    assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
+    check_against_reference("spm_tiny", &tok);
 }

