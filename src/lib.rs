@@ -4,5 +4,8 @@
 //! generation, hooks) and the Rhai bindings; `main.rs` is the command line.
 
 pub mod error;
+pub mod interrupt;
+pub mod repl;
+pub mod script;
 
 pub use error::{Error, Result};
