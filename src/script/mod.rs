@@ -61,13 +61,16 @@ impl From<Error> for Box<EvalAltResult> {
     }
 }
 
+/// A compiled module and the modification time of its file (None for the embedded library).
+type CachedModule = (Option<SystemTime>, Shared<Module>);
+
 /// Where a script runs: the folder its relative paths resolve against, the recipe folders
 /// `import` searches, and the sources seen so far (for error messages).
 pub struct Context {
     base_dir: PathBuf,
     recipe_dirs: Vec<PathBuf>,
     sources: RefCell<HashMap<String, Rc<str>>>,
-    modules: RefCell<HashMap<String, (Option<SystemTime>, Shared<Module>)>>,
+    modules: RefCell<HashMap<String, CachedModule>>,
 }
 
 impl Context {
@@ -180,6 +183,9 @@ fn max_operations() -> u64 {
 pub fn new_engine(ctx: Rc<Context>) -> Engine {
     let mut engine = Engine::new();
     engine.set_max_call_levels(MAX_CALL_LEVELS);
+    // Nesting depth of expressions (top level, inside functions): the same in debug and
+    // release builds, and far from the parser's stack limits.
+    engine.set_max_expr_depths(128, 64);
     engine.set_max_operations(max_operations());
     engine.on_progress(|_| interrupt::requested().then(|| Dynamic::from("interrupted")));
     engine.on_print(print_line);

@@ -47,7 +47,7 @@ impl<'a> Options<'a> {
             "{}: option '{key}' must be {want}, got {} ({})",
             self.verb,
             super::display::inline(got),
-            got.type_name()
+            super::display::type_name(got)
         ))
     }
 
@@ -205,7 +205,7 @@ mod tests {
         let e = o.bool("n", false).err().map(|e| e.to_string());
         assert_eq!(
             e.as_deref(),
-            Some("v: option 'n' must be true or false, got 5 (i64)")
+            Some("v: option 'n' must be true or false, got 5 (integer)")
         );
     }
 }
