@@ -6,14 +6,26 @@ use common::*;
 #[test]
 fn version_and_help() {
     let home = scratch();
-    let v: Run = mlxi(home.path()).arg("--version").output().expect("runs").into();
+    let v: Run = mlxi(home.path())
+        .arg("--version")
+        .output()
+        .expect("runs")
+        .into();
     assert_eq!(v.ok(), format!("mlxi {}", env!("CARGO_PKG_VERSION")));
-    let h: Run = mlxi(home.path()).arg("--help").output().expect("runs").into();
+    let h: Run = mlxi(home.path())
+        .arg("--help")
+        .output()
+        .expect("runs")
+        .into();
     let help = h.ok();
     for needle in ["run", "-e", "--version", "interactive shell"] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
-    let h: Run = mlxi(home.path()).args(["run", "--help"]).output().expect("runs").into();
+    let h: Run = mlxi(home.path())
+        .args(["run", "--help"])
+        .output()
+        .expect("runs")
+        .into();
     assert!(h.ok().contains("--set <KEY=VALUE>"));
 }
 
@@ -29,8 +41,12 @@ fn eval_prints_the_value() {
 
 #[test]
 fn eval_shows_tables_for_rows_of_maps() {
-    let out = eval(r#"[#{token: " Paris", prob: 0.5, id: 7}, #{token: " the", prob: 0.25, id: 12}]"#);
-    assert_eq!(out.ok(), "token     id  prob\n\" Paris\"   7   0.5\n\" the\"    12  0.25");
+    let out =
+        eval(r#"[#{token: " Paris", prob: 0.5, id: 7}, #{token: " the", prob: 0.25, id: 12}]"#);
+    assert_eq!(
+        out.ok(),
+        "token     id  prob\n\" Paris\"   7   0.5\n\" the\"    12  0.25"
+    );
 }
 
 #[test]
@@ -43,7 +59,19 @@ fn run_passes_set_values_with_their_types() {
     );
     let out = run_in(
         dir.path(),
-        &["exp.rhai", "--set", "n=3", "--set", "alpha=-0.5", "--set", "chat=true", "--set", "name=blocks.3", "--set", "empty="],
+        &[
+            "exp.rhai",
+            "--set",
+            "n=3",
+            "--set",
+            "alpha=-0.5",
+            "--set",
+            "chat=true",
+            "--set",
+            "name=blocks.3",
+            "--set",
+            "empty=",
+        ],
     );
     assert_eq!(
         out.ok(),
@@ -64,7 +92,11 @@ fn run_without_set_has_an_empty_args_map() {
 #[test]
 fn runtime_errors_name_file_line_and_column() {
     let dir = scratch();
-    write(dir.path(), "bad.rhai", "let x = 1;\nlet y = x + undefined_var;\n");
+    write(
+        dir.path(),
+        "bad.rhai",
+        "let x = 1;\nlet y = x + undefined_var;\n",
+    );
     let out = run_in(dir.path(), &["bad.rhai"]);
     assert_eq!(
         out.failed(),
@@ -100,7 +132,10 @@ fn errors_inside_functions_show_the_call_trail() {
 #[test]
 fn eval_errors_are_reported_against_the_code() {
     let out = eval("let a = 1;\nthrow \"custom failure\";");
-    assert_eq!(out.failed(), "<-e>:2:1: custom failure\n   2 | throw \"custom failure\";\n     | ^");
+    assert_eq!(
+        out.failed(),
+        "<-e>:2:1: custom failure\n   2 | throw \"custom failure\";\n     | ^"
+    );
 }
 
 #[test]
@@ -112,7 +147,10 @@ fn a_missing_script_is_an_error_not_a_panic() {
 
 #[test]
 fn example_scripts_run() {
-    let out = run_in(&repo(), &["scripts/tensors.rhai", "--set", "dim=32", "--set", "seed=3"]);
+    let out = run_in(
+        &repo(),
+        &["scripts/tensors.rhai", "--set", "dim=32", "--set", "seed=3"],
+    );
     let text = out.ok();
     assert!(text.contains("a: Tensor[32] float32"), "{text}");
     assert!(text.contains("mean shift along a: 2"), "{text}");

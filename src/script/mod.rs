@@ -64,6 +64,18 @@ impl From<Error> for Box<EvalAltResult> {
 /// A compiled module and the modification time of its file (None for the embedded library).
 type CachedModule = (Option<SystemTime>, Shared<Module>);
 
+/// An engine result as a script result, the error placed at the call: for functions of static
+/// modules (`stats::...`), whose errors Rhai leaves without a position.
+pub fn located<T>(ctx: &NativeCallContext, r: crate::Result<T>) -> RhaiResult<T> {
+    r.map_err(|e| {
+        let mut err: Box<EvalAltResult> = e.into();
+        if err.position().is_none() {
+            err.set_position(ctx.call_position());
+        }
+        err
+    })
+}
+
 /// Where a script runs: the folder its relative paths resolve against, the recipe folders
 /// `import` searches, and the sources seen so far (for error messages).
 pub struct Context {

@@ -14,7 +14,7 @@ use rhai::{Array, Dynamic, Engine, Map, FLOAT, INT};
 use statrs::distribution::{Binomial, Discrete, DiscreteCDF};
 
 use super::options::Options;
-use super::RhaiResult;
+use super::{located, RhaiResult};
 use crate::{Error, Result};
 
 /// The numbers of a script array (integers or floats), or an error naming `verb`.
@@ -180,7 +180,7 @@ pub fn permutation_test(a: &[f64], b: &[f64], n: usize, seed: u64) -> f64 {
         let mut shuffled = pooled.clone();
         for _ in 0..n {
             let (head, _) = shuffled.partial_shuffle(&mut rng, na);
-            count(head.iter().sum());
+            count(stat(head.iter().sum()));
         }
         n
     };
@@ -190,6 +190,63 @@ pub fn permutation_test(a: &[f64], b: &[f64], n: usize, seed: u64) -> f64 {
     (2.0 * p(less).min(p(greater))).min(1.0)
 }
 
+fn bootstrap_verb(xs: &Array, opts: &Map) -> Result<Map> {
+    let verb = "stats::bootstrap_ci";
+    let o = Options::parse(verb, opts, &["n", "level", "seed"])?;
+    let n = o.int("n", 1000)?;
+    let level = o.float("level", 0.95)?;
+    let seed = o.int("seed", 0)?;
+    if !(1..=100_000_000).contains(&n) {
+        return Err(Error::Invalid(format!(
+            "{verb}: n must be from 1 to 1e8, got {n}"
+        )));
+    }
+    if !(level > 0.0 && level < 1.0) {
+        return Err(Error::Invalid(format!(
+            "{verb}: level must be between 0 and 1, got {level}"
+        )));
+    }
+    let xs = nonempty(xs, verb, 1)?;
+    let (lo, hi) = bootstrap_ci(&xs, n as usize, level, seed as u64);
+    let mut m = Map::new();
+    m.insert("lo".into(), Dynamic::from_float(lo));
+    m.insert("hi".into(), Dynamic::from_float(hi));
+    m.insert("mean".into(), Dynamic::from_float(mean(&xs)));
+    Ok(m)
+}
+
+fn binomial_verb(k: INT, n: INT, p: FLOAT) -> Result<FLOAT> {
+    let verb = "stats::binomial_test";
+    if n < 0 || k < 0 || k > n {
+        return Err(Error::Invalid(format!(
+            "{verb}: needs 0 <= k <= n, got k = {k}, n = {n}"
+        )));
+    }
+    if !(0.0..=1.0).contains(&p) {
+        return Err(Error::Invalid(format!(
+            "{verb}: p must be in [0, 1], got {p}"
+        )));
+    }
+    binomial_test(k as u64, n as u64, p)
+}
+
+fn permutation_verb(a: &Array, b: &Array, opts: &Map) -> Result<FLOAT> {
+    let verb = "stats::permutation_test";
+    let o = Options::parse(verb, opts, &["n", "seed"])?;
+    let n = o.int("n", 10_000)?;
+    let seed = o.int("seed", 0)?;
+    if !(1..=100_000_000).contains(&n) {
+        return Err(Error::Invalid(format!(
+            "{verb}: n must be from 1 to 1e8, got {n}"
+        )));
+    }
+    let a = nonempty(a, verb, 1)?;
+    let b = nonempty(b, verb, 1)?;
+    Ok(permutation_test(&a, &b, n as usize, seed as u64))
+}
+
+// Functions of a static module take the call context to place their errors: Rhai does not add
+// the position to errors from qualified (`stats::...`) native calls.
 #[export_module]
 mod stats_functions {
     use super::*;
@@ -198,16 +255,16 @@ mod stats_functions {
     ///
     /// Example: `stats::mean([1, 2, 3, 4])  // 2.5`
     #[rhai_fn(name = "mean", return_raw)]
-    pub fn mean_of(xs: Array) -> RhaiResult<FLOAT> {
-        Ok(mean(&nonempty(&xs, "stats::mean", 1)?))
+    pub fn mean_of(ctx: NativeCallContext, xs: Array) -> RhaiResult<FLOAT> {
+        located(&ctx, nonempty(&xs, "stats::mean", 1).map(|v| mean(&v)))
     }
 
     /// The sample standard deviation (ddof = 1, like numpy.std(xs, ddof=1)); needs 2 values.
     ///
     /// Example: `stats::std([1, 2, 3, 4])  // 1.291`
     #[rhai_fn(name = "std", return_raw)]
-    pub fn std_of(xs: Array) -> RhaiResult<FLOAT> {
-        Ok(sample_std(&nonempty(&xs, "stats::std", 2)?))
+    pub fn std_of(ctx: NativeCallContext, xs: Array) -> RhaiResult<FLOAT> {
+        located(&ctx, nonempty(&xs, "stats::std", 2).map(|v| sample_std(&v)))
     }
 
     /// Percentile-bootstrap confidence interval of the mean: `#{lo, hi, mean}`.
@@ -215,36 +272,16 @@ mod stats_functions {
     ///
     /// Example: `stats::bootstrap_ci(accuracies, #{n: 5000, level: 0.99, seed: 1})`
     #[rhai_fn(name = "bootstrap_ci", return_raw)]
-    pub fn bootstrap_ci_opts(xs: Array, opts: Map) -> RhaiResult<Map> {
-        let verb = "stats::bootstrap_ci";
-        let o = Options::parse(verb, &opts, &["n", "level", "seed"])?;
-        let n = o.int("n", 1000)?;
-        let level = o.float("level", 0.95)?;
-        let seed = o.int("seed", 0)?;
-        if !(1..=100_000_000).contains(&n) {
-            return Err(Error::Invalid(format!("{verb}: n must be from 1 to 1e8, got {n}")).into());
-        }
-        if !(level > 0.0 && level < 1.0) {
-            return Err(Error::Invalid(format!(
-                "{verb}: level must be between 0 and 1, got {level}"
-            ))
-            .into());
-        }
-        let xs = nonempty(&xs, verb, 1)?;
-        let (lo, hi) = bootstrap_ci(&xs, n as usize, level, seed as u64);
-        let mut m = Map::new();
-        m.insert("lo".into(), Dynamic::from_float(lo));
-        m.insert("hi".into(), Dynamic::from_float(hi));
-        m.insert("mean".into(), Dynamic::from_float(mean(&xs)));
-        Ok(m)
+    pub fn bootstrap_ci_opts(ctx: NativeCallContext, xs: Array, opts: Map) -> RhaiResult<Map> {
+        located(&ctx, bootstrap_verb(&xs, &opts))
     }
 
     /// Percentile-bootstrap 95% confidence interval of the mean, 1000 resamples, seed 0.
     ///
     /// Example: `stats::bootstrap_ci([0.61, 0.58, 0.66, 0.63])`
     #[rhai_fn(name = "bootstrap_ci", return_raw)]
-    pub fn bootstrap_ci_default(xs: Array) -> RhaiResult<Map> {
-        bootstrap_ci_opts(xs, Map::new())
+    pub fn bootstrap_ci_default(ctx: NativeCallContext, xs: Array) -> RhaiResult<Map> {
+        located(&ctx, bootstrap_verb(&xs, &Map::new()))
     }
 
     /// Exact two-sided binomial test (scipy.stats.binomtest): the p-value of `k` successes in
@@ -252,17 +289,8 @@ mod stats_functions {
     ///
     /// Example: `stats::binomial_test(62, 100, 0.5)  // 0.0210`
     #[rhai_fn(name = "binomial_test", return_raw)]
-    pub fn binomial_test_fn(k: INT, n: INT, p: FLOAT) -> RhaiResult<FLOAT> {
-        let verb = "stats::binomial_test";
-        if n < 0 || k < 0 || k > n {
-            return Err(
-                Error::Invalid(format!("{verb}: needs 0 <= k <= n, got k = {k}, n = {n}")).into(),
-            );
-        }
-        if !(0.0..=1.0).contains(&p) {
-            return Err(Error::Invalid(format!("{verb}: p must be in [0, 1], got {p}")).into());
-        }
-        Ok(binomial_test(k as u64, n as u64, p)?)
+    pub fn binomial_test_fn(ctx: NativeCallContext, k: INT, n: INT, p: FLOAT) -> RhaiResult<FLOAT> {
+        located(&ctx, binomial_verb(k, n, p))
     }
 
     /// Permutation test for a difference in means between two samples (two-sided p-value,
@@ -271,25 +299,25 @@ mod stats_functions {
     ///
     /// Example: `stats::permutation_test(steered, baseline, #{n: 20000, seed: 1})`
     #[rhai_fn(name = "permutation_test", return_raw)]
-    pub fn permutation_test_opts(a: Array, b: Array, opts: Map) -> RhaiResult<FLOAT> {
-        let verb = "stats::permutation_test";
-        let o = Options::parse(verb, &opts, &["n", "seed"])?;
-        let n = o.int("n", 10_000)?;
-        let seed = o.int("seed", 0)?;
-        if !(1..=100_000_000).contains(&n) {
-            return Err(Error::Invalid(format!("{verb}: n must be from 1 to 1e8, got {n}")).into());
-        }
-        let a = nonempty(&a, verb, 1)?;
-        let b = nonempty(&b, verb, 1)?;
-        Ok(permutation_test(&a, &b, n as usize, seed as u64))
+    pub fn permutation_test_opts(
+        ctx: NativeCallContext,
+        a: Array,
+        b: Array,
+        opts: Map,
+    ) -> RhaiResult<FLOAT> {
+        located(&ctx, permutation_verb(&a, &b, &opts))
     }
 
     /// Permutation test for a difference in means, 10000 resamples, seed 0.
     ///
     /// Example: `stats::permutation_test([5.1, 4.9, 5.6], [4.2, 4.4, 4.0])`
     #[rhai_fn(name = "permutation_test", return_raw)]
-    pub fn permutation_test_default(a: Array, b: Array) -> RhaiResult<FLOAT> {
-        permutation_test_opts(a, b, Map::new())
+    pub fn permutation_test_default(
+        ctx: NativeCallContext,
+        a: Array,
+        b: Array,
+    ) -> RhaiResult<FLOAT> {
+        located(&ctx, permutation_verb(&a, &b, &Map::new()))
     }
 }
 

@@ -401,14 +401,15 @@ fn flatten(value: &Dynamic, shape: &[i32], at: &mut Vec<usize>, out: &mut Vec<f3
                 f as f32
             } else if value.is_array() {
                 return Err(Error::Invalid(format!(
-                    "tensor: ragged array: {} is an array where a number was expected",
+                    "tensor: ragged array: {} should be a number, got an array",
                     where_()
                 )));
             } else {
                 return Err(Error::Invalid(format!(
-                    "tensor: {} is a {}, not a number",
+                    "tensor: {} should be a number, got {} {}",
                     where_(),
-                    value.type_name()
+                    super::display::type_name(value),
+                    super::display::inline(value)
                 )));
             };
             out.push(x);
@@ -416,9 +417,10 @@ fn flatten(value: &Dynamic, shape: &[i32], at: &mut Vec<usize>, out: &mut Vec<f3
         Some((&n, rest)) => {
             let Some(items) = value.read_lock::<RhaiArray>() else {
                 return Err(Error::Invalid(format!(
-                    "tensor: ragged array: {} is a {} where an array of length {n} was expected",
+                    "tensor: ragged array: {} should be an array of length {n}, got {} {}",
                     where_(),
-                    value.type_name()
+                    super::display::type_name(value),
+                    super::display::inline(value)
                 )));
             };
             if items.len() != n as usize {

@@ -9,7 +9,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_mlxi");
 /// A `mlxi` command with its own MLXI_HOME (no history or recipes from the machine).
 pub fn mlxi(home: &Path) -> Command {
     let mut c = Command::new(BIN);
-    c.env("MLXI_HOME", home).env_remove("MLXI_RECIPES").env_remove("MLXI_MAX_OPERATIONS");
+    c.env("MLXI_HOME", home)
+        .env_remove("MLXI_RECIPES")
+        .env_remove("MLXI_MAX_OPERATIONS");
     c
 }
 
@@ -33,13 +35,25 @@ impl From<Output> for Run {
 impl Run {
     #[track_caller]
     pub fn ok(&self) -> &str {
-        assert_eq!(self.code, Some(0), "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         self.stdout.trim_end()
     }
 
     #[track_caller]
     pub fn failed(&self) -> &str {
-        assert_eq!(self.code, Some(1), "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(1),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         self.stderr.trim_end()
     }
 }
@@ -52,7 +66,12 @@ pub fn scratch() -> tempfile::TempDir {
 /// `mlxi -e CODE`.
 pub fn eval(code: &str) -> Run {
     let home = scratch();
-    mlxi(home.path()).arg("-e").arg(code).output().expect("mlxi runs").into()
+    mlxi(home.path())
+        .arg("-e")
+        .arg(code)
+        .output()
+        .expect("mlxi runs")
+        .into()
 }
 
 /// `mlxi run FILE ARGS...` in `dir`.
