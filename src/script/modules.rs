@@ -68,12 +68,10 @@ impl Resolver {
         let from_stdlib = source.is_some_and(|s| s.starts_with(STDLIB_PREFIX));
         let own_dir: Option<PathBuf> = match source {
             _ if from_stdlib => None,
-            Some(s) if !s.is_empty() && !s.starts_with('<') => Some(
-                Path::new(s)
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-            ),
+            // A script named relative to the current folder: its modules are named so too.
+            Some(s) if !s.is_empty() && !s.starts_with('<') => {
+                Some(Path::new(s).parent().map(Path::to_path_buf).unwrap_or_default())
+            }
             _ => Some(self.ctx.base_dir().to_path_buf()),
         };
         if from_stdlib {
