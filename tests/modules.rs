@@ -5,14 +5,19 @@ use common::*;
 
 #[test]
 fn imports_from_the_embedded_stdlib() {
-    let out = eval("import \"util\" as util; [util::argmax([0.1, 0.7, 0.2]), util::zscores([1, 2, 3])]");
+    let out =
+        eval("import \"util\" as util; [util::argmax([0.1, 0.7, 0.2]), util::zscores([1, 2, 3])]");
     assert_eq!(out.ok(), "[1, [-1.0, 0.0, 1.0]]");
 }
 
 #[test]
 fn imports_from_the_script_folder_first() {
     let dir = scratch();
-    write(dir.path(), "exp/helpers.rhai", "fn twice(x) { x * 2 }\nexport const NAME = \"helpers\";");
+    write(
+        dir.path(),
+        "exp/helpers.rhai",
+        "fn twice(x) { x * 2 }\nexport const NAME = \"helpers\";",
+    );
     // A local util.rhai shadows the standard library's.
     write(dir.path(), "exp/util.rhai", "fn argmax(xs) { \"local\" }");
     write(
@@ -21,15 +26,26 @@ fn imports_from_the_script_folder_first() {
         "import \"helpers\" as h;\nimport \"util\" as u;\nprint(h::twice(21));\nprint(h::NAME);\nprint(u::argmax([1]));",
     );
     // Run from another folder: the import still looks beside the script.
-    assert_eq!(run_in(dir.path(), &["exp/main.rhai"]).ok(), "42\nhelpers\nlocal");
+    assert_eq!(
+        run_in(dir.path(), &["exp/main.rhai"]).ok(),
+        "42\nhelpers\nlocal"
+    );
 }
 
 #[test]
 fn imports_from_recipe_folders() {
     let dir = scratch();
     let recipes = scratch();
-    write(recipes.path(), "steer/tools.rhai", "fn hello() { \"from recipes\" }");
-    write(dir.path(), "main.rhai", "import \"steer/tools\" as t; print(t::hello());");
+    write(
+        recipes.path(),
+        "steer/tools.rhai",
+        "fn hello() { \"from recipes\" }",
+    );
+    write(
+        dir.path(),
+        "main.rhai",
+        "import \"steer/tools\" as t; print(t::hello());",
+    );
     let home = scratch();
     let out: Run = mlxi(home.path())
         .current_dir(dir.path())
@@ -40,8 +56,16 @@ fn imports_from_recipe_folders() {
         .into();
     assert_eq!(out.ok(), "from recipes");
     // $MLXI_HOME/recipes is searched too.
-    write(home.path(), "recipes/mine.rhai", "fn who() { \"home recipes\" }");
-    write(dir.path(), "home.rhai", "import \"mine\" as m; print(m::who());");
+    write(
+        home.path(),
+        "recipes/mine.rhai",
+        "fn who() { \"home recipes\" }",
+    );
+    write(
+        dir.path(),
+        "home.rhai",
+        "import \"mine\" as m; print(m::who());",
+    );
     let out: Run = mlxi(home.path())
         .current_dir(dir.path())
         .args(["run", "home.rhai"])
@@ -56,7 +80,10 @@ fn a_missing_module_says_where_it_looked() {
     let dir = scratch();
     write(dir.path(), "main.rhai", "\nimport \"nowhere\" as n;");
     let err = run_in(dir.path(), &["main.rhai"]).failed().to_string();
-    assert!(err.starts_with("main.rhai:2:8: module \"nowhere\" not found (looked for nowhere.rhai in "), "{err}");
+    assert!(
+        err.starts_with("main.rhai:2:8: module \"nowhere\" not found (looked for nowhere.rhai in "),
+        "{err}"
+    );
     assert!(err.contains("the standard library has: util"), "{err}");
 }
 
@@ -65,16 +92,29 @@ fn errors_inside_a_module_point_into_the_module() {
     let dir = scratch();
     write(dir.path(), "lib.rhai", "fn bad(t) {\n    t + zeros([7])\n}");
     write(dir.path(), "broken.rhai", "let x = ;");
-    write(dir.path(), "main.rhai", "import \"lib\" as lib;\nlib::bad(zeros([2]));");
+    write(
+        dir.path(),
+        "main.rhai",
+        "import \"lib\" as lib;\nlib::bad(zeros([2]));",
+    );
     let err = run_in(dir.path(), &["main.rhai"]).failed().to_string();
-    assert!(err.starts_with("lib.rhai:2:7: shape mismatch: [2] + [7]"), "{err}");
-    assert!(err.contains("   2 |     t + zeros([7])\n     |       ^"), "{err}");
+    assert!(
+        err.starts_with("lib.rhai:2:7: shape mismatch: [2] + [7]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("   2 |     t + zeros([7])\n     |       ^"),
+        "{err}"
+    );
     assert!(err.ends_with("in bad(), called at main.rhai:2:6"), "{err}");
 
     write(dir.path(), "main2.rhai", "import \"broken\" as b;");
     let err = run_in(dir.path(), &["main2.rhai"]).failed().to_string();
     assert!(err.starts_with("broken.rhai:1:9: "), "{err}");
-    assert!(err.ends_with("in module broken.rhai, imported at main2.rhai:1:8"), "{err}");
+    assert!(
+        err.ends_with("in module broken.rhai, imported at main2.rhai:1:8"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -90,8 +130,13 @@ fn stdlib_helpers_work_on_tensors_and_stats() {
 #[test]
 fn scripts_cannot_reach_files_except_through_the_listed_functions() {
     // Rhai's own file functions are not part of the engine.
-    let err = eval("eval(\"1\"); open_file(\"/etc/passwd\")").failed().to_string();
+    let err = eval("eval(\"1\"); open_file(\"/etc/passwd\")")
+        .failed()
+        .to_string();
     assert!(err.contains("Function not found: open_file"), "{err}");
     let err = eval("import \"/etc/passwd\" as p;").failed().to_string();
-    assert!(err.contains("give a name relative to the script's folder"), "{err}");
+    assert!(
+        err.contains("give a name relative to the script's folder"),
+        "{err}"
+    );
 }

@@ -69,9 +69,12 @@ impl Resolver {
         let own_dir: Option<PathBuf> = match source {
             _ if from_stdlib => None,
             // A script named relative to the current folder: its modules are named so too.
-            Some(s) if !s.is_empty() && !s.starts_with('<') => {
-                Some(Path::new(s).parent().map(Path::to_path_buf).unwrap_or_default())
-            }
+            Some(s) if !s.is_empty() && !s.starts_with('<') => Some(
+                Path::new(s)
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+            ),
             _ => Some(self.ctx.base_dir().to_path_buf()),
         };
         if from_stdlib {
