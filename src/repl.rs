@@ -165,7 +165,8 @@ pub fn complete(line: &str, pos: usize, names: &[String]) -> (usize, Vec<String>
         .find(|&(_, c)| !word_char(c))
         .map_or(0, |(i, c)| i + c.len_utf8());
     let word = &before[start..];
-    if word.is_empty() && !in_string {
+    let after_dot = before[..start].ends_with('.');
+    if word.is_empty() && !in_string && !after_dot {
         return (start, Vec::new());
     }
     let mut found: Vec<String> = names

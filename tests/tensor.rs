@@ -240,3 +240,23 @@ fn save_json_writes_values_atomically() {
         serde_json::json!({"acc": [0.5, 0.75], "name": "probe", "t": [1.0, 2.0], "none": null})
     );
 }
+
+#[test]
+fn tensors_too_large_for_memory_are_errors_not_crashes() {
+    let err = error("zeros([100000000, 100000000])");
+    assert!(
+        err.starts_with("<-e>:1:1: a float32 tensor of shape [100000000, 100000000] needs "),
+        "{err}"
+    );
+    let err = error("zeros([100000000, 1]) * zeros([1, 100000000])");
+    assert!(err.contains("more than this machine's"), "{err}");
+    let err = error("randn([2147483647, 2147483647], 1)");
+    assert!(err.contains("more than this machine's"), "{err}");
+}
+
+#[test]
+fn empty_tensors() {
+    assert_eq!(value("to_array(tensor([[], []]))"), "[[], []]");
+    assert_eq!(value("zeros([0, 3]).shape"), "[0, 3]");
+    assert_eq!(value("`${zeros([0])}`"), "Tensor[0] float32 []");
+}

@@ -42,9 +42,7 @@ impl Index {
                     name,
                     ..Entry::default()
                 });
-                if let Some(sig) = f["signature"].as_str() {
-                    e.signatures.push(format!("{prefix}{sig}"));
-                }
+                e.signatures.push(signature(prefix, f));
                 let doc = doc_text(&f["docComments"]);
                 if !doc.is_empty() && !e.docs.contains(&doc) {
                     e.docs.push(doc);
@@ -118,7 +116,62 @@ fn display_name(raw: &str) -> Option<String> {
     if raw.contains('$') || !(first.is_alphabetic() || first == '_') {
         return None;
     }
+    if raw == "to_string" || raw == "to_debug" {
+        return None;
+    }
     Some(raw.to_string())
+}
+
+/// `norm(t: Tensor) -> float`, `t.shape -> array`, in the types scripts see.
+fn signature(prefix: &str, f: &Value) -> String {
+    let name = f["name"].as_str().unwrap_or_default();
+    let params: Vec<(String, String)> = f["params"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let name = p["name"].as_str().unwrap_or("_").to_string();
+            (name, script_type(p["type"].as_str().unwrap_or("?")))
+        })
+        .collect();
+    let ret = script_type(f["returnType"].as_str().unwrap_or(""));
+    let ret = match ret.as_str() {
+        "" | "()" | "value" => String::new(),
+        r => format!(" -> {r}"),
+    };
+    if let Some(prop) = name.strip_prefix("get$") {
+        let target = params.first().map_or("x", |p| p.0.as_str());
+        return format!("{target}.{prop}{ret}");
+    }
+    let list: Vec<String> = params.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+    format!("{prefix}{name}({}){ret}", list.join(", "))
+}
+
+/// A Rust type from the metadata as scripts know it: `RhaiResult<FLOAT>` is `float`.
+fn script_type(rust: &str) -> String {
+    let t = rust
+        .trim()
+        .trim_start_matches("&mut ")
+        .trim_start_matches('&')
+        .trim();
+    for wrapper in ["RhaiResult<", "Result<"] {
+        if let Some(inner) = t.strip_prefix(wrapper).and_then(|r| r.strip_suffix('>')) {
+            let inner = inner.split_once(", Box<").map_or(inner, |(ok, _)| ok);
+            return script_type(inner);
+        }
+    }
+    let last = t.rsplit("::").next().unwrap_or(t);
+    match last {
+        "i64" | "INT" | "int" => "int",
+        "f64" | "FLOAT" | "float" => "float",
+        "bool" => "bool",
+        "str" | "String" | "ImmutableString" | "string" => "string",
+        "Array" | "RhaiArray" | "array" => "array",
+        "Map" | "map" => "map",
+        "Dynamic" | "?" => "value",
+        other => other,
+    }
+    .to_string()
 }
 
 fn doc_text(comments: &Value) -> String {
@@ -138,4 +191,34 @@ fn doc_text(comments: &Value) -> String {
         })
         .collect();
     lines.join("\n").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_read_as_script_types() {
+        let engine = crate::script::new_engine(crate::script::Context::in_current_dir());
+        let index = Index::build(&engine);
+        let all: Vec<String> = index
+            .names()
+            .filter_map(|n| index.get(n))
+            .flat_map(|e| e.signatures.clone())
+            .collect();
+        for s in &all {
+            assert!(
+                !s.contains("Result") && !s.contains("Rhai") && !s.contains('&'),
+                "{s}"
+            );
+        }
+        let sigs = |n: &str| index.get(n).map(|e| e.signatures.join(" | "));
+        assert_eq!(sigs("norm").as_deref(), Some("norm(t: Tensor) -> float"));
+        assert_eq!(sigs("shape").as_deref(), Some("t.shape -> array"));
+        assert_eq!(
+            sigs("stats::binomial_test").as_deref(),
+            Some("stats::binomial_test(k: int, n: int, p: float) -> float")
+        );
+        assert_eq!(sigs("dot").as_deref(), Some("dot(a: Tensor, b: Tensor)"));
+    }
 }

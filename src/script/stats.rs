@@ -15,7 +15,7 @@ use statrs::distribution::{Binomial, Discrete, DiscreteCDF};
 
 use super::options::Options;
 use super::{located, RhaiResult};
-use crate::{Error, Result};
+use crate::{interrupt, Error, Result};
 
 /// The numbers of a script array (integers or floats), or an error naming `verb`.
 pub fn numbers(xs: &Array, verb: &str) -> Result<Vec<f64>> {
@@ -66,20 +66,22 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
-/// Percentile bootstrap of the mean: `(lo, hi)`.
-pub fn bootstrap_ci(xs: &[f64], n: usize, level: f64, seed: u64) -> (f64, f64) {
+/// Percentile bootstrap of the mean: `(lo, hi)`. Stops early on Ctrl-C.
+pub fn bootstrap_ci(xs: &[f64], n: usize, level: f64, seed: u64) -> Result<(f64, f64)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut means: Vec<f64> = (0..n)
-        .map(|_| {
-            let s: f64 = (0..xs.len())
-                .map(|_| xs[rng.random_range(0..xs.len())])
-                .sum();
-            s / xs.len() as f64
-        })
-        .collect();
+    let mut means = Vec::with_capacity(n);
+    for i in 0..n {
+        if i % 1024 == 0 {
+            interrupt::check()?;
+        }
+        let s: f64 = (0..xs.len())
+            .map(|_| xs[rng.random_range(0..xs.len())])
+            .sum();
+        means.push(s / xs.len() as f64);
+    }
     means.sort_by(f64::total_cmp);
     let alpha = (1.0 - level) / 2.0;
-    (percentile(&means, alpha), percentile(&means, 1.0 - alpha))
+    Ok((percentile(&means, alpha), percentile(&means, 1.0 - alpha)))
 }
 
 /// scipy.stats.binomtest(k, n, p).pvalue (two-sided): the probability of every outcome no more
@@ -145,8 +147,9 @@ fn choose(n: usize, k: usize) -> u64 {
     c as u64
 }
 
-/// scipy.stats.permutation_test for mean(a) - mean(b), independent samples, two-sided.
-pub fn permutation_test(a: &[f64], b: &[f64], n: usize, seed: u64) -> f64 {
+/// scipy.stats.permutation_test for mean(a) - mean(b), independent samples, two-sided. Stops
+/// early on Ctrl-C.
+pub fn permutation_test(a: &[f64], b: &[f64], n: usize, seed: u64) -> Result<f64> {
     let pooled: Vec<f64> = a.iter().chain(b).copied().collect();
     let total: f64 = pooled.iter().sum();
     let (na, nb) = (a.len(), b.len());
@@ -164,6 +167,9 @@ pub fn permutation_test(a: &[f64], b: &[f64], n: usize, seed: u64) -> f64 {
         let mut idx: Vec<usize> = (0..na).collect();
         let mut m = 0;
         loop {
+            if m % 1024 == 0 {
+                interrupt::check()?;
+            }
             count(stat(idx.iter().map(|&i| pooled[i]).sum()));
             m += 1;
             let Some(i) = (0..na).rev().find(|&i| idx[i] != i + nb) else {
@@ -178,7 +184,10 @@ pub fn permutation_test(a: &[f64], b: &[f64], n: usize, seed: u64) -> f64 {
     } else {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut shuffled = pooled.clone();
-        for _ in 0..n {
+        for i in 0..n {
+            if i % 1024 == 0 {
+                interrupt::check()?;
+            }
             let (head, _) = shuffled.partial_shuffle(&mut rng, na);
             count(stat(head.iter().sum()));
         }
@@ -187,7 +196,7 @@ pub fn permutation_test(a: &[f64], b: &[f64], n: usize, seed: u64) -> f64 {
     // scipy counts the observed split once more when the distribution is sampled.
     let adjust = if exact { 0.0 } else { 1.0 };
     let p = |c: usize| (c as f64 + adjust) / (resamples as f64 + adjust);
-    (2.0 * p(less).min(p(greater))).min(1.0)
+    Ok((2.0 * p(less).min(p(greater))).min(1.0))
 }
 
 fn bootstrap_verb(xs: &Array, opts: &Map) -> Result<Map> {
@@ -207,7 +216,7 @@ fn bootstrap_verb(xs: &Array, opts: &Map) -> Result<Map> {
         )));
     }
     let xs = nonempty(xs, verb, 1)?;
-    let (lo, hi) = bootstrap_ci(&xs, n as usize, level, seed as u64);
+    let (lo, hi) = bootstrap_ci(&xs, n as usize, level, seed as u64)?;
     let mut m = Map::new();
     m.insert("lo".into(), Dynamic::from_float(lo));
     m.insert("hi".into(), Dynamic::from_float(hi));
@@ -242,7 +251,7 @@ fn permutation_verb(a: &Array, b: &Array, opts: &Map) -> Result<FLOAT> {
     }
     let a = nonempty(a, verb, 1)?;
     let b = nonempty(b, verb, 1)?;
-    Ok(permutation_test(&a, &b, n as usize, seed as u64))
+    permutation_test(&a, &b, n as usize, seed as u64)
 }
 
 // Functions of a static module take the call context to place their errors: Rhai does not add

@@ -52,6 +52,9 @@ impl Tensor {
 
     /// Every element as f32, in row-major order (evaluates the array).
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        if self.array.size() == 0 {
+            return Ok(Vec::new());
+        }
         let a = self.array.as_dtype(Dtype::Float32)?.contiguous()?;
         a.eval()?;
         a.to_vec_exact::<f32>()
@@ -212,6 +215,15 @@ pub fn dtype_name(d: Dtype) -> &'static str {
     }
 }
 
+fn dtype_bytes(d: Dtype) -> u128 {
+    match d {
+        Dtype::Bool | Dtype::Uint8 | Dtype::Int8 => 1,
+        Dtype::Uint16 | Dtype::Int16 | Dtype::Float16 | Dtype::Bfloat16 => 2,
+        Dtype::Uint32 | Dtype::Int32 | Dtype::Float32 => 4,
+        Dtype::Uint64 | Dtype::Int64 | Dtype::Float64 | Dtype::Complex64 => 8,
+    }
+}
+
 fn is_float(d: Dtype) -> bool {
     matches!(
         d,
@@ -240,8 +252,38 @@ pub fn broadcast_shapes(a: &[i32], b: &[i32]) -> Option<Vec<i32>> {
         .collect()
 }
 
+/// The machine's physical memory in bytes (None if unknown).
+fn physical_memory() -> Option<u128> {
+    // SAFETY: sysconf only reads system configuration.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page > 0).then(|| pages as u128 * page as u128)
+}
+
+/// Refuses a result that cannot fit in memory, before MLX tries to allocate it (MLX's CPU
+/// allocator does not survive a failed allocation). Call it before creating a tensor whose
+/// shape a script chose.
+pub fn check_fits(shape: &[i32], dtype: Dtype) -> Result<()> {
+    let elements: u128 = shape.iter().map(|&d| d.max(0) as u128).product();
+    let bytes = elements.saturating_mul(dtype_bytes(dtype));
+    match physical_memory() {
+        Some(limit) if bytes > limit => Err(Error::Invalid(format!(
+            "a {} tensor of shape {} needs {:.1} GB, more than this machine's {:.1} GB of memory",
+            dtype_name(dtype),
+            fmt_shape(shape),
+            bytes as f64 / 1e9,
+            limit as f64 / 1e9
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// An axis given by a script (negative counts from the end), checked against `ndim`.
-fn axis(t: &Tensor, axis: INT, verb: &str) -> Result<i32> {
+fn check_axis(t: &Tensor, axis: INT, verb: &str) -> Result<i32> {
     let n = t.ndim() as INT;
     let a = if axis < 0 { axis + n } else { axis };
     if n == 0 || !(0..n).contains(&a) {
@@ -301,14 +343,15 @@ impl Op {
 }
 
 fn tensor_op(op: Op, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if broadcast_shapes(a.shape(), b.shape()).is_none() {
+    let Some(shape) = broadcast_shapes(a.shape(), b.shape()) else {
         return Err(Error::Invalid(format!(
             "shape mismatch: {} {} {} (shapes must be equal or broadcast)",
             fmt_shape(a.shape()),
             op.symbol(),
             fmt_shape(b.shape())
         )));
-    }
+    };
+    check_fits(&shape, Dtype::Float32)?;
     Ok(Tensor::new(op.apply(&a.array, &b.array)?))
 }
 
@@ -562,6 +605,8 @@ fn dot_impl(a: &Tensor, b: &Tensor) -> Result<Dynamic> {
     if sa[sa.len() - 1] != inner_b {
         return Err(mismatch());
     }
+    let out: Vec<i32> = sa[..sa.len() - 1].iter().chain(&sb[1..]).copied().collect();
+    check_fits(&out, Dtype::Float32)?;
     tensor_or_number(a.array.matmul(&b.array)?)
 }
 
@@ -682,8 +727,8 @@ mod tensor_functions {
     ///
     /// Example: `mean(tensor([[1, 2], [3, 4]]), 0)  // Tensor[2] [2, 3]`
     #[rhai_fn(name = "mean", pure, return_raw)]
-    pub fn mean_axis(t: &mut Tensor, ax: INT) -> RhaiResult<Tensor> {
-        let ax = axis(t, ax, "mean")?;
+    pub fn mean_axis(t: &mut Tensor, axis: INT) -> RhaiResult<Tensor> {
+        let ax = check_axis(t, axis, "mean")?;
         let a = t
             .array
             .as_dtype(Dtype::Float32)
@@ -703,8 +748,8 @@ mod tensor_functions {
     ///
     /// Example: `sum(tensor([[1, 2], [3, 4]]), -1)  // Tensor[2] [3, 7]`
     #[rhai_fn(name = "sum", pure, return_raw)]
-    pub fn sum_axis(t: &mut Tensor, ax: INT) -> RhaiResult<Tensor> {
-        let ax = axis(t, ax, "sum")?;
+    pub fn sum_axis(t: &mut Tensor, axis: INT) -> RhaiResult<Tensor> {
+        let ax = check_axis(t, axis, "sum")?;
         Ok(Tensor::new(
             t.array.sum_axis(ax, None).map_err(Error::from)?,
         ))
@@ -756,6 +801,7 @@ mod tensor_functions {
     #[rhai_fn(return_raw)]
     pub fn zeros(shape: RhaiArray) -> RhaiResult<Tensor> {
         let shape = shape_arg(&shape, "zeros")?;
+        check_fits(&shape, Dtype::Float32)?;
         let a = mlx_rs::ops::zeros_dtype(&shape, Dtype::Float32).map_err(Error::from)?;
         Ok(Tensor::new(a))
     }
@@ -766,6 +812,7 @@ mod tensor_functions {
     #[rhai_fn(return_raw)]
     pub fn randn(shape: RhaiArray, seed: INT) -> RhaiResult<Tensor> {
         let shape = shape_arg(&shape, "randn")?;
+        check_fits(&shape, Dtype::Float32)?;
         let key = mlx_rs::random::key(seed as u64).map_err(Error::from)?;
         let a = mlx_rs::random::normal::<f32>(&shape[..], None, None, &key).map_err(Error::from)?;
         Ok(Tensor::new(a))
