@@ -131,7 +131,10 @@ fn signature(prefix: &str, f: &Value) -> String {
         .flatten()
         .map(|p| {
             let name = p["name"].as_str().unwrap_or("_").to_string();
-            (name, script_type(p["type"].as_str().unwrap_or("?")))
+            (
+                name,
+                p["type"].as_str().map(script_type).unwrap_or_default(),
+            )
         })
         .collect();
     let ret = script_type(f["returnType"].as_str().unwrap_or(""));
@@ -143,7 +146,13 @@ fn signature(prefix: &str, f: &Value) -> String {
         let target = params.first().map_or("x", |p| p.0.as_str());
         return format!("{target}.{prop}{ret}");
     }
-    let list: Vec<String> = params.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+    let list: Vec<String> = params
+        .iter()
+        .map(|(n, t)| match t.as_str() {
+            "" | "value" => n.clone(),
+            t => format!("{n}: {t}"),
+        })
+        .collect();
     format!("{prefix}{name}({}){ret}", list.join(", "))
 }
 
