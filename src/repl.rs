@@ -319,13 +319,14 @@ impl Repl {
             .eval(INPUT_NAME, &self.functions, &mut self.scope);
         self.functions.clear_statements();
         let value = result?;
-        self.keep_imports(code)?;
+        self.keep_imports(code, None)?;
         self.refresh_names();
         Ok(display::show(&value))
     }
 
-    /// Makes the input's top-level imports available to the following lines too.
-    fn keep_imports(&mut self, code: &str) -> crate::Result<()> {
+    /// Makes the input's top-level imports available to the following lines too. `source` is
+    /// the file the code came from (its imports resolve beside it).
+    fn keep_imports(&mut self, code: &str, source: Option<&str>) -> crate::Result<()> {
         let found = imports(code);
         if found.is_empty() {
             return Ok(());
@@ -335,7 +336,7 @@ impl Repl {
                 .runner
                 .engine
                 .module_resolver()
-                .resolve(&self.runner.engine, None, &path, Position::NONE)
+                .resolve(&self.runner.engine, source, &path, Position::NONE)
                 .map_err(|e| self.runner.error(&e, INPUT_NAME))?;
             self.runner.engine.register_static_module(alias, module);
         }
@@ -514,7 +515,7 @@ impl Repl {
         let result = self.runner.eval(&name, &self.functions, &mut self.scope);
         self.functions.clear_statements();
         let _ = result?;
-        self.keep_imports(code)?;
+        self.keep_imports(code, Some(&name))?;
         self.refresh_names();
         Ok(())
     }

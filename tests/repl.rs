@@ -108,16 +108,19 @@ fn ctrl_c_twice_at_an_empty_prompt_leaves() {
 fn load_runs_a_file_into_the_session() {
     let home = scratch();
     let dir = scratch();
+    write(dir.path(), "beside.rhai", "fn hi() { \"hi from beside\" }");
     let file = write(
         dir.path(),
         "defs.rhai",
-        "fn thrice(x) { x * 3 }\nlet loaded = \"yes\";",
+        "import \"beside\" as b;\nfn thrice(x) { x * 3 }\nlet loaded = \"yes\";",
     );
     let mut p = start(home.path());
     p.send_line(&format!(":load {}", file.display()))
         .expect("send");
     p.exp_string(PROMPT).expect("prompt");
     expect_after(&mut p, "loaded + thrice(111)", "yes333");
+    // The file's import, found beside it, stays usable.
+    expect_after(&mut p, "b::hi()", "hi from beside");
     p.send_line(":quit").expect("send");
     p.exp_eof().expect("exits");
 }

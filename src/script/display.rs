@@ -51,6 +51,13 @@ pub fn show(value: &Dynamic) -> Option<String> {
 
 /// One line: strings quoted, floats as Rhai writes them, long arrays cut.
 pub fn inline(value: &Dynamic) -> String {
+    inline_at(value, 0)
+}
+
+/// Nesting shown before `[...]`.
+const MAX_DEPTH: usize = 12;
+
+fn inline_at(value: &Dynamic, depth: usize) -> String {
     if value.is_unit() {
         return "()".into();
     }
@@ -64,7 +71,14 @@ pub fn inline(value: &Dynamic) -> String {
         return format!("{c:?}");
     }
     if let Some(a) = value.read_lock::<Array>() {
-        let mut items: Vec<String> = a.iter().take(MAX_INLINE).map(inline).collect();
+        if depth >= MAX_DEPTH {
+            return "[...]".into();
+        }
+        let mut items: Vec<String> = a
+            .iter()
+            .take(MAX_INLINE)
+            .map(|v| inline_at(v, depth + 1))
+            .collect();
         if a.len() > MAX_INLINE {
             items.push(format!("... {} more", a.len() - MAX_INLINE));
         }

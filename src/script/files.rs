@@ -36,6 +36,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// A script value as JSON: numbers, strings, booleans, arrays, maps, `()` as null, a Tensor as
 /// nested arrays. Non-finite floats become null (JSON has no NaN).
 pub fn to_json(value: &Dynamic) -> Result<Value> {
+    to_json_at(value, 0)
+}
+
+fn to_json_at(value: &Dynamic, depth: usize) -> Result<Value> {
+    if depth > 128 {
+        return Err(Error::Invalid(
+            "save_json: values nested more than 128 deep".into(),
+        ));
+    }
     if value.is_unit() {
         return Ok(Value::Null);
     }
@@ -57,14 +66,14 @@ pub fn to_json(value: &Dynamic) -> Result<Value> {
     if let Some(a) = value.read_lock::<Array>() {
         return a
             .iter()
-            .map(to_json)
+            .map(|v| to_json_at(v, depth + 1))
             .collect::<Result<Vec<_>>>()
             .map(Value::Array);
     }
     if let Some(m) = value.read_lock::<Map>() {
         let mut out = serde_json::Map::new();
         for (k, v) in m.iter() {
-            out.insert(k.to_string(), to_json(v)?);
+            out.insert(k.to_string(), to_json_at(v, depth + 1)?);
         }
         return Ok(Value::Object(out));
     }

@@ -182,6 +182,13 @@ pub fn print_line(s: &str) {
     let _ = out.flush();
 }
 
+/// Writes text without a newline and flushes it, for output that streams (generated tokens).
+pub fn print_text(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}
+
 /// The operation limit in force: `MLXI_MAX_OPERATIONS`, or [`DEFAULT_MAX_OPERATIONS`].
 fn max_operations() -> u64 {
     std::env::var("MLXI_MAX_OPERATIONS")

@@ -411,11 +411,19 @@ fn register_arithmetic(engine: &mut Engine) {
 // ---------------------------------------------------------------------------------------------
 // Conversions
 
+/// The most dimensions `tensor(array)` accepts.
+const MAX_DIMS: usize = 32;
+
 /// Nested Rhai arrays of numbers to an f32 tensor; ragged nesting is an error.
 pub fn from_rhai(value: &Dynamic) -> Result<Tensor> {
     let mut shape = Vec::new();
     let mut probe = value.clone();
     while let Some(a) = probe.clone().try_cast::<RhaiArray>() {
+        if shape.len() == MAX_DIMS {
+            return Err(Error::Invalid(format!(
+                "tensor: arrays nested more than {MAX_DIMS} deep"
+            )));
+        }
         shape.push(a.len() as i32);
         match a.first() {
             Some(first) => probe = first.clone(),
