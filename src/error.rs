@@ -27,6 +27,9 @@ pub enum Error {
     /// Bad arguments from a script or the command line.
     #[error("{0}")]
     Invalid(String),
+    /// A script failed: the full report (`FILE:LINE:COL: message`, the line, the call trail).
+    #[error("{0}")]
+    Script(String),
     /// The user pressed Ctrl-C.
     #[error("interrupted")]
     Interrupted,

@@ -7,7 +7,10 @@ pub mod bench;
 pub mod error;
 pub mod generate;
 pub mod hooks;
+pub mod interrupt;
 pub mod model;
+pub mod repl;
+pub mod script;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

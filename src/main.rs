@@ -1,5 +1,139 @@
-fn main() {
-    let a = mlx_rs::Array::from_slice(&[1.0f32, 2.0, 3.0, 4.0], &[2, 2]);
-    let b = a.matmul(&a).unwrap();
-    println!("{:?}", b.as_slice::<f32>());
+//! The `mlxi` command line: the REPL, `run FILE`, `-e CODE`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mlxi::script::{display, print_line, Context, Runner};
+use mlxi::{interrupt, Error};
+use rhai::{Dynamic, Map};
+
+/// A research shell for looking inside language models, on Apple's MLX.
+///
+/// With no arguments, starts the interactive shell.
+#[derive(Parser)]
+#[command(name = "mlxi", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Evaluate CODE and print its value
+    #[arg(short = 'e', long = "eval", value_name = "CODE")]
+    eval: Option<String>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an experiment file
+    Run {
+        /// The script (.rhai)
+        file: PathBuf,
+        /// A value for the script, in scope as `args.KEY`; repeatable. Numbers and true/false
+        /// become numbers and booleans, anything else a string
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        set: Vec<(String, String)>,
+    },
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got '{s}'")),
+    }
+}
+
+/// `--set` values: an integer, a float, a boolean when they look like one, else a string.
+fn arg_value(v: &str) -> Dynamic {
+    let t = v.trim();
+    if let Ok(i) = t.parse::<i64>() {
+        return Dynamic::from_int(i);
+    }
+    let numeric = t.chars().any(|c| c.is_ascii_digit())
+        && t.chars()
+            .all(|c| c.is_ascii_digit() || "+-.eE_".contains(c));
+    if numeric {
+        if let Ok(f) = t.parse::<f64>() {
+            return Dynamic::from_float(f);
+        }
+    }
+    match t {
+        "true" => Dynamic::from_bool(true),
+        "false" => Dynamic::from_bool(false),
+        _ => Dynamic::from(v.to_string()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<Error>() {
+            Some(Error::Interrupted) => {
+                eprintln!("interrupted");
+                ExitCode::from(130)
+            }
+            Some(Error::Script(report)) => {
+                eprintln!("{report}");
+                ExitCode::FAILURE
+            }
+            _ => {
+                eprintln!("mlxi: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(code) = cli.eval {
+        interrupt::install_handler(true)?;
+        let runner = Runner::new(Context::in_current_dir());
+        let value = runner.eval_code("<-e>", &code)?;
+        if let Some(text) = display::show(&value) {
+            print_line(&text);
+        }
+        return Ok(());
+    }
+    match cli.command {
+        Some(Command::Run { file, set }) => run_file(&file, set),
+        None => Ok(mlxi::repl::Repl::new().run()?),
+    }
+}
+
+fn run_file(file: &Path, set: Vec<(String, String)>) -> anyhow::Result<()> {
+    if !file.is_file() {
+        anyhow::bail!("{}: no such script file", file.display());
+    }
+    interrupt::install_handler(true)?;
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("{}: cannot open its folder", file.display()))?;
+    let args: Map = set
+        .into_iter()
+        .map(|(k, v)| (k.into(), arg_value(&v)))
+        .collect();
+    let runner = Runner::new(Context::new(dir));
+    let _ = runner.run_file(file, args)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_values_take_their_natural_type() {
+        assert_eq!(arg_value("3").as_int().ok(), Some(3));
+        assert_eq!(arg_value("-0.5").as_float().ok(), Some(-0.5));
+        assert_eq!(arg_value("1e-3").as_float().ok(), Some(1e-3));
+        assert_eq!(arg_value("true").as_bool().ok(), Some(true));
+        assert!(arg_value("inf").is_string());
+        assert!(arg_value("blocks.3").is_string());
+        assert!(arg_value("1.2.3").is_string());
+    }
 }

@@ -1,0 +1,147 @@
+//! Writing result files from scripts: atomic writes and `save_json`.
+//!
+//! Scripts reach the file system only through the listed save/load functions and `import`;
+//! relative paths resolve against the script's folder (see [`super::Context::resolve_path`]).
+
+use std::io::Write;
+use std::path::Path;
+
+use rhai::plugin::*;
+use rhai::{Array, Dynamic, Engine, Map};
+use serde_json::Value;
+
+use super::tensor::{f32_to_f64, Tensor};
+use super::{context, RhaiResult};
+use crate::{Error, Result};
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so the
+/// file is either the old one or the complete new one. Missing parent folders are created.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".mlxi-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// A script value as JSON: numbers, strings, booleans, arrays, maps, `()` as null, a Tensor as
+/// nested arrays. Non-finite floats become null (JSON has no NaN).
+pub fn to_json(value: &Dynamic) -> Result<Value> {
+    to_json_at(value, 0)
+}
+
+fn to_json_at(value: &Dynamic, depth: usize) -> Result<Value> {
+    if depth > 128 {
+        return Err(Error::Invalid(
+            "save_json: values nested more than 128 deep".into(),
+        ));
+    }
+    if value.is_unit() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = value.as_bool() {
+        return Ok(Value::Bool(b));
+    }
+    if let Ok(i) = value.as_int() {
+        return Ok(Value::from(i));
+    }
+    if let Ok(f) = value.as_float() {
+        return Ok(serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number));
+    }
+    if let Ok(s) = value.clone().into_immutable_string() {
+        return Ok(Value::String(s.to_string()));
+    }
+    if let Ok(c) = value.as_char() {
+        return Ok(Value::String(c.to_string()));
+    }
+    if let Some(a) = value.read_lock::<Array>() {
+        return a
+            .iter()
+            .map(|v| to_json_at(v, depth + 1))
+            .collect::<Result<Vec<_>>>()
+            .map(Value::Array);
+    }
+    if let Some(m) = value.read_lock::<Map>() {
+        let mut out = serde_json::Map::new();
+        for (k, v) in m.iter() {
+            out.insert(k.to_string(), to_json_at(v, depth + 1)?);
+        }
+        return Ok(Value::Object(out));
+    }
+    if let Some(t) = value.read_lock::<Tensor>() {
+        let values = t.to_f32_vec()?;
+        return Ok(nested_json(&values, t.shape()));
+    }
+    Err(Error::Invalid(format!(
+        "save_json: cannot write a {} as JSON",
+        super::display::type_name(value)
+    )))
+}
+
+fn nested_json(values: &[f32], shape: &[i32]) -> Value {
+    match shape.split_first() {
+        None => {
+            serde_json::Number::from_f64(f32_to_f64(values[0])).map_or(Value::Null, Value::Number)
+        }
+        Some((&n, rest)) => {
+            let stride: usize = rest.iter().map(|&d| d as usize).product();
+            Value::Array(
+                (0..n as usize)
+                    .map(|i| nested_json(&values[i * stride..(i + 1) * stride], rest))
+                    .collect(),
+            )
+        }
+    }
+}
+
+#[export_module]
+mod file_functions {
+    use super::*;
+
+    /// Writes any value (numbers, strings, arrays, maps, Tensors) as pretty JSON, atomically
+    /// (a temporary file, then a rename). A relative path is relative to the script's folder.
+    ///
+    /// Example: `save_json(#{accuracy: acc, layer: 12}, "results/probe.json")`
+    #[rhai_fn(return_raw)]
+    pub fn save_json(ctx: NativeCallContext, value: Dynamic, path: &str) -> RhaiResult<()> {
+        let json = to_json(&value)?;
+        let mut text = serde_json::to_string_pretty(&json)
+            .map_err(|e| Error::Invalid(format!("save_json: {e}")))?;
+        text.push('\n');
+        let path = context(&ctx).resolve_path(path);
+        Ok(write_atomic(&path, text.as_bytes())?)
+    }
+}
+
+/// Registers `save_json`.
+pub fn register(engine: &mut Engine) {
+    engine.register_global_module(exported_module!(file_functions).into());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_the_file() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let path = dir.path().join("sub").join("x.json");
+        write_atomic(&path, b"1")?;
+        write_atomic(&path, b"22")?;
+        assert_eq!(std::fs::read(&path).ok(), Some(b"22".to_vec()));
+        let leftovers = std::fs::read_dir(dir.path().join("sub"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(leftovers, 1);
+        Ok(())
+    }
+}

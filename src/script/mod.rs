@@ -1,0 +1,292 @@
+//! The Rhai embedding: the engine with mlxi's types and verbs, its limits, module resolution,
+//! and error reports with positions.
+//!
+//! Bindings live one group per file, each with a `register(engine)` function that
+//! [`new_engine`] calls. A binding returns `RhaiResult<T>` and uses `?` on engine results: a
+//! [`crate::Error`] becomes a Rhai runtime error once, here at the boundary, and Rhai adds the
+//! script position. Verbs with an options map check it with [`options::Options`].
+//!
+//! MLX arrays are not thread safe, so Rhai's `sync` feature stays off and everything runs on
+//! the main thread; shared engine state (a loaded model) is held as `Rc<RefCell<_>>`.
+
+pub mod display;
+pub mod files;
+pub mod help;
+pub mod modules;
+pub mod options;
+pub mod report;
+pub mod stats;
+pub mod tensor;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use rhai::{
+    Dynamic, Engine, EvalAltResult, Map, Module, NativeCallContext, Position, Scope, Shared, AST,
+};
+
+use crate::{interrupt, Error};
+
+pub use options::Options;
+pub use tensor::Tensor;
+
+/// What a script binding returns.
+pub type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// Call depth allowed to scripts: deep enough for any real recursion, low enough to stop a
+/// runaway one long before the native stack is in danger.
+pub const MAX_CALL_LEVELS: usize = 200;
+
+/// Default operation limit: about a minute of a tight script loop, far more than any
+/// experiment's scripting needs (the heavy work happens inside MLX, in one operation per call).
+/// `MLXI_MAX_OPERATIONS` overrides it; 0 removes it. Ctrl-C stops a script at any time.
+pub const DEFAULT_MAX_OPERATIONS: u64 = 1_000_000_000;
+
+impl From<Error> for Box<EvalAltResult> {
+    fn from(e: Error) -> Self {
+        let err = match e {
+            Error::Interrupted => {
+                EvalAltResult::ErrorTerminated("interrupted".into(), Position::NONE)
+            }
+            Error::Mlx(e) => {
+                EvalAltResult::ErrorRuntime(format!("MLX: {}", e.what()).into(), Position::NONE)
+            }
+            e => EvalAltResult::ErrorRuntime(e.to_string().into(), Position::NONE),
+        };
+        Box::new(err)
+    }
+}
+
+/// A compiled module and the modification time of its file (None for the embedded library).
+type CachedModule = (Option<SystemTime>, Shared<Module>);
+
+/// An engine result as a script result, the error placed at the call: for functions of static
+/// modules (`stats::...`), whose errors Rhai leaves without a position.
+pub fn located<T>(ctx: &NativeCallContext, r: crate::Result<T>) -> RhaiResult<T> {
+    r.map_err(|e| {
+        let mut err: Box<EvalAltResult> = e.into();
+        if err.position().is_none() {
+            err.set_position(ctx.call_position());
+        }
+        err
+    })
+}
+
+/// Where a script runs: the folder its relative paths resolve against, the recipe folders
+/// `import` searches, and the sources seen so far (for error messages).
+pub struct Context {
+    base_dir: PathBuf,
+    recipe_dirs: Vec<PathBuf>,
+    sources: RefCell<HashMap<String, Rc<str>>>,
+    modules: RefCell<HashMap<String, CachedModule>>,
+}
+
+impl Context {
+    /// A context whose relative paths resolve against `base_dir`; recipe folders are
+    /// `$MLXI_HOME/recipes` and the paths in `MLXI_RECIPES`.
+    pub fn new(base_dir: impl Into<PathBuf>) -> Rc<Self> {
+        let mut recipe_dirs: Vec<PathBuf> = Vec::new();
+        if let Some(paths) = std::env::var_os("MLXI_RECIPES") {
+            recipe_dirs.extend(std::env::split_paths(&paths).filter(|p| !p.as_os_str().is_empty()));
+        }
+        recipe_dirs.push(mlxi_home().join("recipes"));
+        Rc::new(Context {
+            base_dir: base_dir.into(),
+            recipe_dirs,
+            sources: RefCell::default(),
+            modules: RefCell::default(),
+        })
+    }
+
+    /// A context for code typed at the REPL or given with `-e`: paths relative to the current
+    /// folder.
+    pub fn in_current_dir() -> Rc<Self> {
+        Context::new(std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")))
+    }
+
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
+    pub fn recipe_dirs(&self) -> &[PathBuf] {
+        &self.recipe_dirs
+    }
+
+    /// A path from a script: `~/` is the home folder, a relative path is relative to the base
+    /// folder.
+    pub fn resolve_path(&self, path: &str) -> PathBuf {
+        if let Some(rest) = path.strip_prefix("~/") {
+            if let Some(home) = std::env::var_os("HOME") {
+                return PathBuf::from(home).join(rest);
+            }
+        }
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Remembers a source text for error messages.
+    pub fn add_source(&self, name: &str, text: impl Into<Rc<str>>) {
+        self.sources
+            .borrow_mut()
+            .insert(name.to_string(), text.into());
+    }
+
+    pub fn source(&self, name: &str) -> Option<Rc<str>> {
+        self.sources.borrow().get(name).cloned()
+    }
+
+    fn cached_module(&self, name: &str, modified: Option<SystemTime>) -> Option<Shared<Module>> {
+        let modules = self.modules.borrow();
+        let (when, m) = modules.get(name)?;
+        (*when == modified).then(|| m.clone())
+    }
+
+    fn cache_module(&self, name: &str, modified: Option<SystemTime>, m: Shared<Module>) {
+        self.modules
+            .borrow_mut()
+            .insert(name.to_string(), (modified, m));
+    }
+}
+
+/// The context of the engine running a native function.
+pub fn context(ctx: &NativeCallContext) -> Rc<Context> {
+    ctx.engine()
+        .default_tag()
+        .read_lock::<Rc<Context>>()
+        .map(|c| c.clone())
+        .unwrap_or_else(Context::in_current_dir)
+}
+
+/// mlxi's own folder: `$MLXI_HOME`, by default `~/.cache/mlxi`.
+pub fn mlxi_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("MLXI_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/mlxi"))
+        .unwrap_or_else(|| PathBuf::from(".mlxi"))
+}
+
+/// Writes a line to stdout, ignoring a closed pipe (`mlxi run x.rhai | head`).
+pub fn print_line(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{s}");
+    let _ = out.flush();
+}
+
+/// Writes text without a newline and flushes it, for output that streams (generated tokens).
+pub fn print_text(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}
+
+/// The operation limit in force: `MLXI_MAX_OPERATIONS`, or [`DEFAULT_MAX_OPERATIONS`].
+fn max_operations() -> u64 {
+    std::env::var("MLXI_MAX_OPERATIONS")
+        .ok()
+        .and_then(|v| v.trim().replace('_', "").parse().ok())
+        .unwrap_or(DEFAULT_MAX_OPERATIONS)
+}
+
+/// An engine with every mlxi binding, the safety limits, Ctrl-C checks, printing to stdout,
+/// and `import` resolved through `ctx`.
+pub fn new_engine(ctx: Rc<Context>) -> Engine {
+    let mut engine = Engine::new();
+    engine.set_max_call_levels(MAX_CALL_LEVELS);
+    // Nesting depth of expressions (top level, inside functions): the same in debug and
+    // release builds, and far from the parser's stack limits.
+    engine.set_max_expr_depths(128, 64);
+    engine.set_max_operations(max_operations());
+    engine.on_progress(|_| interrupt::requested().then(|| Dynamic::from("interrupted")));
+    engine.on_print(print_line);
+    engine.on_debug(|s, src, pos| match (src, pos.line()) {
+        (Some(src), Some(line)) => print_line(&format!("{src}:{line}: {s}")),
+        (None, Some(line)) => print_line(&format!("{line}: {s}")),
+        _ => print_line(s),
+    });
+    engine.set_module_resolver(modules::Resolver::new(ctx.clone()));
+    engine.set_default_tag(Dynamic::from(ctx));
+
+    tensor::register(&mut engine);
+    stats::register(&mut engine);
+    files::register(&mut engine);
+    // Model bindings go here: model::register(&mut engine);
+    engine
+}
+
+/// Extra names for the REPL's tab completion, taken from the live scope after each command:
+/// the hook names of the models in scope go here.
+pub fn completion_names(_scope: &Scope) -> Vec<String> {
+    Vec::new()
+}
+
+/// A script engine with its context: runs files and snippets, and reports errors as
+/// `FILE:LINE:COL: message` with the offending line.
+pub struct Runner {
+    pub engine: Engine,
+    pub ctx: Rc<Context>,
+}
+
+impl Runner {
+    pub fn new(ctx: Rc<Context>) -> Self {
+        Runner {
+            engine: new_engine(ctx.clone()),
+            ctx,
+        }
+    }
+
+    /// Compiles `code`, named `name` in messages (a path, or `<repl>`, `<-e>`).
+    pub fn compile(&self, name: &str, code: &str, scope: &Scope) -> crate::Result<AST> {
+        self.ctx.add_source(name, code);
+        let mut ast = self
+            .engine
+            .compile_with_scope(scope, code)
+            .map_err(|e| Error::Script(report::parse(&e, name, &self.ctx)))?;
+        if !name.starts_with('<') {
+            ast.set_source(name);
+        }
+        Ok(ast)
+    }
+
+    /// Evaluates `ast` in `scope`; an error becomes [`Error::Interrupted`] or an
+    /// [`Error::Script`] report.
+    pub fn eval(&self, name: &str, ast: &AST, scope: &mut Scope) -> crate::Result<Dynamic> {
+        self.engine
+            .eval_ast_with_scope::<Dynamic>(scope, ast)
+            .map_err(|e| self.error(&e, name))
+    }
+
+    /// The error as the user sees it.
+    pub fn error(&self, err: &EvalAltResult, name: &str) -> Error {
+        if matches!(err.unwrap_inner(), EvalAltResult::ErrorTerminated(..)) {
+            return Error::Interrupted;
+        }
+        Error::Script(report::runtime(err, &self.engine, &self.ctx, name))
+    }
+
+    /// Runs a script file with `args` in scope.
+    pub fn run_file(&self, path: &Path, args: Map) -> crate::Result<Dynamic> {
+        let code = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let name = path.display().to_string();
+        let mut scope = Scope::new();
+        scope.push("args", args);
+        let ast = self.compile(&name, &code, &scope)?;
+        self.eval(&name, &ast, &mut scope)
+    }
+
+    /// Evaluates a snippet (`mlxi -e`).
+    pub fn eval_code(&self, name: &str, code: &str) -> crate::Result<Dynamic> {
+        let mut scope = Scope::new();
+        let ast = self.compile(name, code, &scope)?;
+        self.eval(name, &ast, &mut scope)
+    }
+}

@@ -1,0 +1,211 @@
+//! Options maps (`#{n: 500, seed: 1}`), checked in one place.
+//!
+//! Every verb that takes options starts with [`Options::parse`], naming itself and its valid
+//! keys; an unknown key is an error that lists them (and suggests the nearest one), and the typed
+//! getters turn a wrong type into an error naming the option.
+//!
+//! ```ignore
+//! let opts = Options::parse("stats::bootstrap_ci", &opts, &["n", "level", "seed"])?;
+//! let n = opts.int("n", 1000)?;
+//! let level = opts.float("level", 0.95)?;
+//! ```
+
+use rhai::{Array, Dynamic, Map, FLOAT, INT};
+
+use crate::{Error, Result};
+
+/// A validated options map.
+pub struct Options<'a> {
+    verb: &'a str,
+    map: &'a Map,
+}
+
+impl<'a> Options<'a> {
+    /// Checks that every key of `map` is one of `valid`.
+    pub fn parse(verb: &'a str, map: &'a Map, valid: &[&str]) -> Result<Self> {
+        for key in map.keys() {
+            if !valid.contains(&key.as_str()) {
+                let hint = nearest(key, valid)
+                    .map(|k| format!(" (did you mean '{k}'?)"))
+                    .unwrap_or_default();
+                return Err(Error::Invalid(format!(
+                    "{verb}: unknown option '{key}'{hint}; valid options: {}",
+                    valid.join(", ")
+                )));
+            }
+        }
+        Ok(Options { verb, map })
+    }
+
+    /// The raw value, if given (and not `()`).
+    pub fn get(&self, key: &str) -> Option<&'a Dynamic> {
+        self.map.get(key).filter(|v| !v.is_unit())
+    }
+
+    fn wrong(&self, key: &str, want: &str, got: &Dynamic) -> Error {
+        Error::Invalid(format!(
+            "{}: option '{key}' must be {want}, got {} ({})",
+            self.verb,
+            super::display::inline(got),
+            super::display::type_name(got)
+        ))
+    }
+
+    /// An integer option.
+    pub fn int(&self, key: &str, default: INT) -> Result<INT> {
+        self.opt_int(key).map(|v| v.unwrap_or(default))
+    }
+
+    /// An integer option without a default.
+    pub fn opt_int(&self, key: &str) -> Result<Option<INT>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_int()
+                .map(Some)
+                .map_err(|_| self.wrong(key, "an integer", v)),
+        }
+    }
+
+    /// A number option (an integer is accepted too).
+    pub fn float(&self, key: &str, default: FLOAT) -> Result<FLOAT> {
+        self.opt_float(key).map(|v| v.unwrap_or(default))
+    }
+
+    /// A number option without a default.
+    pub fn opt_float(&self, key: &str) -> Result<Option<FLOAT>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => match (v.as_float(), v.as_int()) {
+                (Ok(f), _) => Ok(Some(f)),
+                (_, Ok(i)) => Ok(Some(i as FLOAT)),
+                _ => Err(self.wrong(key, "a number", v)),
+            },
+        }
+    }
+
+    /// A boolean option.
+    pub fn bool(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().map_err(|_| self.wrong(key, "true or false", v)),
+        }
+    }
+
+    /// A string option.
+    pub fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .clone()
+                .into_string()
+                .map(Some)
+                .map_err(|_| self.wrong(key, "a string", v)),
+        }
+    }
+
+    /// A string option that must be one of `choices`.
+    pub fn choice(&self, key: &str, choices: &[&str], default: &'static str) -> Result<String> {
+        let Some(s) = self.string(key)? else {
+            return Ok(default.to_string());
+        };
+        if choices.contains(&s.as_str()) {
+            Ok(s)
+        } else {
+            let quoted: Vec<String> = choices.iter().map(|c| format!("\"{c}\"")).collect();
+            Err(Error::Invalid(format!(
+                "{}: option '{key}' must be one of {}, got \"{s}\"",
+                self.verb,
+                quoted.join(", ")
+            )))
+        }
+    }
+
+    /// An array option.
+    pub fn array(&self, key: &str) -> Result<Option<Array>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .clone()
+                .into_array()
+                .map(Some)
+                .map_err(|_| self.wrong(key, "an array", v)),
+        }
+    }
+
+    /// A custom-type option (a Tensor, a Cache, ...), named `what` in errors.
+    pub fn value<T: Clone + 'static>(&self, key: &str, what: &str) -> Result<Option<T>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .clone()
+                .try_cast::<T>()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, what, v)),
+        }
+    }
+}
+
+/// The valid key closest to a mistyped one, if any is close.
+fn nearest<'v>(key: &str, valid: &[&'v str]) -> Option<&'v str> {
+    valid
+        .iter()
+        .map(|v| (edit_distance(key, v), *v))
+        .filter(|(d, v)| *d <= 2.max(v.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, v)| v)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, Dynamic)]) -> Map {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_key_names_the_valid_ones() {
+        let m = map(&[("lvl", Dynamic::from_float(0.9))]);
+        let err = Options::parse("stats::bootstrap_ci", &m, &["n", "level", "seed"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            "stats::bootstrap_ci: unknown option 'lvl' (did you mean 'level'?); valid options: n, level, seed"
+        );
+    }
+
+    #[test]
+    fn typed_getters() {
+        let m = map(&[("n", Dynamic::from_int(5)), ("level", Dynamic::from_int(1))]);
+        let o = Options::parse("v", &m, &["n", "level", "seed"]).expect("valid");
+        assert_eq!(o.int("n", 1).ok(), Some(5));
+        assert_eq!(o.int("seed", 7).ok(), Some(7));
+        assert_eq!(o.float("level", 0.5).ok(), Some(1.0));
+        let e = o.bool("n", false).err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("v: option 'n' must be true or false, got 5 (integer)")
+        );
+    }
+}

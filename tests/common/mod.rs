@@ -1,0 +1,102 @@
+//! Running the real `mlxi` binary from integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mlxi");
+
+/// A `mlxi` command with its own MLXI_HOME (no history or recipes from the machine).
+pub fn mlxi(home: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("MLXI_HOME", home)
+        .env_remove("MLXI_RECIPES")
+        .env_remove("MLXI_MAX_OPERATIONS");
+    c
+}
+
+/// The result of a run: exit code, stdout, stderr.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self.stdout.trim_end()
+    }
+
+    #[track_caller]
+    pub fn failed(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self.stderr.trim_end()
+    }
+}
+
+/// A scratch folder, removed at the end of the test.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temporary folder")
+}
+
+/// `mlxi -e CODE`.
+pub fn eval(code: &str) -> Run {
+    let home = scratch();
+    mlxi(home.path())
+        .arg("-e")
+        .arg(code)
+        .output()
+        .expect("mlxi runs")
+        .into()
+}
+
+/// `mlxi run FILE ARGS...` in `dir`.
+pub fn run_in(dir: &Path, args: &[&str]) -> Run {
+    let home = scratch();
+    mlxi(home.path())
+        .current_dir(dir)
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("mlxi runs")
+        .into()
+}
+
+/// Writes `text` to `dir/name`.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("folder");
+    }
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+/// The repository root (where `scripts/` lives).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
