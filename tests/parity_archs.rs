@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use mlx_rs::{Array, Dtype};
 use mlxi::hooks::HookName;
+use mlxi::model::layers::KvCache;
 use mlxi::model::{LoadOptions, Model};
 
 static MLX: Mutex<()> = Mutex::new(());
@@ -190,6 +191,42 @@ fn every_architecture_calls_every_hook_point() {
         let d = max_abs_diff(&plain, &hooked);
         if d >= 1e-4 {
             failures.push(format!("{case}: hooking changed the logits by {d}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Decoding with the KV cache (a prefix, then one token at a time) gives the logits of one full
+/// forward, sliding windows and soft-capping included.
+#[test]
+fn cached_decoding_matches_the_full_forward() {
+    let _mlx = lock();
+    let mut failures = Vec::new();
+    for case in [
+        "llama",
+        "qwen2",
+        "qwen3",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+        "qwen3_moe",
+    ] {
+        let g = golden(case);
+        let mut model = load(&format!("{FIXTURES}/{case}"), Dtype::Float32, true).unwrap();
+        let full = model.forward_ids(&rows(&g["input_ids"])).unwrap();
+        let ids = &g["input_ids"];
+        let mut cache = KvCache::new(model.n_layers());
+        let prefix = ids.take_axis(Array::from_iter(0..6, &[6]), 1).unwrap();
+        let mut parts = vec![model.run(&prefix, &[], Some(&mut cache), false).unwrap()];
+        for p in 6..16 {
+            let tok = ids.take_axis(Array::from_iter(p..p + 1, &[1]), 1).unwrap();
+            parts.push(model.run(&tok, &[], Some(&mut cache), false).unwrap());
+        }
+        let cached = mlx_rs::ops::concatenate(&parts, 1).unwrap();
+        let d = max_abs_diff(&cached, &full);
+        println!("{case}: cached decoding max |diff| {d:.2e}");
+        if d >= 1e-3 {
+            failures.push(format!("{case}: cached decoding differs by {d}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
