@@ -33,7 +33,9 @@ pub enum HookName {
     Z(usize),
     /// Attention probabilities, `[batch, head, query_pos, key_pos]` (computed only when hooked).
     Pattern(usize),
-    /// MLP hidden activation (after the gate), `[batch, pos, d_mlp]`.
+    /// MLP hidden activation (after the gate), `[batch, pos, d_mlp]`. In a mixture-of-experts
+    /// block, the chosen experts' activations, `[batch, pos, k, d_expert]`, highest router
+    /// weight first.
     MlpPost(usize),
     /// The final norm's output, `[batch, pos, d_model]`.
     LnFinal,

@@ -58,7 +58,7 @@ fn matmul_matches_hand_computed() {
     let (m, k, n) = (64, 96, 48);
     let (av, bv) = (values(m * k, 1), values(k * n, 2));
     let c = Array::from_slice(&av, &[m as i32, k as i32])
-        .matmul(&Array::from_slice(&bv, &[k as i32, n as i32]))
+        .matmul(Array::from_slice(&bv, &[k as i32, n as i32]))
         .unwrap();
     assert_close(
         &to_vec(&c),

@@ -45,7 +45,7 @@ fn default_model_matches_mlx_lm() {
     // Logits at every position of the first prompt, and the last position of every prompt.
     for (i, p) in g["prompts"].as_array().unwrap().iter().enumerate() {
         let input = ids(&p["input_ids"]);
-        let logits = model.forward_ids(&[input.clone()]).unwrap();
+        let logits = model.forward_ids(std::slice::from_ref(&input)).unwrap();
         let t = input.len() as i32;
         if i == 0 {
             let want = &reference["prompt0_all"];
@@ -98,8 +98,8 @@ fn left_padding_does_not_change_logits() {
     let b = ids(&g["prompts"][2]["input_ids"]);
     let (la, lb) = (a.len() as i32, b.len() as i32);
     assert_ne!(la, lb, "the test needs prompts of different lengths");
-    let alone_a = model.forward_ids(&[a.clone()]).unwrap();
-    let alone_b = model.forward_ids(&[b.clone()]).unwrap();
+    let alone_a = model.forward_ids(std::slice::from_ref(&a)).unwrap();
+    let alone_b = model.forward_ids(std::slice::from_ref(&b)).unwrap();
     let both = model.forward_ids(&[a, b]).unwrap();
     let t = la.max(lb);
     let row = |i: i32, len: i32| {

@@ -72,11 +72,12 @@ impl Gguf {
             rope_traditional: false,
             rope_scaling: None::<RopeScaling>,
             tie_word_embeddings: !tensors.contains_key("lm_head.weight"),
-            attention_bias: tensors.contains_key("model.layers.0.self_attn.q_proj.bias"),
+            attention_bias: tensors.contains_key("model.layers.0.self_attn.o_proj.bias"),
             mlp_bias: false,
             sliding_window: None,
             layer_types: None,
             qk_norm: tensors.contains_key("model.layers.0.self_attn.q_norm.weight"),
+            qkv_bias: tensors.contains_key("model.layers.0.self_attn.q_proj.bias"),
         })
     }
 

@@ -31,6 +31,11 @@ pub enum Linear {
 impl Linear {
     pub fn forward(&self, x: &Array) -> Result<Array> {
         let (y, bias) = match self {
+            // One fused `bias + x W^T` (one rounding in half precision), as mlx-lm's nn.Linear.
+            Linear::Dense {
+                weight,
+                bias: Some(b),
+            } => return Ok(ops::addmm(b, x, weight.t(), None, None)?),
             Linear::Dense { weight, bias } => (x.matmul(weight.t())?, bias),
             Linear::Quantized {
                 weight,
@@ -63,6 +68,44 @@ impl Linear {
                 ..
             } => Ok(ops::dequantize(weight, scales, biases, *group_size, *bits)?),
         }
+    }
+
+    /// Expert-stacked weights (`[experts, out, in]`, plain or quantized) applied to `x`
+    /// `[..., 1, in]` with the experts chosen by `indices` `[..., k]`: returns `[..., k, 1, out]`
+    /// (MLX's `gather_mm` / `gather_qmm`).
+    pub fn gather(&self, x: &Array, indices: &Array) -> Result<Array> {
+        let (y, bias) = match self {
+            Linear::Dense { weight, bias } => (
+                ops::gather_mm(x, weight.swap_axes(-1, -2)?, None, indices, None)?,
+                bias,
+            ),
+            Linear::Quantized {
+                weight,
+                scales,
+                biases,
+                bias,
+                group_size,
+                bits,
+            } => (
+                ops::gather_qmm(
+                    x,
+                    weight,
+                    scales,
+                    biases,
+                    None,
+                    indices,
+                    true,
+                    *group_size,
+                    *bits,
+                    None,
+                )?,
+                bias,
+            ),
+        };
+        Ok(match bias {
+            Some(b) => y.add(b.take_axis(indices, 0)?.expand_dims(-2)?)?,
+            None => y,
+        })
     }
 
     /// `(bits, group_size)` when quantized.
@@ -153,6 +196,10 @@ pub struct RopeScaling {
     pub low_freq_factor: Option<f32>,
     pub high_freq_factor: Option<f32>,
     pub original_max_position_embeddings: Option<f32>,
+    /// Phi-3 `longrope`/`su`: per-frequency factors.
+    pub short_factor: Option<Vec<f32>>,
+    pub long_factor: Option<Vec<f32>>,
+    pub long_mscale: Option<f32>,
 }
 
 /// Rotary position embedding, applied to `[batch, heads, pos, d_head]`.
@@ -162,8 +209,10 @@ pub struct Rope {
     pub traditional: bool,
     pub base: Option<f32>,
     pub scale: f32,
-    /// Per-pair periods, when the scaling scheme needs them (Llama 3).
+    /// Per-pair periods, when the scaling scheme needs them (Llama 3, Phi-3 longrope).
     pub freqs: Option<Array>,
+    /// Factor on the rotated features before rotation (Phi-3 longrope), 1 otherwise.
+    pub mscale: f32,
 }
 
 impl Rope {
@@ -179,6 +228,7 @@ impl Rope {
             base: Some(base),
             scale: 1.0,
             freqs: None,
+            mscale: 1.0,
         };
         let Some(scaling) = scaling else {
             return Ok(plain);
@@ -226,7 +276,63 @@ impl Rope {
         }
     }
 
+    /// Phi-3's `longrope` (also called `su`) scaling, as mlx-lm's `SuScaledRoPE`: periods
+    /// `long_factor * base^(2i/dims)` and the rotated features scaled by
+    /// `sqrt(1 + ln(max/orig) / ln(orig))` (or `long_mscale`).
+    pub fn su_scaled(
+        dims: i32,
+        base: f32,
+        scaling: &RopeScaling,
+        max_position_embeddings: f32,
+        original_max_position_embeddings: f32,
+    ) -> Result<Rope> {
+        let long = scaling
+            .long_factor
+            .as_ref()
+            .ok_or_else(|| Error::Model("rope_scaling longrope needs `long_factor`".into()))?;
+        if long.len() != (dims / 2) as usize {
+            return Err(Error::Model(format!(
+                "rope_scaling long_factor has {} entries, expected {}",
+                long.len(),
+                dims / 2
+            )));
+        }
+        let freqs: Vec<f32> = long
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f * base.powf(2.0 * i as f32 / dims as f32))
+            .collect();
+        let factor = max_position_embeddings / original_max_position_embeddings;
+        let mscale = scaling.long_mscale.unwrap_or(if factor <= 1.0 {
+            1.0
+        } else {
+            (1.0 + factor.ln() / original_max_position_embeddings.ln()).sqrt()
+        });
+        Ok(Rope {
+            dims,
+            traditional: false,
+            base: None,
+            scale: 1.0,
+            freqs: Some(Array::from_slice(&freqs, &[dims / 2])),
+            mscale,
+        })
+    }
+
     pub fn apply(&self, x: &Array, offset: i32) -> Result<Array> {
+        let scaled;
+        let x = if self.mscale == 1.0 {
+            x
+        } else {
+            let m = Array::from_f32(self.mscale).as_dtype(x.dtype())?;
+            let d = x.shape()[x.ndim() - 1];
+            scaled = if self.dims >= d {
+                x.multiply(&m)?
+            } else {
+                let parts = ops::split_at_indices(x, &[self.dims], -1)?;
+                ops::concatenate(&[parts[0].multiply(&m)?, parts[1].clone()], -1)?
+            };
+            &scaled
+        };
         Ok(fast::rope(
             x,
             self.dims,
@@ -374,10 +480,10 @@ pub fn attend(
         // [B, Hkv, G, T, D] against [B, Hkv, 1, S, D].
         let qg = q.reshape(&[b, hkv, groups, t, d])?;
         let kt = k.expand_dims(2)?.swap_axes(-1, -2)?;
-        let mut scores = qg.multiply(Array::from_f32(scale))?.matmul(&kt)?;
+        let scale = Array::from_f32(scale).as_dtype(q.dtype())?;
+        let mut scores = qg.multiply(&scale)?.matmul(&kt)?;
         if let Some(cap) = softcap {
-            let c = Array::from_f32(cap);
-            scores = ops::tanh(scores.divide(&c)?)?.multiply(&c)?;
+            scores = soft_cap(&scores, cap)?;
         }
         let s = scores.shape()[4];
         let scores = scores.reshape(&[b, h, t, s])?;
@@ -411,6 +517,12 @@ pub fn attend(
         }
     };
     Ok(out.swap_axes(1, 2)?)
+}
+
+/// Gemma's soft-capping: `cap * tanh(x / cap)`.
+pub fn soft_cap(x: &Array, cap: f32) -> Result<Array> {
+    let c = Array::from_f32(cap).as_dtype(x.dtype())?;
+    Ok(ops::tanh(x.divide(&c)?)?.multiply(&c)?)
 }
 
 fn masked_fill(scores: &Array, allowed: &Array) -> Result<Array> {

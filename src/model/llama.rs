@@ -1,5 +1,5 @@
 //! Llama decoder (Llama 2/3.x, SmolLM, TinyLlama; Mistral, Qwen2 and Qwen3 reuse it through
-//! their own config files). Reference: mlx-lm `mlx_lm/models/llama.py`.
+//! their own config files, `qwen2.rs` and `qwen3.rs`). Reference: mlx-lm `mlx_lm/models/llama.py`.
 //!
 //! Pre-norm blocks: `h += attn(rms_norm(h))`, `h += mlp(rms_norm(h))`, SwiGLU MLP, rotary
 //! embeddings (rotate-half unless `rope_traditional`), grouped-query attention.
@@ -48,6 +48,10 @@ pub struct Config {
     /// set by the qwen3 file.
     #[serde(skip)]
     pub qk_norm: bool,
+    /// Qwen2: biases on the q/k/v projections only (`attention_bias` puts them on all four).
+    /// Not a config.json field; set by the qwen2 file.
+    #[serde(skip)]
+    pub qkv_bias: bool,
 }
 
 impl Config {
@@ -101,6 +105,7 @@ impl Llama {
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+            let qkv_b = ab || cfg.qkv_bias;
             let sliding = cfg
                 .layer_types
                 .as_ref()
@@ -108,9 +113,9 @@ impl Llama {
                 .is_some_and(|t| t == "sliding_attention");
             layers.push(Block {
                 input_norm: w.rms_norm(&format!("{p}.input_layernorm"), d, eps)?,
-                q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, h * hd, ab)?,
-                k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, ab)?,
-                v_proj: w.linear(&format!("{p}.self_attn.v_proj"), d, kv * hd, ab)?,
+                q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, h * hd, qkv_b)?,
+                k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, qkv_b)?,
+                v_proj: w.linear(&format!("{p}.self_attn.v_proj"), d, kv * hd, qkv_b)?,
                 o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h * hd, d, ab)?,
                 q_norm: cfg
                     .qk_norm

@@ -1,9 +1,15 @@
 //! Models: loading from a folder, a `.gguf` file or a Hugging Face repo id; one registry that
 //! maps `model_type` to an architecture; the forward pass with hooks, padding and a KV cache.
 
+pub mod gemma2;
+pub mod gemma3_text;
 pub mod gguf;
 pub mod layers;
 pub mod llama;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
+pub mod qwen3_moe;
 pub mod source;
 pub mod weights;
 
@@ -20,7 +26,16 @@ use layers::{KvCache, Step};
 use weights::{QuantConfig, Weights};
 
 /// The architectures mlxi implements, by config.json `model_type`.
-pub const SUPPORTED: &[&str] = &["llama", "mistral"];
+pub const SUPPORTED: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+];
 
 /// Aliases: model types that run on another type's implementation unchanged.
 fn canonical(model_type: &str) -> &str {
@@ -30,16 +45,40 @@ fn canonical(model_type: &str) -> &str {
     }
 }
 
-/// A network of one of the supported architectures.
+/// The `model_type` of a config.json that has only `architectures` (e.g. `Qwen3MoeForCausalLM`).
+fn model_type_of_architecture(arch: &str) -> String {
+    match arch {
+        "Qwen3MoeForCausalLM" => "qwen3_moe".into(),
+        "Gemma3ForCausalLM" => "gemma3_text".into(),
+        other => other.trim_end_matches("ForCausalLM").to_lowercase(),
+    }
+}
+
+/// A network of one of the supported architectures (Llama also runs Mistral, Qwen2 and Qwen3).
 pub enum Net {
     Llama(llama::Llama),
+    Gemma2(gemma2::Gemma2),
+    Gemma3Text(gemma3_text::Gemma3Text),
+    Phi3(phi3::Phi3),
+    Qwen3Moe(qwen3_moe::Qwen3Moe),
+}
+
+/// Dispatch a method call to whichever architecture `$net` holds.
+macro_rules! each_net {
+    ($net:expr, $m:ident => $body:expr) => {
+        match $net {
+            Net::Llama($m) => $body,
+            Net::Gemma2($m) => $body,
+            Net::Gemma3Text($m) => $body,
+            Net::Phi3($m) => $body,
+            Net::Qwen3Moe($m) => $body,
+        }
+    };
 }
 
 impl Net {
     fn embed(&self, ids: &Array, step: &mut Step) -> Result<Array> {
-        match self {
-            Net::Llama(m) => m.embed(ids, step),
-        }
+        each_net!(self, m => m.embed(ids, step))
     }
     fn blocks(
         &self,
@@ -48,34 +87,22 @@ impl Net {
         step: &mut Step,
         n: Option<usize>,
     ) -> Result<Array> {
-        match self {
-            Net::Llama(m) => m.blocks(h, cache, step, n),
-        }
+        each_net!(self, m => m.blocks(h, cache, step, n))
     }
     fn final_norm(&self, h: &Array, step: &mut Step) -> Result<Array> {
-        match self {
-            Net::Llama(m) => m.final_norm(h, step),
-        }
+        each_net!(self, m => m.final_norm(h, step))
     }
     fn unembed(&self, x: &Array) -> Result<Array> {
-        match self {
-            Net::Llama(m) => m.unembed(x),
-        }
+        each_net!(self, m => m.unembed(x))
     }
     fn n_layers(&self) -> usize {
-        match self {
-            Net::Llama(m) => m.n_layers(),
-        }
+        each_net!(self, m => m.n_layers())
     }
     fn param_bytes(&self) -> usize {
-        match self {
-            Net::Llama(m) => m.param_bytes(),
-        }
+        each_net!(self, m => m.param_bytes())
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        match self {
-            Net::Llama(m) => m.quantization(),
-        }
+        each_net!(self, m => m.quantization())
     }
 }
 
@@ -134,6 +161,11 @@ fn dtype_name(d: Dtype) -> &'static str {
         Dtype::Bfloat16 => "bfloat16",
         _ => "other",
     }
+}
+
+/// An architecture's config from the config.json object.
+fn parse<T: serde::de::DeserializeOwned>(config: &serde_json::Value) -> serde_json::Result<T> {
+    T::deserialize(config)
 }
 
 /// Parse a user's dtype name.
@@ -217,7 +249,7 @@ impl Model {
                     .get("architectures")
                     .and_then(|a| a.get(0))
                     .and_then(|v| v.as_str())
-                    .map(|s| s.trim_end_matches("ForCausalLM").to_lowercase())
+                    .map(model_type_of_architecture)
             })
             .ok_or_else(|| Error::Model(format!("{}: no model_type", config_path.display())))?;
         let quant = match config
@@ -239,10 +271,25 @@ impl Model {
             source: e,
         };
         let net = match canonical(&model_type) {
-            "llama" => {
-                let cfg: llama::Config = serde_json::from_value(config.clone()).map_err(de)?;
-                Net::Llama(llama::Llama::load(cfg, &mut w)?)
+            "llama" => Net::Llama(llama::Llama::load(parse(&config).map_err(de)?, &mut w)?),
+            "qwen2" => {
+                let cfg: qwen2::Config = parse(&config).map_err(de)?;
+                Net::Llama(llama::Llama::load(cfg.into(), &mut w)?)
             }
+            "qwen3" => {
+                let cfg: qwen3::Config = parse(&config).map_err(de)?;
+                Net::Llama(llama::Llama::load(cfg.into(), &mut w)?)
+            }
+            "qwen3_moe" => Net::Qwen3Moe(qwen3_moe::Qwen3Moe::load(
+                parse(&config).map_err(de)?,
+                &mut w,
+            )?),
+            "gemma2" => Net::Gemma2(gemma2::Gemma2::load(parse(&config).map_err(de)?, &mut w)?),
+            "gemma3_text" => Net::Gemma3Text(gemma3_text::Gemma3Text::load(
+                parse(&config).map_err(de)?,
+                &mut w,
+            )?),
+            "phi3" => Net::Phi3(phi3::Phi3::load(parse(&config).map_err(de)?, &mut w)?),
             other => {
                 return Err(Error::Model(format!(
                     "model_type {other:?} is not supported (supported: {})",
@@ -276,6 +323,43 @@ impl Model {
                 m.cfg.n_kv_heads(),
                 m.cfg.head_dim(),
                 m.cfg.intermediate_size,
+                m.cfg.vocab_size,
+            ),
+            Net::Gemma2(m) => (
+                m.cfg.hidden_size,
+                m.cfg.num_attention_heads,
+                m.cfg.n_kv_heads(),
+                m.cfg.head_dim,
+                m.cfg.intermediate_size,
+                m.cfg.vocab_size,
+            ),
+            Net::Gemma3Text(m) => (
+                m.cfg.hidden_size,
+                m.cfg.num_attention_heads,
+                m.cfg.num_key_value_heads,
+                m.cfg.head_dim,
+                m.cfg.intermediate_size,
+                m.cfg.vocab_size,
+            ),
+            Net::Phi3(m) => (
+                m.cfg.hidden_size,
+                m.cfg.num_attention_heads,
+                m.cfg.n_kv_heads(),
+                m.cfg.head_dim(),
+                m.cfg.intermediate_size,
+                m.cfg.vocab_size,
+            ),
+            // The width of one expert (every layer is sparse in released Qwen3-MoE models).
+            Net::Qwen3Moe(m) => (
+                m.cfg.hidden_size,
+                m.cfg.num_attention_heads,
+                m.cfg.n_kv_heads(),
+                m.cfg.head_dim(),
+                if m.cfg.is_sparse(0) {
+                    m.cfg.moe_intermediate_size
+                } else {
+                    m.cfg.intermediate_size
+                },
                 m.cfg.vocab_size,
             ),
         };

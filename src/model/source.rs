@@ -174,7 +174,7 @@ fn check_safetensors(path: &Path) -> Result<()> {
 }
 
 /// Every tensor of the checkpoint in `dir`: the shards named by
-/// `model.safetensors.index.json` if present, else every `*.safetensors` file.
+/// `model.safetensors.index.json` if present, else the `model*.safetensors` files.
 pub fn load_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
     let index = dir.join("model.safetensors.index.json");
     let mut files: Vec<PathBuf> = if index.is_file() {
@@ -195,11 +195,28 @@ pub fn load_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
         names.dedup();
         names.into_iter().map(|n| dir.join(n)).collect()
     } else {
+        // Like mlx-lm, the weights are `model*.safetensors`; other safetensors files in the
+        // folder (a `consolidated.safetensors` duplicate, test goldens) are not weights. A folder
+        // with no such file falls back to every `*.safetensors`.
         let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-        rd.flatten()
+        let all: Vec<PathBuf> = rd
+            .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .collect()
+            .collect();
+        let model: Vec<PathBuf> = all
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("model"))
+            })
+            .cloned()
+            .collect();
+        if model.is_empty() {
+            all
+        } else {
+            model
+        }
     };
     files.sort();
     if files.is_empty() {

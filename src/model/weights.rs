@@ -165,15 +165,33 @@ impl Weights {
         out_dim: i32,
         bias: bool,
     ) -> Result<Linear> {
+        self.stacked_linear(prefix, &[], in_dim, out_dim, bias)
+    }
+
+    /// `n` linear layers `in_dim -> out_dim` stacked on a leading axis (mixture-of-experts
+    /// weights `[n, out, in]`, as mlx-lm's `SwitchLinear` stores them), plain or quantized.
+    pub fn experts(&mut self, prefix: &str, n: i32, in_dim: i32, out_dim: i32) -> Result<Linear> {
+        self.stacked_linear(prefix, &[n], in_dim, out_dim, false)
+    }
+
+    fn stacked_linear(
+        &mut self,
+        prefix: &str,
+        lead: &[i32],
+        in_dim: i32,
+        out_dim: i32,
+        bias: bool,
+    ) -> Result<Linear> {
+        let shape = |tail: &[i32]| [lead, tail].concat();
         let bias = if bias {
-            Some(self.take(&format!("{prefix}.bias"), &[out_dim])?)
+            Some(self.take(&format!("{prefix}.bias"), &shape(&[out_dim]))?)
         } else {
             None
         };
         let wkey = format!("{prefix}.weight");
         let skey = format!("{prefix}.scales");
         if !self.contains(&skey) {
-            let weight = self.take(&wkey, &[out_dim, in_dim])?;
+            let weight = self.take(&wkey, &shape(&[out_dim, in_dim]))?;
             return Ok(Linear::Dense { weight, bias });
         }
         let weight = self.take_raw(&wkey)?;
@@ -183,18 +201,27 @@ impl Weights {
         let bad = |why: &str| {
             Error::Model(format!(
                 "quantized layer {prefix}: {why} (weight {ws:?} {:?}, scales {ss:?}, expected \
-                 {out_dim} x {in_dim})",
-                weight.dtype()
+                 {:?})",
+                weight.dtype(),
+                shape(&[out_dim, in_dim])
             ))
         };
-        if weight.dtype() != Dtype::Uint32 || ws.len() != 2 || ss.len() != 2 || ws[0] != out_dim {
+        let n = lead.len();
+        if weight.dtype() != Dtype::Uint32
+            || ws.len() != n + 2
+            || ss.len() != n + 2
+            || ws[..n] != *lead
+            || ss[..n] != *lead
+            || ws[n] != out_dim
+        {
             return Err(bad("unexpected packed weight"));
         }
-        if ss[0] != out_dim || ss[1] == 0 || in_dim % ss[1] != 0 || (ws[1] * 32) % in_dim != 0 {
+        let (wcols, scols) = (ws[n + 1], ss[n + 1]);
+        if ss[n] != out_dim || scols == 0 || in_dim % scols != 0 || (wcols * 32) % in_dim != 0 {
             return Err(bad("shapes do not match the layer"));
         }
-        let group_size = in_dim / ss[1];
-        let bits = ws[1] * 32 / in_dim;
+        let group_size = in_dim / scols;
+        let bits = wcols * 32 / in_dim;
         if let Some(q) = &self.quant {
             let (g, b) = q.for_module(prefix);
             if (g, b) != (group_size, bits) {

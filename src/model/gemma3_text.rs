@@ -1,0 +1,316 @@
+//! Gemma 3 text models (`model_type` "gemma3_text": Gemma 3 1B, and the language model of the
+//! larger ones). Reference: mlx-lm `mlx_lm/models/gemma3_text.py`.
+//!
+//! Like Gemma 2 (offset norms `1 + w` folded at load, scaled embeddings, post-attention and
+//! post-MLP norms before the residual add, GELU-tanh MLP, `query_pre_attn_scalar`), plus: RMSNorm
+//! over each head's queries and keys before RoPE (`q_norm`, `k_norm`, also offsets); sliding
+//! layers (per `layer_types`, else every layer but each `sliding_window_pattern`-th) use a window
+//! of `sliding_window` keys and RoPE base `rope_local_base_freq`; full layers use `rope_theta` and
+//! `rope_scaling`. The embedding scale `sqrt(hidden_size)` is rounded to bfloat16 first, as
+//! mlx-lm does. No soft-capping in released configs (honoured when set, as Hugging Face does).
+//! `lm_head.weight` is used when present, else the embeddings are tied.
+
+use mlx_rs::{nn, ops, Array, Dtype};
+use serde::Deserialize;
+
+use super::layers::{
+    attend, soft_cap, Embedding, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step,
+};
+use super::weights::Weights;
+use crate::error::Result;
+use crate::hooks::HookName;
+
+fn default_head_dim() -> i32 {
+    256
+}
+fn default_eps() -> f32 {
+    1e-6
+}
+fn default_kv_heads() -> i32 {
+    1
+}
+fn default_rope_theta() -> f32 {
+    1_000_000.0
+}
+fn default_local_base() -> f32 {
+    10_000.0
+}
+fn default_query_scalar() -> f32 {
+    256.0
+}
+fn default_window() -> i32 {
+    512
+}
+fn default_pattern() -> usize {
+    6
+}
+
+/// config.json of a Gemma 3 text checkpoint; absent fields take mlx-lm's defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub hidden_size: i32,
+    pub num_hidden_layers: usize,
+    pub intermediate_size: i32,
+    pub num_attention_heads: i32,
+    #[serde(default = "default_kv_heads")]
+    pub num_key_value_heads: i32,
+    #[serde(default = "default_head_dim")]
+    pub head_dim: i32,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f32,
+    pub vocab_size: i32,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f32,
+    #[serde(default = "default_local_base")]
+    pub rope_local_base_freq: f32,
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default = "default_query_scalar")]
+    pub query_pre_attn_scalar: f32,
+    #[serde(default = "default_window")]
+    pub sliding_window: i32,
+    #[serde(default = "default_pattern")]
+    pub sliding_window_pattern: usize,
+    /// Per-layer `full_attention` / `sliding_attention` (written by recent transformers).
+    pub layer_types: Option<Vec<String>>,
+    pub attn_logit_softcapping: Option<f32>,
+    pub final_logit_softcapping: Option<f32>,
+}
+
+impl Config {
+    /// Whether layer `i` is a local (sliding-window) layer.
+    fn is_sliding(&self, i: usize) -> bool {
+        match &self.layer_types {
+            Some(t) => t.get(i).is_some_and(|t| t == "sliding_attention"),
+            None => (i + 1) % self.sliding_window_pattern.max(1) != 0,
+        }
+    }
+}
+
+/// A Gemma RMSNorm: the stored offset `w` becomes the scale `1 + w`.
+fn offset_norm(w: &mut Weights, prefix: &str, d: i32, eps: f32) -> Result<RmsNorm> {
+    let mut norm = w.rms_norm(prefix, d, eps)?;
+    let one = Array::from_f32(1.0).as_dtype(norm.weight.dtype())?;
+    norm.weight = norm.weight.add(&one)?;
+    Ok(norm)
+}
+
+/// `x + y`; in float16, summed in float32 and clipped to the float16 range (mlx-lm's
+/// `clip_residual`: Gemma 3's residual stream overflows float16).
+fn residual_add(x: &Array, y: &Array) -> Result<Array> {
+    if x.dtype() != Dtype::Float16 {
+        return Ok(x.add(y)?);
+    }
+    let bound = f32::from(half::f16::MAX);
+    let sum = x
+        .as_dtype(Dtype::Float32)?
+        .add(y.as_dtype(Dtype::Float32)?)?;
+    let clipped = ops::clip(&sum, (-bound, bound))?;
+    Ok(clipped.as_dtype(Dtype::Float16)?)
+}
+
+struct Block {
+    input_norm: RmsNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    post_attn_norm: RmsNorm,
+    pre_ff_norm: RmsNorm,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    post_ff_norm: RmsNorm,
+    rope: Rope,
+    /// The sliding window, on local layers.
+    window: Option<i32>,
+}
+
+/// A loaded Gemma 3 text model.
+pub struct Gemma3Text {
+    pub cfg: Config,
+    embed: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+}
+
+impl Gemma3Text {
+    pub fn load(cfg: Config, w: &mut Weights) -> Result<Gemma3Text> {
+        let (d, h, kv, hd, ff) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+        );
+        let eps = cfg.rms_norm_eps;
+        let embed = w.embedding("model.embed_tokens", cfg.vocab_size, d)?;
+        let local_rope = Rope::new(hd, cfg.rope_local_base_freq, false, None)?;
+        let global_rope = Rope::new(hd, cfg.rope_theta, false, cfg.rope_scaling.as_ref())?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let sliding = cfg.is_sliding(i);
+            layers.push(Block {
+                input_norm: offset_norm(w, &format!("{p}.input_layernorm"), d, eps)?,
+                q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, h * hd, false)?,
+                k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, false)?,
+                v_proj: w.linear(&format!("{p}.self_attn.v_proj"), d, kv * hd, false)?,
+                o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h * hd, d, false)?,
+                q_norm: offset_norm(w, &format!("{p}.self_attn.q_norm"), hd, eps)?,
+                k_norm: offset_norm(w, &format!("{p}.self_attn.k_norm"), hd, eps)?,
+                post_attn_norm: offset_norm(w, &format!("{p}.post_attention_layernorm"), d, eps)?,
+                pre_ff_norm: offset_norm(w, &format!("{p}.pre_feedforward_layernorm"), d, eps)?,
+                gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), d, ff, false)?,
+                up_proj: w.linear(&format!("{p}.mlp.up_proj"), d, ff, false)?,
+                down_proj: w.linear(&format!("{p}.mlp.down_proj"), ff, d, false)?,
+                post_ff_norm: offset_norm(w, &format!("{p}.post_feedforward_layernorm"), d, eps)?,
+                rope: if sliding {
+                    local_rope.clone()
+                } else {
+                    global_rope.clone()
+                },
+                window: sliding.then_some(cfg.sliding_window),
+            });
+        }
+        let norm = offset_norm(w, "model.norm", d, eps)?;
+        let lm_head = if w.contains("lm_head.weight") {
+            Some(w.linear("lm_head", d, cfg.vocab_size, false)?)
+        } else {
+            None
+        };
+        Ok(Gemma3Text {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// Token embeddings times `sqrt(hidden_size)` rounded to bfloat16 (as mlx-lm).
+    pub fn embed(&self, ids: &Array, step: &mut Step) -> Result<Array> {
+        let h = self.embed.lookup(ids)?;
+        let scale = Array::from_f32((self.cfg.hidden_size as f32).sqrt())
+            .as_dtype(Dtype::Bfloat16)?
+            .as_dtype(h.dtype())?;
+        step.hook(HookName::Embed, h.multiply(&scale)?)
+    }
+
+    /// Run blocks `0..n` (all of them when `n` is None) over the residual stream `h`.
+    pub fn blocks(
+        &self,
+        mut h: Array,
+        mut cache: Option<&mut KvCache>,
+        step: &mut Step,
+        n: Option<usize>,
+    ) -> Result<Array> {
+        let full_mask = Mask::build(step, None)?;
+        let window_mask = match self.layers.iter().find_map(|l| l.window) {
+            Some(w) => Some(Mask::build(step, Some(w))?),
+            None => None,
+        };
+        let (h_heads, kv_heads, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.num_key_value_heads,
+            self.cfg.head_dim,
+        );
+        let scale = self.cfg.query_pre_attn_scalar.powf(-0.5);
+        let n = n.unwrap_or(self.layers.len()).min(self.layers.len());
+        for (i, layer) in self.layers.iter().take(n).enumerate() {
+            let (b, t) = (h.shape()[0], h.shape()[1]);
+            h = step.hook(HookName::ResidPre(i), h)?;
+            let x = layer.input_norm.forward(&h)?;
+            let q = layer.q_proj.forward(&x)?.reshape(&[b, t, h_heads, hd])?;
+            let k = layer.k_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
+            let v = layer.v_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
+            let q = layer.q_norm.forward(&q)?;
+            let k = layer.k_norm.forward(&k)?;
+            let q = step.hook(HookName::Q(i), q)?.swap_axes(1, 2)?;
+            let k = step.hook(HookName::K(i), k)?.swap_axes(1, 2)?;
+            let v = step.hook(HookName::V(i), v)?.swap_axes(1, 2)?;
+            let q = layer.rope.apply(&q, step.offset)?;
+            let k = layer.rope.apply(&k, step.offset)?;
+            let mask = match (layer.window, &window_mask) {
+                (Some(_), Some(m)) => m,
+                _ => &full_mask,
+            };
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let cap = self.cfg.attn_logit_softcapping;
+            let z = attend(i, q, k, v, layer_cache, mask, scale, cap, step)?;
+            let z = step.hook(HookName::Z(i), z)?;
+            let o = layer.o_proj.forward(&z.reshape(&[b, t, h_heads * hd])?)?;
+            let attn_out = step.hook(HookName::AttnOut(i), layer.post_attn_norm.forward(&o)?)?;
+            h = step.hook(HookName::ResidMid(i), residual_add(&h, &attn_out)?)?;
+            let x = layer.pre_ff_norm.forward(&h)?;
+            let gate = layer.gate_proj.forward(&x)?;
+            let post = nn::gelu_approximate(&gate)?.multiply(&layer.up_proj.forward(&x)?)?;
+            let post = step.hook(HookName::MlpPost(i), post)?;
+            let down = layer.down_proj.forward(&post)?;
+            let mlp_out = step.hook(HookName::MlpOut(i), layer.post_ff_norm.forward(&down)?)?;
+            h = step.hook(HookName::ResidPost(i), residual_add(&h, &mlp_out)?)?;
+        }
+        Ok(h)
+    }
+
+    /// Final norm (hooked as `ln_final.hook_normalized`).
+    pub fn final_norm(&self, h: &Array, step: &mut Step) -> Result<Array> {
+        let x = self.norm.forward(h)?;
+        step.hook(HookName::LnFinal, x)
+    }
+
+    /// Logits from normalized hidden states (then soft-capped, if the config asks).
+    pub fn unembed(&self, x: &Array) -> Result<Array> {
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x)?,
+            None => self.embed.as_linear(x)?,
+        };
+        match self.cfg.final_logit_softcapping {
+            Some(cap) => soft_cap(&logits, cap),
+            None => Ok(logits),
+        }
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Bytes of every parameter.
+    pub fn param_bytes(&self) -> usize {
+        let mut n = self.embed.table.nbytes() + self.norm.weight.nbytes();
+        n += self.lm_head.as_ref().map_or(0, |l| l.nbytes());
+        for l in &self.layers {
+            n += [
+                &l.q_proj,
+                &l.k_proj,
+                &l.v_proj,
+                &l.o_proj,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ]
+            .iter()
+            .map(|x| x.nbytes())
+            .sum::<usize>();
+            n += [
+                &l.input_norm,
+                &l.q_norm,
+                &l.k_norm,
+                &l.post_attn_norm,
+                &l.pre_ff_norm,
+                &l.post_ff_norm,
+            ]
+            .iter()
+            .map(|x| x.weight.nbytes())
+            .sum::<usize>();
+        }
+        n
+    }
+
+    /// Quantization of the first block's projections, if any: `(bits, group_size)`.
+    pub fn quantization(&self) -> Option<(i32, i32)> {
+        self.layers.first().and_then(|l| l.q_proj.quantization())
+    }
+}

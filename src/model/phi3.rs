@@ -1,0 +1,236 @@
+//! Phi-3 and Phi-3.5 / Phi-4-mini style decoders (`model_type` "phi3"). Reference: mlx-lm
+//! `mlx_lm/models/phi3.py` (rotary scaling: `rope_utils.py` `SuScaledRoPE`).
+//!
+//! A Llama-shaped block whose projections are stored fused: `self_attn.qkv_proj` (rows q, then k,
+//! then v) and `mlp.gate_up_proj` (rows gate, then up). They run fused, under their checkpoint
+//! names, and their outputs are split, so the q/k/v and MLP hook points see the same activations
+//! as in Llama. `head_dim` is always `hidden_size / num_attention_heads`; RoPE rotates the first
+//! `partial_rotary_factor` of each head; `rope_scaling` may be `longrope`/`su` or `linear`.
+
+use mlx_rs::{nn, ops, Array};
+use serde::Deserialize;
+
+use super::layers::{attend, Embedding, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step};
+use super::weights::Weights;
+use crate::error::Result;
+use crate::hooks::HookName;
+
+fn default_rope_theta() -> f32 {
+    10000.0
+}
+fn default_one() -> f32 {
+    1.0
+}
+fn default_max_positions() -> f32 {
+    131072.0
+}
+fn default_original_max_positions() -> f32 {
+    4096.0
+}
+
+/// config.json of a Phi-3 checkpoint.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub hidden_size: i32,
+    pub num_hidden_layers: usize,
+    pub intermediate_size: i32,
+    pub num_attention_heads: i32,
+    pub num_key_value_heads: Option<i32>,
+    pub rms_norm_eps: f32,
+    pub vocab_size: i32,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f32,
+    #[serde(default)]
+    pub rope_traditional: bool,
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default = "default_one")]
+    pub partial_rotary_factor: f32,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: f32,
+    #[serde(default = "default_original_max_positions")]
+    pub original_max_position_embeddings: f32,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+impl Config {
+    pub fn n_kv_heads(&self) -> i32 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> i32 {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    fn rope(&self) -> Result<Rope> {
+        let dims = (self.head_dim() as f32 * self.partial_rotary_factor) as i32;
+        match &self.rope_scaling {
+            Some(s) if matches!(s.rope_type.as_deref(), Some("longrope" | "su")) => {
+                Rope::su_scaled(
+                    dims,
+                    self.rope_theta,
+                    s,
+                    self.max_position_embeddings,
+                    self.original_max_position_embeddings,
+                )
+            }
+            s => Rope::new(dims, self.rope_theta, self.rope_traditional, s.as_ref()),
+        }
+    }
+}
+
+struct Block {
+    input_norm: RmsNorm,
+    qkv_proj: Linear,
+    o_proj: Linear,
+    post_attn_norm: RmsNorm,
+    gate_up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// A loaded Phi-3 model.
+pub struct Phi3 {
+    pub cfg: Config,
+    embed: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+    rope: Rope,
+}
+
+impl Phi3 {
+    pub fn load(cfg: Config, w: &mut Weights) -> Result<Phi3> {
+        let (d, h, kv, hd, ff) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.n_kv_heads(),
+            cfg.head_dim(),
+            cfg.intermediate_size,
+        );
+        let eps = cfg.rms_norm_eps;
+        let embed = w.embedding("model.embed_tokens", cfg.vocab_size, d)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Block {
+                input_norm: w.rms_norm(&format!("{p}.input_layernorm"), d, eps)?,
+                qkv_proj: w.linear(
+                    &format!("{p}.self_attn.qkv_proj"),
+                    d,
+                    (h + 2 * kv) * hd,
+                    false,
+                )?,
+                o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h * hd, d, false)?,
+                post_attn_norm: w.rms_norm(&format!("{p}.post_attention_layernorm"), d, eps)?,
+                gate_up_proj: w.linear(&format!("{p}.mlp.gate_up_proj"), d, 2 * ff, false)?,
+                down_proj: w.linear(&format!("{p}.mlp.down_proj"), ff, d, false)?,
+            });
+        }
+        let norm = w.rms_norm("model.norm", d, eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            w.discard("lm_head.weight");
+            None
+        } else {
+            Some(w.linear("lm_head", d, cfg.vocab_size, false)?)
+        };
+        let rope = cfg.rope()?;
+        Ok(Phi3 {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    pub fn embed(&self, ids: &Array, step: &mut Step) -> Result<Array> {
+        let h = self.embed.lookup(ids)?;
+        step.hook(HookName::Embed, h)
+    }
+
+    /// Run blocks `0..n` (all of them when `n` is None) over the residual stream `h`.
+    pub fn blocks(
+        &self,
+        mut h: Array,
+        mut cache: Option<&mut KvCache>,
+        step: &mut Step,
+        n: Option<usize>,
+    ) -> Result<Array> {
+        let mask = Mask::build(step, None)?;
+        let (h_heads, kv_heads, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.n_kv_heads(),
+            self.cfg.head_dim(),
+        );
+        let ff = self.cfg.intermediate_size;
+        let scale = (hd as f32).powf(-0.5);
+        let n = n.unwrap_or(self.layers.len()).min(self.layers.len());
+        for (i, layer) in self.layers.iter().take(n).enumerate() {
+            let (b, t) = (h.shape()[0], h.shape()[1]);
+            h = step.hook(HookName::ResidPre(i), h)?;
+            let x = layer.input_norm.forward(&h)?;
+            let qkv = layer.qkv_proj.forward(&x)?;
+            let split = [h_heads * hd, (h_heads + kv_heads) * hd];
+            let qkv = ops::split_at_indices(&qkv, &split, -1)?;
+            let q = qkv[0].reshape(&[b, t, h_heads, hd])?;
+            let k = qkv[1].reshape(&[b, t, kv_heads, hd])?;
+            let v = qkv[2].reshape(&[b, t, kv_heads, hd])?;
+            let q = step.hook(HookName::Q(i), q)?.swap_axes(1, 2)?;
+            let k = step.hook(HookName::K(i), k)?.swap_axes(1, 2)?;
+            let v = step.hook(HookName::V(i), v)?.swap_axes(1, 2)?;
+            let q = self.rope.apply(&q, step.offset)?;
+            let k = self.rope.apply(&k, step.offset)?;
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let z = attend(i, q, k, v, layer_cache, &mask, scale, None, step)?;
+            let z = step.hook(HookName::Z(i), z)?;
+            let attn_out = layer.o_proj.forward(&z.reshape(&[b, t, h_heads * hd])?)?;
+            let attn_out = step.hook(HookName::AttnOut(i), attn_out)?;
+            h = step.hook(HookName::ResidMid(i), h.add(&attn_out)?)?;
+            let x = layer.post_attn_norm.forward(&h)?;
+            let gate_up = layer.gate_up_proj.forward(&x)?;
+            let parts = ops::split_at_indices(&gate_up, &[ff], -1)?;
+            let post = nn::silu(&parts[0])?.multiply(&parts[1])?;
+            let post = step.hook(HookName::MlpPost(i), post)?;
+            let mlp_out = step.hook(HookName::MlpOut(i), layer.down_proj.forward(&post)?)?;
+            h = step.hook(HookName::ResidPost(i), h.add(&mlp_out)?)?;
+        }
+        Ok(h)
+    }
+
+    /// Final norm (hooked as `ln_final.hook_normalized`).
+    pub fn final_norm(&self, h: &Array, step: &mut Step) -> Result<Array> {
+        let x = self.norm.forward(h)?;
+        step.hook(HookName::LnFinal, x)
+    }
+
+    /// Logits from normalized hidden states.
+    pub fn unembed(&self, x: &Array) -> Result<Array> {
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => self.embed.as_linear(x),
+        }
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Bytes of every parameter.
+    pub fn param_bytes(&self) -> usize {
+        let mut n = self.embed.table.nbytes() + self.norm.weight.nbytes();
+        n += self.lm_head.as_ref().map_or(0, |l| l.nbytes());
+        for l in &self.layers {
+            n += [&l.qkv_proj, &l.o_proj, &l.gate_up_proj, &l.down_proj]
+                .iter()
+                .map(|x| x.nbytes())
+                .sum::<usize>();
+            n += l.input_norm.weight.nbytes() + l.post_attn_norm.weight.nbytes();
+        }
+        n
+    }
+
+    /// Quantization of the first block's projections, if any: `(bits, group_size)`.
+    pub fn quantization(&self) -> Option<(i32, i32)> {
+        self.layers.first().and_then(|l| l.qkv_proj.quantization())
+    }
+}

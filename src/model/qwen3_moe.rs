@@ -1,0 +1,365 @@
+//! Qwen3 mixture-of-experts models (`model_type` "qwen3_moe", e.g. Qwen3-30B-A3B). Reference:
+//! mlx-lm `mlx_lm/models/qwen3_moe.py` and `switch_layers.py` (`SwitchGLU`).
+//!
+//! Qwen3 attention (q/k norms, explicit `head_dim`) with a sparse MLP on layer `i` when
+//! `i ∉ mlp_only_layers` and `(i + 1) % decoder_sparse_step == 0` (dense SwiGLU otherwise). The
+//! sparse MLP routes each token: `softmax(gate(x))` over all experts, the `num_experts_per_tok`
+//! most likely experts (renormalized when `norm_topk_prob`), each a SwiGLU of width
+//! `moe_intermediate_size`, their outputs summed with the router weights. Experts are applied
+//! per token through MLX's `gather_mm` / `gather_qmm` on weights stacked `[experts, out, in]`.
+//!
+//! Checkpoints come in two layouts: Hugging Face's per-expert keys
+//! (`mlp.experts.E.{gate,up,down}_proj.weight`), stacked at load by [`sanitize`], and
+//! mlx-community's already stacked `mlp.switch_mlp.{gate,up,down}_proj.*`.
+//!
+//! `blocks.{i}.mlp.hook_post` on a sparse layer is `[batch, pos, k, moe_intermediate_size]`: the
+//! chosen experts' activations (before the router weights), highest router weight first.
+
+use mlx_rs::ops::argsort_axis;
+use mlx_rs::ops::indexing::{take_along_axis, TryIndexOp};
+use mlx_rs::{nn, ops, Array};
+use serde::Deserialize;
+
+use super::layers::{attend, Embedding, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step};
+use super::weights::Weights;
+use crate::error::{Error, Result};
+use crate::hooks::HookName;
+
+fn default_rope_theta() -> f32 {
+    1_000_000.0
+}
+fn default_one() -> usize {
+    1
+}
+
+/// config.json of a Qwen3-MoE checkpoint.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub hidden_size: i32,
+    pub num_hidden_layers: usize,
+    /// Width of the dense MLP layers (`mlp_only_layers`).
+    pub intermediate_size: i32,
+    pub num_attention_heads: i32,
+    pub num_key_value_heads: Option<i32>,
+    pub head_dim: Option<i32>,
+    pub rms_norm_eps: f32,
+    pub vocab_size: i32,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f32,
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    pub num_experts: i32,
+    pub num_experts_per_tok: i32,
+    pub moe_intermediate_size: i32,
+    #[serde(default = "default_one")]
+    pub decoder_sparse_step: usize,
+    #[serde(default)]
+    pub mlp_only_layers: Vec<usize>,
+    #[serde(default)]
+    pub norm_topk_prob: bool,
+}
+
+impl Config {
+    pub fn n_kv_heads(&self) -> i32 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> i32 {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+    /// Whether layer `i` has the sparse (mixture-of-experts) MLP.
+    pub fn is_sparse(&self, i: usize) -> bool {
+        !self.mlp_only_layers.contains(&i)
+            && self.num_experts > 0
+            && (i + 1) % self.decoder_sparse_step.max(1) == 0
+    }
+}
+
+/// Stack Hugging Face per-expert weights (`mlp.experts.E.{gate,up,down}_proj.*`) into the
+/// `mlp.switch_mlp.*` tensors `[experts, ...]` that mlx-community checkpoints store.
+fn sanitize(cfg: &Config, w: &mut Weights) -> Result<()> {
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}.mlp");
+        if !w.contains(&format!("{p}.experts.0.up_proj.weight")) {
+            continue;
+        }
+        for proj in ["gate_proj", "up_proj", "down_proj"] {
+            for part in ["weight", "scales", "biases"] {
+                if !w.contains(&format!("{p}.experts.0.{proj}.{part}")) {
+                    continue;
+                }
+                let keys: Vec<String> = (0..cfg.num_experts)
+                    .map(|e| format!("{p}.experts.{e}.{proj}.{part}"))
+                    .collect();
+                if let Some(k) = keys.iter().find(|k| !w.contains(k)) {
+                    return Err(Error::Model(format!(
+                        "missing tensor {k}: config.json says num_experts = {}, so experts \
+                         0..{} of {p} must all be stored",
+                        cfg.num_experts, cfg.num_experts
+                    )));
+                }
+                let per_expert = keys
+                    .iter()
+                    .map(|k| w.take_raw(k))
+                    .collect::<Result<Vec<_>>>()?;
+                let first = per_expert[0].shape().to_vec();
+                if let Some(e) = per_expert.iter().position(|a| a.shape() != first) {
+                    return Err(Error::Model(format!(
+                        "tensor {p}.experts.{e}.{proj}.{part} has shape {:?}, expert 0's is {first:?}",
+                        per_expert[e].shape()
+                    )));
+                }
+                w.insert(
+                    &format!("{p}.switch_mlp.{proj}.{part}"),
+                    ops::stack(&per_expert, 0)?,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The sparse MLP: router and stacked experts.
+struct Moe {
+    router: Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+enum Mlp {
+    Dense {
+        gate_proj: Linear,
+        up_proj: Linear,
+        down_proj: Linear,
+    },
+    Sparse(Moe),
+}
+
+impl Mlp {
+    fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Mlp::Dense {
+                gate_proj,
+                up_proj,
+                down_proj,
+            } => vec![gate_proj, up_proj, down_proj],
+            Mlp::Sparse(m) => vec![&m.router, &m.gate_proj, &m.up_proj, &m.down_proj],
+        }
+    }
+}
+
+struct Block {
+    input_norm: RmsNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    post_attn_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A loaded Qwen3-MoE model.
+pub struct Qwen3Moe {
+    pub cfg: Config,
+    embed: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+    rope: Rope,
+}
+
+impl Qwen3Moe {
+    pub fn load(cfg: Config, w: &mut Weights) -> Result<Qwen3Moe> {
+        let (d, h, kv, hd) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.n_kv_heads(),
+            cfg.head_dim(),
+        );
+        let eps = cfg.rms_norm_eps;
+        sanitize(&cfg, w)?;
+        let embed = w.embedding("model.embed_tokens", cfg.vocab_size, d)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mlp = if cfg.is_sparse(i) {
+                let (e, ff) = (cfg.num_experts, cfg.moe_intermediate_size);
+                Mlp::Sparse(Moe {
+                    router: w.linear(&format!("{p}.mlp.gate"), d, e, false)?,
+                    gate_proj: w.experts(&format!("{p}.mlp.switch_mlp.gate_proj"), e, d, ff)?,
+                    up_proj: w.experts(&format!("{p}.mlp.switch_mlp.up_proj"), e, d, ff)?,
+                    down_proj: w.experts(&format!("{p}.mlp.switch_mlp.down_proj"), e, ff, d)?,
+                })
+            } else {
+                let ff = cfg.intermediate_size;
+                Mlp::Dense {
+                    gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), d, ff, false)?,
+                    up_proj: w.linear(&format!("{p}.mlp.up_proj"), d, ff, false)?,
+                    down_proj: w.linear(&format!("{p}.mlp.down_proj"), ff, d, false)?,
+                }
+            };
+            layers.push(Block {
+                input_norm: w.rms_norm(&format!("{p}.input_layernorm"), d, eps)?,
+                q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, h * hd, false)?,
+                k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, false)?,
+                v_proj: w.linear(&format!("{p}.self_attn.v_proj"), d, kv * hd, false)?,
+                o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h * hd, d, false)?,
+                q_norm: w.rms_norm(&format!("{p}.self_attn.q_norm"), hd, eps)?,
+                k_norm: w.rms_norm(&format!("{p}.self_attn.k_norm"), hd, eps)?,
+                post_attn_norm: w.rms_norm(&format!("{p}.post_attention_layernorm"), d, eps)?,
+                mlp,
+            });
+        }
+        let norm = w.rms_norm("model.norm", d, eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            w.discard("lm_head.weight");
+            None
+        } else {
+            Some(w.linear("lm_head", d, cfg.vocab_size, false)?)
+        };
+        let rope = Rope::new(hd, cfg.rope_theta, false, cfg.rope_scaling.as_ref())?;
+        Ok(Qwen3Moe {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    pub fn embed(&self, ids: &Array, step: &mut Step) -> Result<Array> {
+        let h = self.embed.lookup(ids)?;
+        step.hook(HookName::Embed, h)
+    }
+
+    /// The MLP of block `i` on normalized `x` `[B, T, d]`; returns its output `[B, T, d]`.
+    fn mlp(&self, i: usize, mlp: &Mlp, x: &Array, step: &mut Step) -> Result<Array> {
+        match mlp {
+            Mlp::Dense {
+                gate_proj,
+                up_proj,
+                down_proj,
+            } => {
+                let post = nn::silu(gate_proj.forward(x)?)?.multiply(up_proj.forward(x)?)?;
+                let post = step.hook(HookName::MlpPost(i), post)?;
+                down_proj.forward(&post)
+            }
+            Mlp::Sparse(moe) => {
+                let k = self.cfg.num_experts_per_tok;
+                let probs = ops::softmax_axis(moe.router.forward(x)?, -1, true)?;
+                // The k most likely experts per token, most likely first.
+                let order = argsort_axis(probs.negative()?, -1)?;
+                let chosen = order.try_index((.., .., 0..k))?;
+                let mut weights = take_along_axis(&probs, &chosen, -1)?;
+                if self.cfg.norm_topk_prob {
+                    weights = weights.divide(weights.sum_axis(-1, true)?)?;
+                }
+                // [B, T, 1, 1, d] against experts `chosen` [B, T, k] -> [B, T, k, 1, ff].
+                let xe = x.expand_dims_axes(&[-2, -3])?;
+                let gate = moe.gate_proj.gather(&xe, &chosen)?;
+                let up = moe.up_proj.gather(&xe, &chosen)?;
+                let post = nn::silu(&gate)?.multiply(&up)?.squeeze_axes(&[-2])?;
+                let post = step.hook(HookName::MlpPost(i), post)?;
+                let out = moe
+                    .down_proj
+                    .gather(&post.expand_dims(-2)?, &chosen)?
+                    .squeeze_axes(&[-2])?;
+                let dtype = out.dtype();
+                Ok(out
+                    .multiply(weights.expand_dims(-1)?)?
+                    .sum_axis(-2, false)?
+                    .as_dtype(dtype)?)
+            }
+        }
+    }
+
+    /// Run blocks `0..n` (all of them when `n` is None) over the residual stream `h`.
+    pub fn blocks(
+        &self,
+        mut h: Array,
+        mut cache: Option<&mut KvCache>,
+        step: &mut Step,
+        n: Option<usize>,
+    ) -> Result<Array> {
+        let mask = Mask::build(step, None)?;
+        let (h_heads, kv_heads, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.n_kv_heads(),
+            self.cfg.head_dim(),
+        );
+        let scale = (hd as f32).powf(-0.5);
+        let n = n.unwrap_or(self.layers.len()).min(self.layers.len());
+        for (i, layer) in self.layers.iter().take(n).enumerate() {
+            let (b, t) = (h.shape()[0], h.shape()[1]);
+            h = step.hook(HookName::ResidPre(i), h)?;
+            let x = layer.input_norm.forward(&h)?;
+            let q = layer.q_proj.forward(&x)?.reshape(&[b, t, h_heads, hd])?;
+            let k = layer.k_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
+            let v = layer.v_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
+            let q = layer.q_norm.forward(&q)?;
+            let k = layer.k_norm.forward(&k)?;
+            let q = step.hook(HookName::Q(i), q)?.swap_axes(1, 2)?;
+            let k = step.hook(HookName::K(i), k)?.swap_axes(1, 2)?;
+            let v = step.hook(HookName::V(i), v)?.swap_axes(1, 2)?;
+            let q = self.rope.apply(&q, step.offset)?;
+            let k = self.rope.apply(&k, step.offset)?;
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let z = attend(i, q, k, v, layer_cache, &mask, scale, None, step)?;
+            let z = step.hook(HookName::Z(i), z)?;
+            let attn_out = layer.o_proj.forward(&z.reshape(&[b, t, h_heads * hd])?)?;
+            let attn_out = step.hook(HookName::AttnOut(i), attn_out)?;
+            h = step.hook(HookName::ResidMid(i), h.add(&attn_out)?)?;
+            let x = layer.post_attn_norm.forward(&h)?;
+            let mlp_out = self.mlp(i, &layer.mlp, &x, step)?;
+            let mlp_out = step.hook(HookName::MlpOut(i), mlp_out)?;
+            h = step.hook(HookName::ResidPost(i), h.add(&mlp_out)?)?;
+        }
+        Ok(h)
+    }
+
+    /// Final norm (hooked as `ln_final.hook_normalized`).
+    pub fn final_norm(&self, h: &Array, step: &mut Step) -> Result<Array> {
+        let x = self.norm.forward(h)?;
+        step.hook(HookName::LnFinal, x)
+    }
+
+    /// Logits from normalized hidden states.
+    pub fn unembed(&self, x: &Array) -> Result<Array> {
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => self.embed.as_linear(x),
+        }
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Bytes of every parameter.
+    pub fn param_bytes(&self) -> usize {
+        let mut n = self.embed.table.nbytes() + self.norm.weight.nbytes();
+        n += self.lm_head.as_ref().map_or(0, |l| l.nbytes());
+        for l in &self.layers {
+            n += l.mlp.linears().iter().map(|x| x.nbytes()).sum::<usize>();
+            n += [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj]
+                .iter()
+                .map(|x| x.nbytes())
+                .sum::<usize>();
+            n += [&l.input_norm, &l.q_norm, &l.k_norm, &l.post_attn_norm]
+                .iter()
+                .map(|x| x.weight.nbytes())
+                .sum::<usize>();
+        }
+        n
+    }
+
+    /// Quantization of the first block's projections, if any: `(bits, group_size)`.
+    pub fn quantization(&self) -> Option<(i32, i32)> {
+        self.layers.first().and_then(|l| l.q_proj.quantization())
+    }
+}

@@ -1,0 +1,373 @@
+//! Every architecture against mlx-lm's golden logits on the committed tiny checkpoints
+//! (tests/fixtures/models/<case>, made by tests/reference/make_fixtures.py; see
+//! tests/reference/FIXTURES.md), loaded through `Model::load` as users load them. Also: every
+//! hook point is called with TransformerLens shapes, left padding leaves logits unchanged, and
+//! broken checkpoints are clear errors.
+//!
+//! MLX is not thread safe and cargo runs the tests of a file on several threads: every test
+//! holds `MLX` while it runs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use mlx_rs::{Array, Dtype};
+use mlxi::hooks::HookName;
+use mlxi::model::layers::KvCache;
+use mlxi::model::{LoadOptions, Model};
+
+static MLX: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    MLX.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
+
+/// Every fixture case, in a fixed order.
+fn cases() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(FIXTURES)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn golden(case: &str) -> HashMap<String, Array> {
+    Array::load_safetensors(format!("{FIXTURES}/{case}/golden.safetensors")).unwrap()
+}
+
+fn rows(input_ids: &Array) -> Vec<Vec<u32>> {
+    let shape = input_ids.shape();
+    let flat = input_ids.as_slice::<i32>();
+    flat.chunks(shape[1] as usize)
+        .map(|r| r.iter().map(|&x| x as u32).collect())
+        .collect()
+}
+
+fn max_abs_diff(a: &Array, b: &Array) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    let a = a.as_dtype(Dtype::Float32).unwrap();
+    let b = b.as_dtype(Dtype::Float32).unwrap();
+    a.as_slice::<f32>()
+        .iter()
+        .zip(b.as_slice::<f32>())
+        .map(|(x, y)| (x - y).abs())
+        // NaN counts as the largest difference (f32::max would drop it).
+        .fold(
+            0.0,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
+}
+
+fn is_quantized(case: &str) -> bool {
+    let text = std::fs::read_to_string(format!("{FIXTURES}/{case}/config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    config.get("quantization").is_some()
+}
+
+fn load(path: &str, dtype: Dtype, dequantize: bool) -> mlxi::error::Result<Model> {
+    Model::load(
+        path,
+        &LoadOptions {
+            dtype: Some(dtype),
+            dequantize: Some(dequantize),
+        },
+    )
+}
+
+/// Max |Δ| between `Model::load(case)` run on the golden `input_ids` and the golden `key`.
+fn diff(case: &str, key: &str, dtype: Dtype, dequantize: bool) -> Result<f32, String> {
+    let g = golden(case);
+    let mut model = load(&format!("{FIXTURES}/{case}"), dtype, dequantize)
+        .map_err(|e| format!("load failed: {e}"))?;
+    let logits = model
+        .forward_ids(&rows(&g["input_ids"]))
+        .map_err(|e| format!("forward failed: {e}"))?;
+    Ok(max_abs_diff(&logits, &g[key]))
+}
+
+#[test]
+fn every_fixture_matches_mlx_lm() {
+    let _mlx = lock();
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    for case in cases() {
+        let g = golden(&case);
+        let bf16 = g.contains_key("logits_f32");
+        let dequantize: &[bool] = if is_quantized(&case) {
+            &[true, false]
+        } else {
+            &[true]
+        };
+        // (golden key, dtype, tolerance)
+        let mut runs = vec![(
+            if bf16 { "logits_f32" } else { "logits" },
+            Dtype::Float32,
+            1e-3,
+        )];
+        if bf16 {
+            runs.push(("logits", Dtype::Bfloat16, 0.1));
+        }
+        for &(key, dtype, tol) in &runs {
+            for &dq in dequantize {
+                let label = format!("{case} {key} {dtype:?} dequantize={dq}");
+                match diff(&case, key, dtype, dq) {
+                    Ok(d) => {
+                        report.push(format!("{label}: max |diff| {d:.2e}"));
+                        if d >= tol {
+                            failures.push(format!("{label}: max |diff| {d} >= {tol}"));
+                        }
+                    }
+                    Err(e) => failures.push(format!("{label}: {e}")),
+                }
+            }
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "failed cases:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Every hook point is called once per forward, with TransformerLens shapes, and hooking
+/// (which computes attention explicitly) leaves the logits unchanged.
+#[test]
+fn every_architecture_calls_every_hook_point() {
+    let _mlx = lock();
+    let mut failures = Vec::new();
+    for case in [
+        "llama",
+        "qwen2",
+        "qwen3",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+        "qwen3_moe",
+    ] {
+        let g = golden(case);
+        let mut model = load(&format!("{FIXTURES}/{case}"), Dtype::Float32, true).unwrap();
+        let ids = rows(&g["input_ids"]);
+        let plain = model.forward_ids(&ids).unwrap();
+        let n = model.n_layers();
+        let points = HookName::all(n);
+        model.hooks.start_capture(&points);
+        let hooked = model.forward_ids(&ids).unwrap();
+        let seen = model.hooks.take_capture();
+        let info = &model.info;
+        let (b, t) = (2, 16);
+        let (d, h, kv, hd) = (info.d_model, info.n_heads, info.n_kv_heads, info.d_head);
+        for p in &points {
+            let want: Vec<i32> = match p {
+                HookName::Embed
+                | HookName::LnFinal
+                | HookName::ResidPre(_)
+                | HookName::ResidMid(_)
+                | HookName::ResidPost(_)
+                | HookName::AttnOut(_)
+                | HookName::MlpOut(_) => vec![b, t, d],
+                HookName::Q(_) | HookName::Z(_) => vec![b, t, h, hd],
+                HookName::K(_) | HookName::V(_) => vec![b, t, kv, hd],
+                HookName::Pattern(_) => vec![b, h, t, t],
+                // Mixture of experts: the k chosen experts' activations.
+                HookName::MlpPost(_) if case == "qwen3_moe" => vec![b, t, 2, info.d_mlp],
+                HookName::MlpPost(_) => vec![b, t, info.d_mlp],
+            };
+            match seen.get(p).map(|v| v.as_slice()) {
+                Some([a]) if a.shape() == want => {}
+                Some([a]) => failures.push(format!(
+                    "{case} {p}: shape {:?}, expected {want:?}",
+                    a.shape()
+                )),
+                other => failures.push(format!(
+                    "{case} {p}: called {} times",
+                    other.map_or(0, |v| v.len())
+                )),
+            }
+        }
+        let d = max_abs_diff(&plain, &hooked);
+        if d >= 1e-4 {
+            failures.push(format!("{case}: hooking changed the logits by {d}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Decoding with the KV cache (a prefix, then one token at a time) gives the logits of one full
+/// forward, sliding windows and soft-capping included.
+#[test]
+fn cached_decoding_matches_the_full_forward() {
+    let _mlx = lock();
+    let mut failures = Vec::new();
+    for case in [
+        "llama",
+        "qwen2",
+        "qwen3",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+        "qwen3_moe",
+    ] {
+        let g = golden(case);
+        let mut model = load(&format!("{FIXTURES}/{case}"), Dtype::Float32, true).unwrap();
+        let full = model.forward_ids(&rows(&g["input_ids"])).unwrap();
+        let ids = &g["input_ids"];
+        let mut cache = KvCache::new(model.n_layers());
+        let prefix = ids.take_axis(Array::from_iter(0..6, &[6]), 1).unwrap();
+        let mut parts = vec![model.run(&prefix, &[], Some(&mut cache), false).unwrap()];
+        for p in 6..16 {
+            let tok = ids.take_axis(Array::from_iter(p..p + 1, &[1]), 1).unwrap();
+            parts.push(model.run(&tok, &[], Some(&mut cache), false).unwrap());
+        }
+        let cached = mlx_rs::ops::concatenate(&parts, 1).unwrap();
+        let d = max_abs_diff(&cached, &full);
+        println!("{case}: cached decoding max |diff| {d:.2e}");
+        if d >= 1e-3 {
+            failures.push(format!("{case}: cached decoding differs by {d}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Left padding changes no row's logits (sliding windows and soft-capping included).
+#[test]
+fn left_padding_does_not_change_logits_on_gemma() {
+    let _mlx = lock();
+    for case in ["gemma2", "gemma3_text"] {
+        let g = golden(case);
+        let mut model = load(&format!("{FIXTURES}/{case}"), Dtype::Float32, true).unwrap();
+        let ids = rows(&g["input_ids"]);
+        let long = ids[0].clone();
+        let short = ids[1][..10].to_vec();
+        let both = model.forward_ids(&[long.clone(), short.clone()]).unwrap();
+        let alone_long = model.forward_ids(&[long]).unwrap();
+        let alone_short = model.forward_ids(&[short]).unwrap();
+        let row = |i: i32, from: i32| {
+            both.take_axis(Array::from_int(i), 0)
+                .unwrap()
+                .take_axis(Array::from_iter(from..16, &[16 - from]), 0)
+                .unwrap()
+                .expand_dims(0)
+                .unwrap()
+        };
+        let d_long = max_abs_diff(&row(0, 0), &alone_long);
+        let d_short = max_abs_diff(&row(1, 6), &alone_short);
+        println!("{case}: padding max |diff| {d_long:.2e} (long row), {d_short:.2e} (padded row)");
+        assert!(
+            d_long < 1e-3 && d_short < 1e-3,
+            "{case}: padding changed logits: {d_long}, {d_short}"
+        );
+    }
+}
+
+/// A scratch copy of a fixture whose weights `edit` may change; removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(case: &str, name: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("mlxi-parity-archs-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(Path::new(FIXTURES).join(case)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        Scratch(dir)
+    }
+
+    fn edit_weights(&self, edit: impl FnOnce(&mut HashMap<String, Array>)) {
+        let path = self.0.join("model.safetensors");
+        let mut w = Array::load_safetensors(&path).unwrap();
+        edit(&mut w);
+        // MLX reads lazily: materialize before overwriting the file the arrays come from.
+        mlx_rs::transforms::eval(w.values()).unwrap();
+        Array::save_safetensors(&w, None, &path).unwrap();
+    }
+
+    fn load_err(&self) -> String {
+        match load(self.0.to_str().unwrap(), Dtype::Float32, true) {
+            Ok(_) => panic!("{}: loaded without an error", self.0.display()),
+            Err(e) => {
+                println!("{}: {e}", self.0.display());
+                e.to_string()
+            }
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn broken_checkpoints_are_clear_errors() {
+    let _mlx = lock();
+    let key = "model.layers.1.self_attn.k_norm.weight";
+
+    let s = Scratch::new("qwen3", "missing");
+    s.edit_weights(|w| {
+        w.remove(key);
+    });
+    let e = s.load_err();
+    assert!(e.contains("missing tensor") && e.contains(key), "{e}");
+
+    let s = Scratch::new("qwen3", "extra");
+    s.edit_weights(|w| {
+        w.insert(
+            "model.layers.0.mlp.extra.weight".into(),
+            Array::zeros::<f32>(&[4]).unwrap(),
+        );
+    });
+    let e = s.load_err();
+    assert!(
+        e.contains("unexpected") && e.contains("model.layers.0.mlp.extra.weight"),
+        "{e}"
+    );
+
+    let s = Scratch::new("qwen3", "shape");
+    s.edit_weights(|w| {
+        w.insert(key.into(), Array::zeros::<f32>(&[16]).unwrap());
+    });
+    let e = s.load_err();
+    assert!(
+        e.contains(key) && e.contains("shape") && e.contains("[16]"),
+        "{e}"
+    );
+
+    let s = Scratch::new("gemma2", "truncated");
+    let path = s.0.join("model.safetensors");
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    let e = s.load_err();
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
+
+    let s = Scratch::new("phi3", "unknown-type");
+    let config = s.0.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"phi3\"", "\"phi_mystery\"")).unwrap();
+    let e = s.load_err();
+    assert!(
+        e.contains("phi_mystery") && e.contains("gemma3_text") && e.contains("qwen3_moe"),
+        "{e}"
+    );
+
+    // A per-expert (Hugging Face layout) MoE checkpoint missing one expert.
+    let s = Scratch::new("qwen3_moe", "missing-expert");
+    let expert = "model.layers.0.mlp.experts.3.down_proj.weight";
+    s.edit_weights(|w| {
+        w.remove(expert);
+    });
+    let e = s.load_err();
+    assert!(e.contains("missing tensor") && e.contains(expert), "{e}");
+}
