@@ -12,7 +12,8 @@ use crate::model::{LoadOptions, Model};
 
 /// The benchmark prompt, shared with `tests/reference/mlxlm_bench.py` (same text, same rule:
 /// encoded without special tokens, repeated cyclically, truncated to N tokens).
-pub const PROMPT_TEXT: &str = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg \
+pub const PROMPT_TEXT: &str =
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg \
 combined movable metal type, oil-based ink, and a wooden screw press adapted from wine making. \
 Within a few decades, printing shops had spread across Europe, books became cheaper, and ideas \
 travelled faster than ever before. Scholars could compare identical copies of a text, errors \
@@ -56,7 +57,12 @@ fn max_rss_bytes() -> u64 {
 
 /// Load `source` and time a greedy generation of `gen_tokens` after a `prompt_tokens` prompt,
 /// after one short warm-up run (as the mlx-lm side does).
-pub fn run(source: &str, opts: &LoadOptions, prompt_tokens: usize, gen_tokens: usize) -> Result<BenchResult> {
+pub fn run(
+    source: &str,
+    opts: &LoadOptions,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+) -> Result<BenchResult> {
     let t0 = Instant::now();
     let mut model = if source == "default" {
         Model::load_default(opts)?
@@ -110,7 +116,15 @@ fn timed(model: &mut Model, prompt: &[u32], n: usize) -> Result<(f64, f64, Vec<u
     };
     let mut clock = Clock { first: None };
     let start = Instant::now();
-    let out = generate(model, &[prompt.to_vec()], &opts, &[], 0, &|_| Ok(String::new()), &mut clock)?;
+    let out = generate(
+        model,
+        &[prompt.to_vec()],
+        &opts,
+        &[],
+        0,
+        &|_| Ok(String::new()),
+        &mut clock,
+    )?;
     let end = Instant::now();
     let first = clock.first.unwrap_or(end);
     Ok((

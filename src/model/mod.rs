@@ -230,7 +230,15 @@ impl Model {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Model::assemble(net, tokenizer, name, g.arch.clone(), path, dtype, dequantize)
+        Model::assemble(
+            net,
+            tokenizer,
+            name,
+            g.arch.clone(),
+            path,
+            dtype,
+            dequantize,
+        )
     }
 
     fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
@@ -431,7 +439,9 @@ impl Model {
     /// The `k` most likely next tokens after `ids`: `(id, token text, probability, logit)`.
     pub fn top_k(&mut self, ids: &[u32], k: usize) -> Result<Vec<(u32, String, f32, f32)>> {
         let (input, pads) = pad_left(&[ids.to_vec()], 0)?;
-        let logits = self.run(&input, &pads, None, true)?.as_dtype(Dtype::Float32)?;
+        let logits = self
+            .run(&input, &pads, None, true)?
+            .as_dtype(Dtype::Float32)?;
         let row = logits.as_slice::<f32>();
         let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let z: f32 = row.iter().map(|x| (x - max).exp()).sum();

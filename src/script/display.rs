@@ -24,6 +24,9 @@ pub fn show(value: &Dynamic) -> Option<String> {
     if let Some(t) = value.read_lock::<Tensor>() {
         return Some(t.pretty());
     }
+    if let Some(m) = value.read_lock::<super::model::ModelHandle>() {
+        return Some(m.summary());
+    }
     if let Some(a) = value.read_lock::<Array>() {
         if let Some(table) = table(&a) {
             return Some(table);

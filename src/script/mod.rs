@@ -12,6 +12,7 @@
 pub mod display;
 pub mod files;
 pub mod help;
+pub mod model;
 pub mod modules;
 pub mod options;
 pub mod report;
@@ -219,7 +220,7 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
     tensor::register(&mut engine);
     stats::register(&mut engine);
     files::register(&mut engine);
-    // Model bindings go here: model::register(&mut engine);
+    model::register(&mut engine);
     engine
 }
 
