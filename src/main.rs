@@ -1,4 +1,4 @@
-//! The `mlxi` command line: the REPL, `run FILE`, `-e CODE`.
+//! The `mlxi` command line: the REPL, `run FILE`, `-e CODE`, `models`, `bench`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,6 +33,34 @@ enum Command {
         /// become numbers and booleans, anything else a string
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
+    },
+    /// List the models found locally: the default model and the Hugging Face cache
+    Models {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure load time, prefill and decode speed and peak memory (see BENCHMARKS.md;
+    /// bench/run.sh puts these next to mlx-lm's on the same weights)
+    Bench {
+        /// What to load: "default", a folder, a .gguf file or a Hugging Face repo id
+        #[arg(default_value = "default")]
+        source: String,
+        /// Prompt length in tokens
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// Tokens to generate (greedy)
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
+        /// Parameter dtype: f32, f16 or bf16
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Keep quantized weights quantized (default on the CPU backend: dequantize at load)
+        #[arg(long)]
+        keep_quantized: bool,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -97,6 +125,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Some(Command::Run { file, set }) => run_file(&file, set),
+        Some(Command::Models { json }) => models(json),
+        Some(Command::Bench {
+            source,
+            prompt_tokens,
+            gen_tokens,
+            dtype,
+            keep_quantized,
+            json,
+        }) => bench(
+            &source,
+            prompt_tokens,
+            gen_tokens,
+            dtype,
+            keep_quantized,
+            json,
+        ),
         None => Ok(mlxi::repl::Repl::new().run()?),
     }
 }
@@ -119,6 +163,73 @@ fn run_file(file: &Path, set: Vec<(String, String)>) -> anyhow::Result<()> {
         .collect();
     let runner = Runner::new(Context::new(dir));
     let _ = runner.run_file(file, args)?;
+    Ok(())
+}
+
+fn models(json: bool) -> anyhow::Result<()> {
+    let found = mlxi::model::source::list_local();
+    if json {
+        print_line(&serde_json::to_string_pretty(&found)?);
+        return Ok(());
+    }
+    if found.is_empty() {
+        print_line("no models found: run ./setup for the default model; models downloaded by");
+        print_line(&format!(
+            "mlx-lm or transformers appear here from {}",
+            mlxi::model::source::hf_cache_dir().display()
+        ));
+        return Ok(());
+    }
+    let width = found.iter().map(|m| m.source.len()).max().unwrap_or(0);
+    for m in &found {
+        print_line(&format!(
+            "{:width$}  {:>9}  {}",
+            m.source,
+            format!("{:.1} MB", m.bytes as f64 / 1e6),
+            m.kind
+        ));
+    }
+    Ok(())
+}
+
+fn bench(
+    source: &str,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    dtype: Option<String>,
+    keep_quantized: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        prompt_tokens >= 1 && gen_tokens >= 2,
+        "bench needs --prompt-tokens >= 1 and --gen-tokens >= 2"
+    );
+    interrupt::install_handler(true)?;
+    let opts = mlxi::model::LoadOptions {
+        dtype: dtype.as_deref().map(mlxi::model::parse_dtype).transpose()?,
+        dequantize: keep_quantized.then_some(false),
+    };
+    let r = mlxi::bench::run(source, &opts, prompt_tokens, gen_tokens)?;
+    if json {
+        print_line(&serde_json::to_string(&r)?);
+    } else {
+        print_line(&format!("model          {}", r.model));
+        print_line(&format!("dtype          {} ({})", r.dtype, r.quantization));
+        print_line(&format!("load           {:.2} s", r.load_s));
+        print_line(&format!(
+            "prefill        {:.1} tokens/s ({} tokens)",
+            r.prefill_tps, r.prompt_tokens
+        ));
+        print_line(&format!(
+            "decode         {:.1} tokens/s ({} tokens)",
+            r.decode_tps, r.gen_tokens
+        ));
+        print_line(&format!(
+            "peak memory    {:.1} MB (MLX), {:.1} MB max RSS",
+            r.peak_memory_bytes as f64 / 1e6,
+            r.max_rss_bytes as f64 / 1e6
+        ));
+    }
     Ok(())
 }
 

@@ -59,6 +59,12 @@ const COMMANDS: &[Command] = &[
         run: Repl::cmd_load,
     },
     Command {
+        name: ":models",
+        args: "",
+        about: "the models found locally (the default model and the Hugging Face cache)",
+        run: Repl::cmd_models,
+    },
+    Command {
         name: ":quit",
         args: "",
         about: "leave the shell (also Ctrl-D, or Ctrl-C twice at an empty prompt)",
@@ -223,6 +229,7 @@ impl Repl {
     /// Runs the shell until `:quit`, Ctrl-D or Ctrl-C twice.
     pub fn run(mut self) -> crate::Result<()> {
         interrupt::install_handler(false)?;
+        crate::script::model::set_streaming(true);
         let config = Config::builder()
             .completion_type(CompletionType::List)
             .max_history_size(10_000)
@@ -480,6 +487,23 @@ impl Repl {
         let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
         for (name, value) in rows {
             print_line(&format!("{name:width$} = {value}"));
+        }
+        Flow::Continue
+    }
+
+    fn cmd_models(&mut self, _arg: &str) -> Flow {
+        let found = crate::model::source::list_local();
+        if found.is_empty() {
+            print_line("(no models found: run ./setup for the default model)");
+        }
+        let width = found.iter().map(|m| m.source.len()).max().unwrap_or(0);
+        for m in found {
+            print_line(&format!(
+                "{:width$}  {:>9}  {}",
+                m.source,
+                format!("{:.1} MB", m.bytes as f64 / 1e6),
+                m.kind
+            ));
         }
         Flow::Continue
     }

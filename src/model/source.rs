@@ -247,6 +247,108 @@ pub fn load_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
     Ok(all)
 }
 
+/// A model found on this machine, for `mlxi models`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LocalModel {
+    /// What to pass to `load`: "default", a repo id, or a path.
+    pub source: String,
+    pub kind: String,
+    pub bytes: u64,
+    pub path: PathBuf,
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The default model, GGUF files in `$MLXI_HOME/models`, and every model snapshot in the
+/// Hugging Face cache that has a config.json.
+pub fn list_local() -> Vec<LocalModel> {
+    let mut out = Vec::new();
+    if let Ok(p) = default_model_path() {
+        out.push(LocalModel {
+            source: "default".into(),
+            kind: "gguf (SmolLM2-135M-Instruct)".into(),
+            bytes: std::fs::metadata(&p).map_or(0, |m| m.len()),
+            path: p,
+        });
+    }
+    let models = mlxi_home().join("models");
+    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(&models)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .filter(|p| !p.ends_with(DEFAULT_MODEL_FILE))
+        .collect();
+    ggufs.sort();
+    for p in ggufs {
+        out.push(LocalModel {
+            source: p.display().to_string(),
+            kind: "gguf".into(),
+            bytes: std::fs::metadata(&p).map_or(0, |m| m.len()),
+            path: p,
+        });
+    }
+    let cache = hf_cache_dir();
+    let mut repos: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("models--"))
+        })
+        .collect();
+    repos.sort();
+    for repo in repos {
+        let name = repo
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let id = name.trim_start_matches("models--").replacen("--", "/", 1);
+        let Some(snap) = std::fs::read_to_string(repo.join("refs/main"))
+            .ok()
+            .map(|h| repo.join("snapshots").join(h.trim()))
+            .filter(|s| s.join("config.json").is_file())
+        else {
+            continue;
+        };
+        let kind = std::fs::read_to_string(snap.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map(|v| {
+                let ty = v
+                    .get("model_type")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("?")
+                    .to_string();
+                match v.get("quantization").and_then(|q| q.get("bits")) {
+                    Some(b) => format!("{ty}, {b}-bit"),
+                    None => ty,
+                }
+            })
+            .unwrap_or_else(|| "?".into());
+        out.push(LocalModel {
+            source: id,
+            kind,
+            bytes: dir_bytes(&repo.join("blobs")).max(dir_bytes(&snap)),
+            path: snap,
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

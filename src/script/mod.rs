@@ -226,8 +226,24 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
 
 /// Extra names for the REPL's tab completion, taken from the live scope after each command:
 /// the hook names of the models in scope go here.
-pub fn completion_names(_scope: &Scope) -> Vec<String> {
-    Vec::new()
+pub fn completion_names(scope: &Scope) -> Vec<String> {
+    let mut layers: Vec<usize> = scope
+        .iter_raw()
+        .filter_map(|(_, _, v)| {
+            v.read_lock::<model::ModelHandle>()
+                .map(|m| m.0.try_borrow().map_or(0, |m| m.info.n_layers))
+        })
+        .collect();
+    layers.sort();
+    layers.dedup();
+    layers
+        .into_iter()
+        .flat_map(|n| {
+            crate::hooks::HookName::all(n)
+                .into_iter()
+                .map(|h| h.to_string())
+        })
+        .collect()
 }
 
 /// A script engine with its context: runs files and snippets, and reports errors as
