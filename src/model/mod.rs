@@ -138,6 +138,15 @@ pub struct ModelInfo {
     pub path: String,
 }
 
+/// How the weights were loaded: the parameter dtype, whether quantized layers were
+/// dequantized, and the quantization most layers were stored with.
+struct LoadedAs {
+    dtype: Dtype,
+    dequantized: bool,
+    stored: Option<(i32, i32)>,
+    params: u64,
+}
+
 /// A loaded model: network, hooks, and what it was loaded from.
 pub struct Model {
     pub net: Net,
@@ -224,6 +233,7 @@ impl Model {
         let (dtype, dequantize) = Model::resolve_opts(opts, stored);
         let mut w = Weights::new(tensors, None, dequantize, dtype);
         let net = Net::Llama(llama::Llama::load(cfg, &mut w)?);
+        let (stored, params) = (w.stored_quantization(), w.params);
         w.finish()?;
         let tokenizer = Tokenizer::from_gguf(&g.file)?;
         let name = path
@@ -236,8 +246,12 @@ impl Model {
             name,
             g.arch.clone(),
             path,
-            dtype,
-            dequantize,
+            LoadedAs {
+                dtype,
+                dequantized: dequantize,
+                stored,
+                params,
+            },
         )
     }
 
@@ -305,13 +319,26 @@ impl Model {
                 )))
             }
         };
+        let (stored, params) = (w.stored_quantization(), w.params);
         w.finish()?;
         let tokenizer = Tokenizer::from_dir(dir)?;
         let name = dir
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Model::assemble(net, tokenizer, name, model_type, dir, dtype, dequantize)
+        Model::assemble(
+            net,
+            tokenizer,
+            name,
+            model_type,
+            dir,
+            LoadedAs {
+                dtype,
+                dequantized: dequantize,
+                stored,
+                params,
+            },
+        )
     }
 
     fn assemble(
@@ -320,10 +347,15 @@ impl Model {
         name: String,
         arch: String,
         path: &Path,
-        dtype: Dtype,
-        dequantized: bool,
+        how: LoadedAs,
     ) -> Result<Model> {
-        let stored_quantization = net.quantization();
+        let LoadedAs {
+            dtype,
+            dequantized,
+            stored,
+            params,
+        } = how;
+        let stored_quantization = stored.or_else(|| net.quantization());
         let (d_model, n_heads, n_kv_heads, d_head, d_mlp, vocab) = match &net {
             Net::Llama(m) => (
                 m.cfg.hidden_size,
@@ -381,7 +413,7 @@ impl Model {
             d_head,
             d_mlp,
             vocab,
-            params: 0,
+            params,
             dtype: dtype_name(dtype).into(),
             quantization: String::new(),
             bytes: net.param_bytes() as u64,

@@ -69,6 +69,10 @@ pub struct Weights {
     pub dequantize: bool,
     /// The float type for parameters.
     pub dtype: Dtype,
+    /// How many layers were stored at each `(bits, group_size)`.
+    quant_seen: BTreeMap<(i32, i32), usize>,
+    /// Parameters taken so far (quantized weights counted unpacked).
+    pub params: u64,
 }
 
 impl Weights {
@@ -83,7 +87,17 @@ impl Weights {
             quant,
             dequantize,
             dtype,
+            quant_seen: BTreeMap::new(),
+            params: 0,
         }
+    }
+
+    /// The quantization most layers were stored with, `(bits, group_size)`, if any.
+    pub fn stored_quantization(&self) -> Option<(i32, i32)> {
+        self.quant_seen
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(q, _)| *q)
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -145,6 +159,7 @@ impl Weights {
                 a.shape()
             )));
         }
+        self.params += a.size() as u64;
         Ok(a.as_dtype(self.dtype)?)
     }
 
@@ -233,6 +248,8 @@ impl Weights {
         if biases.shape() != scales.shape() {
             return Err(bad("biases and scales differ in shape"));
         }
+        *self.quant_seen.entry((bits, group_size)).or_default() += 1;
+        self.params += scales.size() as u64 * group_size as u64;
         let (scales, biases) = (scales.as_dtype(self.dtype)?, biases.as_dtype(self.dtype)?);
         if self.dequantize {
             let weight = ops::dequantize(&weight, &scales, &biases, group_size, bits)?
