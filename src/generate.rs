@@ -106,9 +106,33 @@ pub fn generate(
         .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed.unwrap_or_else(rand::random));
     let mut cache = KvCache::new(model.n_layers());
-    let mut logits = model.run(&ids, &pads, Some(&mut cache), true)?;
+    let batch = prompts.len() as i32;
+    // Greedy decoding never needs the host between steps: each step's forward is queued before
+    // the previous step's tokens are read (as mlx-lm does), so graph building overlaps compute.
+    let pipelined = opts.temperature == 0.0 && opts.repetition_penalty.is_none();
+    let logits = model.run(&ids, &pads, Some(&mut cache), true)?;
+    let mut pending = next_tokens(&logits, &rows, opts, &mut rng)?;
     for step_no in 0..opts.max_tokens {
-        let next = sample(&logits, &rows, opts, &mut rng)?;
+        let more = step_no + 1 < opts.max_tokens;
+        let queued = if pipelined && more {
+            let logits = model.run(
+                &pending.reshape(&[batch, 1])?,
+                &pads,
+                Some(&mut cache),
+                true,
+            )?;
+            let n = next_tokens(&logits, &rows, opts, &mut rng)?;
+            mlx_rs::transforms::async_eval([&n])?;
+            Some(n)
+        } else {
+            None
+        };
+        let next: Vec<u32> = pending
+            .as_dtype(Dtype::Int32)?
+            .as_slice::<i32>()
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
         sink.token(step_no);
         for (r, row) in rows.iter_mut().enumerate() {
             if row.done {
@@ -154,12 +178,18 @@ pub fn generate(
                 row.out.text = stable[..end].to_string();
             }
         }
-        if rows.iter().all(|r| r.done) {
+        if rows.iter().all(|r| r.done) || !more {
             break;
         }
-        let step: Vec<i32> = next.iter().map(|&t| t as i32).collect();
-        let input = Array::from_slice(&step, &[step.len() as i32, 1]);
-        logits = model.run(&input, &pads, Some(&mut cache), true)?;
+        pending = match queued {
+            Some(n) => n,
+            None => {
+                let step: Vec<i32> = next.iter().map(|&t| t as i32).collect();
+                let input = Array::from_slice(&step, &[batch, 1]);
+                let logits = model.run(&input, &pads, Some(&mut cache), true)?;
+                next_tokens(&logits, &rows, opts, &mut rng)?
+            }
+        };
     }
     let mut out = Vec::with_capacity(rows.len());
     for (r, mut row) in rows.into_iter().enumerate() {
@@ -184,20 +214,20 @@ fn partial_suffix(text: &str, stop: &str) -> Option<usize> {
         .find(|&n| text.ends_with(&stop[..n]))
 }
 
-/// Next token for every row from logits `[batch, 1, vocab]`.
-fn sample(
+/// Next token for every row from logits `[batch, 1, vocab]`, as an int32 array `[batch]`:
+/// computed lazily on the device for greedy decoding, sampled on the host otherwise.
+fn next_tokens(
     logits: &Array,
     rows: &[Row],
     opts: &GenerateOptions,
     rng: &mut ChaCha8Rng,
-) -> Result<Vec<u32>> {
+) -> Result<Array> {
     let b = logits.shape()[0];
     let v = logits.shape()[2];
     let last = logits.try_index((.., -1, ..))?;
     let greedy = opts.temperature == 0.0 && opts.repetition_penalty.is_none();
     if greedy {
-        let ids = mlx_rs::ops::indexing::argmax_axis(&last, -1, false)?.as_dtype(Dtype::Int32)?;
-        return Ok(ids.as_slice::<i32>().iter().map(|&i| i as u32).collect());
+        return Ok(mlx_rs::ops::indexing::argmax_axis(&last, -1, false)?.as_dtype(Dtype::Int32)?);
     }
     let host = last.as_dtype(Dtype::Float32)?;
     let all = host.as_slice::<f32>();
@@ -217,9 +247,9 @@ fn sample(
                 }
             }
         }
-        out.push(sample_row(&mut row, opts, rng));
+        out.push(sample_row(&mut row, opts, rng) as i32);
     }
-    Ok(out)
+    Ok(Array::from_slice(&out, &[b]))
 }
 
 /// Sample one token from a row of logits.
