@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # mlxi next to mlx-lm on the same weights, same machine, one run.
 #
-#   bench/run.sh [PROMPT_TOKENS] [GEN_TOKENS]      (defaults 128 64; the 4-bit rows use 32 16)
+#   bench/run.sh [PROMPT_TOKENS] [GEN_TOKENS] [TRIALS]
+#                (defaults 128 64 3; the 4-bit rows use 32 16 and one trial: mlx-lm's CPU 4-bit
+#                kernels run at about 1 token/s)
 #
 # Prepares (once) a reference venv with mlx-lm (tests/reference/requirements.txt), the default
 # model converted to a Hugging Face f32 folder (tests/reference/gguf_to_hf.py) and a 4-bit
@@ -13,6 +15,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MLXI_HOME="${MLXI_HOME:-$HOME/.cache/mlxi}"
 PT="${1:-128}"
 GT="${2:-64}"
+TRIALS="${3:-3}"
 REF="$MLXI_HOME/refvenv"
 F32="$MLXI_HOME/reference/smollm2-f32"
 Q4="$MLXI_HOME/reference/smollm2-4bit"
@@ -31,21 +34,21 @@ fi
 MLXI="$ROOT/target/release/mlxi"
 OPENBLAS="$(ldconfig -p 2>/dev/null | awk '/libopenblas.so.0/ {print $NF; exit}')"
 
-run_ref() { # name dir pt gt
+run_ref() { # name dir pt gt trials
     echo "==> mlx-lm: $1" >&2
     LD_PRELOAD="${OPENBLAS:-}" "$REF/bin/python" "$ROOT/tests/reference/mlxlm_bench.py" "$2" \
-        --prompt-tokens "$3" --gen-tokens "$4" --json > "$OUT/ref-$1.json"
+        --prompt-tokens "$3" --gen-tokens "$4" --trials "$5" --json > "$OUT/ref-$1.json"
 }
-run_mlxi() { # name source pt gt
+run_mlxi() { # name source pt gt trials
     echo "==> mlxi: $1" >&2
-    "$MLXI" bench "$2" --prompt-tokens "$3" --gen-tokens "$4" --json > "$OUT/mlxi-$1.json"
+    "$MLXI" bench "$2" --prompt-tokens "$3" --gen-tokens "$4" --trials "$5" --json > "$OUT/mlxi-$1.json"
 }
 
-run_ref f32 "$F32" "$PT" "$GT"
-run_mlxi f32 "$F32" "$PT" "$GT"
-run_mlxi gguf default "$PT" "$GT"
-run_ref q4 "$Q4" 32 16
-run_mlxi q4 "$Q4" 32 16
+run_ref f32 "$F32" "$PT" "$GT" "$TRIALS"
+run_mlxi f32 "$F32" "$PT" "$GT" "$TRIALS"
+run_mlxi gguf default "$PT" "$GT" "$TRIALS"
+run_ref q4 "$Q4" 32 16 1
+run_mlxi q4 "$Q4" 32 16 1
 
 "$REF/bin/python" - "$OUT" <<'PY'
 import json, os, sys
@@ -60,7 +63,7 @@ mb = lambda b: f"{b / 1e6:.0f} MB"
 print()
 print(f"{'':38} {'metric':16} {'mlx-lm':>12} {'mlxi':>12} {'mlxi/mlx-lm':>12}")
 for name, r, m in rows:
-    print(f"{name} ({r['prompt_tokens']} prompt, {r['gen_tokens']} generated tokens)")
+    print(f"{name} ({r['prompt_tokens']} prompt, {r['gen_tokens']} generated tokens, median of {r['trials']})")
     same = r["generated_ids"] == m["generated_ids"]
     for label, key, fmt, higher in [
         ("load", "load_s", lambda x: f"{x:.2f} s", False),

@@ -28,6 +28,7 @@ pub struct BenchResult {
     pub dtype: String,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
+    pub trials: usize,
     pub load_s: f64,
     pub prefill_s: f64,
     pub prefill_tps: f64,
@@ -56,7 +57,8 @@ fn max_rss_bytes() -> u64 {
 }
 
 /// Load `source` and time a greedy generation of `gen_tokens` after a `prompt_tokens` prompt,
-/// after one short warm-up run (as the mlx-lm side does).
+/// after one short warm-up run (as the mlx-lm side does); times are the medians of `trials`
+/// runs.
 pub fn run(
     source: &str,
     opts: &LoadOptions,
@@ -74,7 +76,24 @@ pub fn run(
     let prompt: Vec<u32> = (0..prompt_tokens).map(|i| base[i % base.len()]).collect();
 
     timed(&mut model, &prompt[..prompt.len().min(16)], 2)?;
-    let (prefill_s, decode_s, ids) = timed(&mut model, &prompt, gen_tokens)?;
+    let mut runs = Vec::new();
+    for _ in 0..trials.max(1) {
+        runs.push(timed(&mut model, &prompt, gen_tokens)?);
+    }
+    let median = |f: fn(&(f64, f64, Vec<u32>)) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        // The same rule as Python's statistics.median.
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let prefill_s = median(|r| r.0);
+    let decode_s = median(|r| r.1);
+    let ids = runs[0].2.clone();
     Ok(BenchResult {
         tool: "mlxi".into(),
         model: model.info.path.clone(),
@@ -82,6 +101,7 @@ pub fn run(
         dtype: model.info.dtype.clone(),
         prompt_tokens,
         gen_tokens,
+        trials: runs.len(),
         load_s,
         prefill_s,
         prefill_tps: prompt_tokens as f64 / prefill_s,

@@ -52,6 +52,9 @@ enum Command {
         /// Tokens to generate (greedy)
         #[arg(long, default_value_t = 64)]
         gen_tokens: usize,
+        /// Timed runs; the figures are their medians
+        #[arg(long, default_value_t = 1)]
+        trials: usize,
         /// Parameter dtype: f32, f16 or bf16
         #[arg(long)]
         dtype: Option<String>,
@@ -194,8 +197,7 @@ fn models(json: bool) -> anyhow::Result<()> {
 
 fn bench(
     source: &str,
-    prompt_tokens: usize,
-    gen_tokens: usize,
+    (prompt_tokens, gen_tokens, trials): (usize, usize, usize),
     dtype: Option<String>,
     keep_quantized: bool,
     json: bool,
@@ -209,7 +211,7 @@ fn bench(
         dtype: dtype.as_deref().map(mlxi::model::parse_dtype).transpose()?,
         dequantize: keep_quantized.then_some(false),
     };
-    let r = mlxi::bench::run(source, &opts, prompt_tokens, gen_tokens)?;
+    let r = mlxi::bench::run(source, &opts, prompt_tokens, gen_tokens, trials)?;
     if json {
         print_line(&serde_json::to_string(&r)?);
     } else {
