@@ -64,6 +64,7 @@ pub fn run(
     opts: &LoadOptions,
     prompt_tokens: usize,
     gen_tokens: usize,
+    trials: usize,
 ) -> Result<BenchResult> {
     let t0 = Instant::now();
     let mut model = if source == "default" {
