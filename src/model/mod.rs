@@ -234,8 +234,11 @@ impl Model {
         let mut w = Weights::new(tensors, None, dequantize, dtype);
         let net = Net::Llama(llama::Llama::load(cfg, &mut w)?);
         let (stored, params) = (w.stored_quantization(), w.params);
-        w.finish()?;
         let tokenizer = Tokenizer::from_gguf(&g.file)?;
+        let arch = g.arch.clone();
+        // Release the file's own copy of the tensors before the weights are materialized.
+        drop(g);
+        w.finish()?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -244,7 +247,7 @@ impl Model {
             net,
             tokenizer,
             name,
-            g.arch.clone(),
+            arch,
             path,
             LoadedAs {
                 dtype,

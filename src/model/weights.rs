@@ -73,6 +73,8 @@ pub struct Weights {
     quant_seen: BTreeMap<(i32, i32), usize>,
     /// Parameters taken so far (quantized weights counted unpacked).
     pub params: u64,
+    /// Every array handed out, so loading can evaluate them all at once.
+    loaded: Vec<Array>,
 }
 
 impl Weights {
@@ -89,6 +91,7 @@ impl Weights {
             dtype,
             quant_seen: BTreeMap::new(),
             params: 0,
+            loaded: Vec::new(),
         }
     }
 
@@ -160,7 +163,7 @@ impl Weights {
             )));
         }
         self.params += a.size() as u64;
-        Ok(a.as_dtype(self.dtype)?)
+        Ok(self.keep(a.as_dtype(self.dtype)?))
     }
 
     /// An RMSNorm scale vector of length `d`.
@@ -250,12 +253,15 @@ impl Weights {
         }
         *self.quant_seen.entry((bits, group_size)).or_default() += 1;
         self.params += scales.size() as u64 * group_size as u64;
-        let (scales, biases) = (scales.as_dtype(self.dtype)?, biases.as_dtype(self.dtype)?);
+        let scales = scales.as_dtype(self.dtype)?;
+        let biases = biases.as_dtype(self.dtype)?;
         if self.dequantize {
             let weight = ops::dequantize(&weight, &scales, &biases, group_size, bits)?
                 .as_dtype(self.dtype)?;
+            let weight = self.keep(weight);
             return Ok(Linear::Dense { weight, bias });
         }
+        let (weight, scales, biases) = (self.keep(weight), self.keep(scales), self.keep(biases));
         Ok(Linear::Quantized {
             weight,
             scales,
@@ -273,9 +279,20 @@ impl Weights {
         })
     }
 
-    /// Finish loading: any tensor left over is an error.
+    fn keep(&mut self, a: Array) -> Array {
+        self.loaded.push(a.clone());
+        a
+    }
+
+    /// Finish loading: any tensor left over is an error; otherwise every parameter is read
+    /// (and dequantized) now, so a load costs what it costs up front and a damaged file fails
+    /// here rather than in the first forward.
     pub fn finish(self) -> Result<()> {
         if self.map.is_empty() {
+            // In small groups, so each group's sources and temporaries are freed before the next.
+            for group in self.loaded.chunks(8) {
+                mlx_rs::transforms::eval(group.iter())?;
+            }
             return Ok(());
         }
         let keys: Vec<&str> = self.map.keys().map(String::as_str).collect();
