@@ -564,3 +564,26 @@ fn attention_through_the_script() {
     let e = err(r#"attention(m, "hi", 30)"#);
     assert!(e.contains("out of range"), "{e}");
 }
+
+#[test]
+fn the_steering_example_runs() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mlxi"))
+        .args(["run", "scripts/steering.rhai", "--set", "tokens=6"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "Direction(mean_diff at blocks.15",
+        "plain:",
+        "happy:",
+        "random:",
+    ] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+}
