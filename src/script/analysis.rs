@@ -63,6 +63,8 @@ fn attention_impl(m: &mut Model, input: &Dynamic, layer: INT) -> Result<Tensor> 
 mod analysis_functions {
     use super::*;
 
+    pub type Model = super::ModelHandle;
+
     /// The logit lens: for each layer, the `k` most likely next tokens (`#{token, id, prob}`)
     /// read from that layer's `hook_resid_post` at the last position through the final norm
     /// and unembedding.
@@ -71,7 +73,7 @@ mod analysis_functions {
     #[rhai_fn(return_raw)]
     pub fn logit_lens(
         ctx: NativeCallContext,
-        m: &mut ModelHandle,
+        m: &mut Model,
         input: Dynamic,
         k: INT,
     ) -> RhaiResult<RhaiArray> {
@@ -86,7 +88,7 @@ mod analysis_functions {
     #[rhai_fn(return_raw)]
     pub fn attention(
         ctx: NativeCallContext,
-        m: &mut ModelHandle,
+        m: &mut Model,
         input: Dynamic,
         layer: INT,
     ) -> RhaiResult<Tensor> {

@@ -221,6 +221,8 @@ fn load_impl(path: &std::path::Path) -> Result<Cache> {
 mod capture_functions {
     use super::*;
 
+    pub type Model = super::ModelHandle;
+
     pub type Cache = super::Cache;
 
     /// Runs `inputs` (a text, ids, or an array of texts) and keeps the activations at every
@@ -230,7 +232,7 @@ mod capture_functions {
     #[rhai_fn(name = "capture", return_raw)]
     pub fn capture_default(
         ctx: NativeCallContext,
-        m: &mut ModelHandle,
+        m: &mut Model,
         inputs: Dynamic,
     ) -> RhaiResult<Cache> {
         let mut g = m.get()?;
@@ -247,7 +249,7 @@ mod capture_functions {
     #[rhai_fn(name = "capture", return_raw)]
     pub fn capture_with(
         ctx: NativeCallContext,
-        m: &mut ModelHandle,
+        m: &mut Model,
         inputs: Dynamic,
         opts: Map,
     ) -> RhaiResult<Cache> {

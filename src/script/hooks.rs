@@ -283,13 +283,15 @@ fn hook_op_impl(m: &ModelHandle, name: &str, op: &Map) -> Result<()> {
 mod hook_functions {
     use super::*;
 
+    pub type Model = super::ModelHandle;
+
     /// From now on every forward and generation step calls `f(x)` at hook point `name` with
     /// the activation `x` (a Tensor, `[batch, pos, ...]`); a returned Tensor (same shape)
     /// replaces it, `()` leaves it. A hook function cannot call verbs on the same model.
     ///
     /// Example: `hook(m, "blocks.3.hook_resid_post", |x| x * 0.5)`
     #[rhai_fn(name = "hook", return_raw)]
-    pub fn hook_fn(m: &mut ModelHandle, name: &str, f: FnPtr) -> RhaiResult<()> {
+    pub fn hook_fn(m: &mut Model, name: &str, f: FnPtr) -> RhaiResult<()> {
         Ok(hook_fn_impl(m, name, f)?)
     }
 
@@ -301,7 +303,7 @@ mod hook_functions {
     ///
     /// Example: `hook(m, "blocks.20.hook_resid_post", #{op: "add", vector: d, alpha: 8.0, window: "generated"})`
     #[rhai_fn(name = "hook", return_raw)]
-    pub fn hook_op(m: &mut ModelHandle, name: &str, op: Map) -> RhaiResult<()> {
+    pub fn hook_op(m: &mut Model, name: &str, op: Map) -> RhaiResult<()> {
         Ok(hook_op_impl(m, name, &op)?)
     }
 
@@ -309,7 +311,7 @@ mod hook_functions {
     ///
     /// Example: `clear_hooks(m)`
     #[rhai_fn(return_raw)]
-    pub fn clear_hooks(m: &mut ModelHandle) -> RhaiResult<()> {
+    pub fn clear_hooks(m: &mut Model) -> RhaiResult<()> {
         m.get()?.hooks.clear();
         Ok(())
     }
@@ -318,7 +320,7 @@ mod hook_functions {
     ///
     /// Example: `hooks(m)`
     #[rhai_fn(return_raw, pure)]
-    pub fn hooks(m: &mut ModelHandle) -> RhaiResult<RhaiArray> {
+    pub fn hooks(m: &mut Model) -> RhaiResult<RhaiArray> {
         let g = m.get()?;
         let steering = g.hooks.steering_flags();
         Ok(g.hooks

@@ -317,6 +317,8 @@ fn cos(a: &Array, b: &Array) -> Result<FLOAT> {
 mod steer_functions {
     use super::*;
 
+    pub type Model = super::ModelHandle;
+
     pub type Direction = super::Direction;
 
     /// A direction from two arrays of texts (or two Caches): by default the difference of the
@@ -328,7 +330,7 @@ mod steer_functions {
     #[rhai_fn(name = "direction", return_raw)]
     pub fn direction_with(
         ctx: NativeCallContext,
-        m: &mut ModelHandle,
+        m: &mut Model,
         positive: Dynamic,
         negative: Dynamic,
         opts: Map,
@@ -345,7 +347,7 @@ mod steer_functions {
     #[rhai_fn(name = "direction", return_raw)]
     pub fn direction(
         ctx: NativeCallContext,
-        m: &mut ModelHandle,
+        m: &mut Model,
         positive: Dynamic,
         negative: Dynamic,
     ) -> RhaiResult<Direction> {
@@ -359,7 +361,7 @@ mod steer_functions {
     ///
     /// Example: `let r = random_direction(m, d);`
     #[rhai_fn(name = "random_direction", return_raw)]
-    pub fn random_direction(_m: &mut ModelHandle, like: Direction) -> RhaiResult<Direction> {
+    pub fn random_direction(_m: &mut Model, like: Direction) -> RhaiResult<Direction> {
         Ok(random_impl(&like, 0)?)
     }
 
@@ -368,7 +370,7 @@ mod steer_functions {
     /// Example: `let r = random_direction(m, d, 7);`
     #[rhai_fn(name = "random_direction", return_raw)]
     pub fn random_direction_seeded(
-        _m: &mut ModelHandle,
+        _m: &mut Model,
         like: Direction,
         seed: INT,
     ) -> RhaiResult<Direction> {
@@ -382,7 +384,7 @@ mod steer_functions {
     ///
     /// Example: `steer(m, d, #{alpha: 8.0, window: "generated"})`
     #[rhai_fn(name = "steer", return_raw)]
-    pub fn steer_with(m: &mut ModelHandle, d: Direction, opts: Map) -> RhaiResult<()> {
+    pub fn steer_with(m: &mut Model, d: Direction, opts: Map) -> RhaiResult<()> {
         let mut g = m.get()?;
         Ok(steer_impl(&mut g, &d, &opts)?)
     }
@@ -391,7 +393,7 @@ mod steer_functions {
     ///
     /// Example: `steer(m, d)`
     #[rhai_fn(name = "steer", return_raw)]
-    pub fn steer(m: &mut ModelHandle, d: Direction) -> RhaiResult<()> {
+    pub fn steer(m: &mut Model, d: Direction) -> RhaiResult<()> {
         let mut g = m.get()?;
         Ok(steer_impl(&mut g, &d, &Map::new())?)
     }
@@ -400,7 +402,7 @@ mod steer_functions {
     ///
     /// Example: `unsteer(m)`
     #[rhai_fn(return_raw)]
-    pub fn unsteer(m: &mut ModelHandle) -> RhaiResult<()> {
+    pub fn unsteer(m: &mut Model) -> RhaiResult<()> {
         m.get()?.hooks.clear_steering();
         Ok(())
     }
