@@ -157,8 +157,10 @@ fn f32s(x: f32) -> Array {
 }
 
 impl Intervention {
-    /// Checks what can be checked before a run: vectors are 1-D, and the point allows the op.
-    pub fn check(&self, width: Option<i32>) -> Result<()> {
+    /// Checks what can be checked before a run: vectors are 1-D with one of the `widths` the
+    /// point allows (the last axis, or all the axes after the position flattened, e.g. every
+    /// head of `hook_z`), and the point allows the op.
+    pub fn check(&self, widths: &[i32]) -> Result<()> {
         let what = format!("{} at {}", self.op.name(), self.point);
         if matches!(self.point, HookName::Pattern(_)) && !matches!(self.op, Op::Ablate) {
             return Err(Error::Invalid(format!(
@@ -172,13 +174,13 @@ impl Intervention {
                     v.shape()
                 )));
             }
-            if let Some(w) = width {
-                if v.shape()[0] != w {
-                    return Err(Error::Invalid(format!(
-                        "{what}: the vector has {} entries, the activation's last axis {w}",
-                        v.shape()[0]
-                    )));
-                }
+            if !widths.is_empty() && !widths.contains(&v.shape()[0]) {
+                let ws: Vec<String> = widths.iter().map(|w| w.to_string()).collect();
+                return Err(Error::Invalid(format!(
+                    "{what}: the vector has {} entries; this point takes {}",
+                    v.shape()[0],
+                    ws.join(" or ")
+                )));
             }
         }
         Ok(())
@@ -186,6 +188,19 @@ impl Intervention {
 
     /// The intervention applied to `x` for this call, or `None` when it leaves `x` unchanged.
     pub fn apply(&self, x: &Array, ctx: HookCtx<'_>) -> Result<Option<Array>> {
+        // A vector as wide as all the axes after the position (every head at once): act on
+        // the activation with those axes flattened.
+        if let Some(v) = self.op.vector() {
+            let shape = x.shape();
+            let flat: i32 = shape[2..].iter().product();
+            if shape.len() > 3 && v.shape() == [flat] && shape[shape.len() - 1] != flat {
+                let xf = x.reshape(&[shape[0], shape[1], flat])?;
+                return match self.apply(&xf, ctx)? {
+                    Some(y) => Ok(Some(y.reshape(shape)?)),
+                    None => Ok(None),
+                };
+            }
+        }
         let shape = x.shape().to_vec();
         let batch = shape[0] as usize;
         let axis = pos_axis(&self.point);

@@ -94,6 +94,9 @@ fn identities_add_zero_reflect_twice_patch_own_cache() {
         let base = forward(m, ps);
         let out = #{{}};
         hook(m, "blocks.5.hook_resid_post", #{{op: "add", vector: zeros([576]), alpha: 7.0}});
+        // every head of hook_z at once, and one head's width on hook_k
+        hook(m, "blocks.6.attn.hook_z", #{{op: "add", vector: zeros([576])}});
+        hook(m, "blocks.6.attn.hook_k", #{{op: "add", vector: zeros([64])}});
         out.add_zero = norm(forward(m, ps) - base);
         clear_hooks(m);
         let v = randn([576], 3);
@@ -586,4 +589,49 @@ fn the_steering_example_runs() {
     ] {
         assert!(stdout.contains(line), "{stdout}");
     }
+}
+
+#[test]
+fn control_vectors_export_as_llama_cpp_gguf() {
+    let _mlx = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("happy.gguf");
+    let v = ok(&format!(
+        r#"let a = direction(m, ["I am happy"], ["I am sad"], #{{layer: 10}});
+        let b = direction(m, ["I am happy"], ["I am sad"], #{{layer: 12}});
+        export_control_vector([a, b], "{}");
+        [to_array(a.vector), to_array(b.vector)]"#,
+        path.display()
+    ));
+    let want: Vec<Vec<f64>> = v.into_array().unwrap().iter().map(floats).collect();
+    let f = mlx_rs::io::GgufFile::load(&path).unwrap();
+    assert_eq!(
+        f.get_metadata_string("general.architecture")
+            .unwrap()
+            .as_deref(),
+        Some("controlvector")
+    );
+    assert_eq!(
+        f.get_metadata_string("controlvector.model_hint")
+            .unwrap()
+            .as_deref(),
+        Some("llama")
+    );
+    for (layer, want) in [(10, &want[0]), (12, &want[1])] {
+        let a = f.get_array(&format!("direction.{layer}")).unwrap().unwrap();
+        let got: Vec<f64> = a.as_slice::<f32>().iter().map(|&x| x as f64).collect();
+        assert_eq!(got.len(), 576);
+        let d = got
+            .iter()
+            .zip(want)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(d < 1e-6, "layer {layer}: {d}");
+    }
+    let e = err(r#"export_control_vector(direction(m, ["a"], ["b"], #{layer: 0}), "x.gguf")"#);
+    assert!(e.contains("start at layer 1"), "{e}");
+    let e = err(
+        r#"export_control_vector(direction(m, ["a"], ["b"], #{point: "attn.hook_z"}), "x.gguf")"#,
+    );
+    assert!(e.contains("hook_resid_post"), "{e}");
 }

@@ -85,16 +85,18 @@ fn script_hook(name: HookName, f: FnPtr) -> HookFn {
     })
 }
 
-/// The width of the last axis of `point`'s activation, when fixed.
-pub fn point_width(m: &Model, point: &HookName) -> Option<i32> {
+/// The vector widths `point` takes: its last axis, or all its axes after the position
+/// (q/k/v/z: one head or every head); empty when not fixed.
+pub fn point_widths(m: &Model, point: &HookName) -> Vec<i32> {
     use HookName::*;
     let i = &m.info;
     match point {
         Embed | LnFinal | ResidPre(_) | ResidMid(_) | ResidPost(_) | AttnOut(_) | MlpOut(_) => {
-            Some(i.d_model)
+            vec![i.d_model]
         }
-        Q(_) | K(_) | V(_) | Z(_) => Some(i.d_head),
-        MlpPost(_) | Pattern(_) => None,
+        Q(_) | Z(_) => vec![i.d_head, i.n_heads * i.d_head],
+        K(_) | V(_) => vec![i.d_head, i.n_kv_heads * i.d_head],
+        MlpPost(_) | Pattern(_) => Vec::new(),
     }
 }
 
@@ -224,7 +226,7 @@ pub fn parse_op(m: &Model, point: HookName, map: &Map) -> Result<Intervention> {
         op,
         window: parse_window(&verb, o.get("window"))?,
     };
-    iv.check(point_width(m, &point))?;
+    iv.check(&point_widths(m, &point))?;
     Ok(iv)
 }
 

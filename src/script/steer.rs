@@ -5,10 +5,10 @@ use std::collections::HashMap;
 
 use mlx_rs::{Array, Dtype};
 use rhai::plugin::*;
-use rhai::{Dynamic, Engine, Map, NativeCallContext, FLOAT, INT};
+use rhai::{Array as RhaiArray, Dynamic, Engine, Map, NativeCallContext, FLOAT, INT};
 
 use super::capture::{rows_of, Cache};
-use super::hooks::{parse_window, point_width, with_call};
+use super::hooks::{parse_window, point_widths, with_call};
 use super::model::ModelHandle;
 use super::options::Options;
 use super::tensor::{read_safetensors, write_safetensors, Tensor};
@@ -31,8 +31,9 @@ pub struct Direction {
     pub method: String,
     /// Number of examples it was computed from (positive + negative).
     pub n: usize,
-    /// The model it was computed on.
+    /// The model it was computed on, and its architecture.
     pub model: String,
+    pub arch: String,
     /// Length of the vector before normalizing.
     pub norm: f64,
 }
@@ -165,6 +166,7 @@ fn direction_impl(m: &mut Model, pos: &Dynamic, neg: &Dynamic, opts: &Map) -> Re
         method: method.name().into(),
         n,
         model: m.info.name.clone(),
+        arch: m.info.arch.clone(),
         norm: raw,
     })
 }
@@ -184,6 +186,7 @@ fn random_impl(like: &Direction, seed: INT) -> Result<Direction> {
         method: "random".into(),
         n: 0,
         model: like.model.clone(),
+        arch: like.arch.clone(),
         norm: target as f64,
     })
 }
@@ -242,7 +245,7 @@ fn steer_impl(m: &mut Model, d: &Direction, opts: &Map) -> Result<()> {
             op,
             window: window.clone(),
         };
-        iv.check(point_width(m, &point))?;
+        iv.check(&point_widths(m, &point))?;
         ivs.push(iv);
     }
     for iv in ivs {
@@ -265,6 +268,7 @@ fn save_impl(d: &Direction, path: &std::path::Path) -> Result<()> {
         ("method", d.method.clone()),
         ("n", d.n.to_string()),
         ("model", d.model.clone()),
+        ("arch", d.arch.clone()),
         ("norm", d.norm.to_string()),
     ]
     .into_iter()
@@ -303,7 +307,76 @@ fn load_impl(path: &std::path::Path) -> Result<Direction> {
         method: field("method")?,
         n: field("n")?.parse().map_err(|_| bad("n"))?,
         model: field("model")?,
+        arch: meta.get("arch").cloned().unwrap_or_default(),
         norm: field("norm")?.parse().map_err(|_| bad("norm"))?,
+    })
+}
+
+/// Directions as a llama.cpp control vector: tensors `direction.{L}` (llama.cpp adds tensor L
+/// to the output of block L, which is `blocks.{L}.hook_resid_post`; it cannot steer block 0),
+/// `general.architecture` "controlvector", `controlvector.model_hint` and
+/// `controlvector.layer_count`. Written to a temporary file, then renamed.
+pub fn export_control_vector(ds: &[Direction], path: &std::path::Path) -> Result<()> {
+    use mlx_rs::io::GgufFile;
+    let gg = |e: mlx_rs::io::GgufError| Error::Invalid(format!("export_control_vector: {e}"));
+    if ds.is_empty() {
+        return Err(Error::Invalid(
+            "export_control_vector: no directions given".into(),
+        ));
+    }
+    if path.extension().and_then(|e| e.to_str()) != Some("gguf") {
+        return Err(Error::Invalid(format!(
+            "export_control_vector: {}: the file name must end in .gguf",
+            path.display()
+        )));
+    }
+    let mut file = GgufFile::new().map_err(gg)?;
+    let mut seen = Vec::new();
+    for d in ds {
+        if d.point != "hook_resid_post" {
+            return Err(Error::Invalid(format!(
+                "export_control_vector: llama.cpp adds control vectors to block outputs; a \
+                 direction at {} cannot be exported (use point \"hook_resid_post\")",
+                d.point
+            )));
+        }
+        if d.layer == 0 {
+            return Err(Error::Invalid(
+                "export_control_vector: llama.cpp control vectors start at layer 1".into(),
+            ));
+        }
+        if seen.contains(&d.layer) {
+            return Err(Error::Invalid(format!(
+                "export_control_vector: two directions at layer {}",
+                d.layer
+            )));
+        }
+        seen.push(d.layer);
+        let v = d.vector.as_dtype(Dtype::Float32)?;
+        file.insert_array(format!("direction.{}", d.layer), &v)
+            .map_err(gg)?;
+    }
+    file.insert_metadata("general.architecture", "controlvector")
+        .map_err(gg)?;
+    file.insert_metadata("controlvector.model_hint", ds[0].arch.as_str())
+        .map_err(gg)?;
+    file.insert_metadata(
+        "controlvector.layer_count",
+        Array::from_int(ds.len() as i32),
+    )
+    .map_err(gg)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp.gguf", std::process::id()));
+    file.save(&tmp).map_err(gg)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
     })
 }
 
@@ -495,6 +568,33 @@ mod steer_functions {
     pub fn load_direction(ctx: NativeCallContext, path: &str) -> RhaiResult<Direction> {
         let path = context(&ctx).resolve_path(path);
         Ok(load_impl(&path)?)
+    }
+
+    /// Writes one Direction as a llama.cpp control-vector GGUF (`--control-vector FILE`).
+    ///
+    /// Example: `export_control_vector(d, "happy.gguf")`
+    #[rhai_fn(name = "export_control_vector", return_raw)]
+    pub fn export_one(ctx: NativeCallContext, d: Direction, path: &str) -> RhaiResult<()> {
+        let path = context(&ctx).resolve_path(path);
+        Ok(super::export_control_vector(&[d], &path)?)
+    }
+
+    /// Writes several Directions (at different layers, `hook_resid_post`) as one llama.cpp
+    /// control-vector GGUF.
+    ///
+    /// Example: `export_control_vector([d10, d15, d20], "happy.gguf")`
+    #[rhai_fn(name = "export_control_vector", return_raw)]
+    pub fn export_many(ctx: NativeCallContext, ds: RhaiArray, path: &str) -> RhaiResult<()> {
+        let ds = ds
+            .into_iter()
+            .map(|d| {
+                d.try_cast::<Direction>().ok_or_else(|| {
+                    Error::Invalid("export_control_vector: expects an array of Directions".into())
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let path = context(&ctx).resolve_path(path);
+        Ok(super::export_control_vector(&ds, &path)?)
     }
 
     /// A short description of the direction.
