@@ -142,13 +142,34 @@ impl fmt::Display for HookName {
 /// Where in a run a hook is called: this call's queries are absolute positions
 /// `offset .. offset + len` (left padding included).
 #[derive(Debug, Clone, Copy)]
-pub struct HookCtx {
+pub struct HookCtx<'a> {
     pub offset: i32,
     pub len: i32,
+    /// Length of the (left-padded) prompt: absolute positions below it are the prompt, the
+    /// rest are generated tokens. A run without a cache is all prompt.
+    pub prompt_len: i32,
+    /// Left-padding length of each row (empty when no row is padded).
+    pub pads: &'a [i32],
+}
+
+impl HookCtx<'_> {
+    /// Left padding of row `r`.
+    pub fn pad(&self, r: usize) -> i32 {
+        self.pads.get(r).copied().unwrap_or(0)
+    }
 }
 
 /// A function attached at a hook point: returns `Some(replacement)` or `None` to keep `x`.
-pub type HookFn = Box<dyn FnMut(&Array, HookCtx) -> Result<Option<Array>>>;
+pub type HookFn = Box<dyn FnMut(&Array, HookCtx<'_>) -> Result<Option<Array>>>;
+
+/// What a capture keeps of an activation (e.g. the last position only); `None` keeps it whole.
+pub type Reducer = Box<dyn Fn(&Array, HookCtx<'_>) -> Result<Array>>;
+
+/// One point being captured: how to reduce each activation, and what was kept so far.
+struct Captured {
+    reduce: Option<Reducer>,
+    store: Vec<Array>,
+}
 
 /// One attached hook.
 pub struct Hook {
@@ -165,7 +186,9 @@ pub struct Hook {
 pub struct Hooks {
     hooks: Vec<Hook>,
     /// Points whose activations are recorded by the current forward (see `capture`).
-    capture: HashMap<HookName, Vec<Array>>,
+    capture: HashMap<HookName, Captured>,
+    /// Length of the prompt of the current run (set by every run that starts from position 0).
+    pub prompt_len: i32,
 }
 
 impl Hooks {
@@ -201,23 +224,54 @@ impl Hooks {
             .collect()
     }
 
+    /// Whether each attached hook is a steering intervention, in attachment order.
+    pub fn steering_flags(&self) -> Vec<bool> {
+        self.hooks.iter().map(|h| h.steering).collect()
+    }
+
     /// Start recording the given points; each forward appends its activation.
     pub fn start_capture(&mut self, points: &[HookName]) {
-        self.capture = points.iter().map(|p| (*p, Vec::new())).collect();
+        self.capture = points
+            .iter()
+            .map(|p| {
+                let c = Captured {
+                    reduce: None,
+                    store: Vec::new(),
+                };
+                (*p, c)
+            })
+            .collect();
+    }
+
+    /// Start recording the given points, each forward appending what `reduce` keeps of the
+    /// activation (e.g. the last position only, so the whole stream is never held).
+    pub fn start_capture_with(&mut self, points: Vec<(HookName, Reducer)>) {
+        self.capture = points
+            .into_iter()
+            .map(|(p, r)| {
+                let c = Captured {
+                    reduce: Some(r),
+                    store: Vec::new(),
+                };
+                (p, c)
+            })
+            .collect();
     }
 
     /// Stop recording and return what was recorded.
     pub fn take_capture(&mut self) -> HashMap<HookName, Vec<Array>> {
         std::mem::take(&mut self.capture)
+            .into_iter()
+            .map(|(k, c)| (k, c.store))
+            .collect()
     }
 
     /// Run every hook attached at `name` on `x`, in attachment order, each seeing the previous
     /// one's output; record the result if `name` is being captured.
-    pub fn at(&mut self, name: &HookName, x: Array, offset: i32, len: i32) -> Result<Array> {
+    pub fn at(&mut self, name: &HookName, x: Array, ctx: HookCtx<'_>) -> Result<Array> {
         if self.is_empty() {
             return Ok(x);
         }
-        let ctx = HookCtx { offset, len };
         let mut x = x;
         for hook in self.hooks.iter_mut().filter(|h| &h.name == name) {
             if let Some(y) = (hook.func)(&x, ctx)? {
@@ -231,8 +285,12 @@ impl Hooks {
                 x = y;
             }
         }
-        if let Some(store) = self.capture.get_mut(name) {
-            store.push(x.clone());
+        if let Some(c) = self.capture.get_mut(name) {
+            let kept = match &c.reduce {
+                Some(reduce) => reduce(&x, ctx)?,
+                None => x.clone(),
+            };
+            c.store.push(kept);
         }
         Ok(x)
     }

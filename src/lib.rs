@@ -3,11 +3,15 @@
 //! The library holds the engine (model loading, architectures, tokenization, forward passes,
 //! generation, hooks) and the Rhai bindings; `main.rs` is the command line.
 
+pub mod analysis;
 pub mod bench;
+pub mod capture;
+pub mod directions;
 pub mod error;
 pub mod generate;
 pub mod hooks;
 pub mod interrupt;
+pub mod interventions;
 pub mod model;
 pub mod repl;
 pub mod script;

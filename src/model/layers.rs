@@ -399,7 +399,13 @@ pub struct Step<'a> {
 impl Step<'_> {
     /// Pass `x` through whatever is attached at `name` (a no-op when nothing is).
     pub fn hook(&mut self, name: HookName, x: Array) -> Result<Array> {
-        self.hooks.at(&name, x, self.offset, self.len)
+        let ctx = crate::hooks::HookCtx {
+            offset: self.offset,
+            len: self.len,
+            prompt_len: self.hooks.prompt_len,
+            pads: self.pads,
+        };
+        self.hooks.at(&name, x, ctx)
     }
 }
 

@@ -506,6 +506,9 @@ impl Model {
     ) -> Result<Array> {
         let len = ids.shape()[1];
         let offset = cache.as_ref().map_or(0, |c| c.offset);
+        if offset == 0 {
+            self.hooks.prompt_len = len;
+        }
         let mut step = Step {
             len,
             offset,
@@ -531,6 +534,34 @@ impl Model {
             c.offset += len;
         }
         Ok(logits)
+    }
+
+    /// Run `ids` (rows left-padded by `pads`) through the first `n_blocks` blocks only, for
+    /// reading activations: no logits. `None` runs every block and the final norm. Returns the
+    /// last hidden state computed.
+    pub fn run_hidden(
+        &mut self,
+        ids: &Array,
+        pads: &[i32],
+        n_blocks: Option<usize>,
+    ) -> Result<Array> {
+        let len = ids.shape()[1];
+        self.hooks.prompt_len = len;
+        let mut step = Step {
+            len,
+            offset: 0,
+            pads,
+            hooks: &mut self.hooks,
+        };
+        let h = self.net.embed(ids, &mut step)?;
+        match n_blocks {
+            Some(0) => Ok(h),
+            Some(n) => self.net.blocks(h, None, &mut step, Some(n)),
+            None => {
+                let h = self.net.blocks(h, None, &mut step, None)?;
+                self.net.final_norm(&h, &mut step)
+            }
+        }
     }
 
     /// Logits `[batch, pos, vocab]` (float32) for rows of token ids, left-padded to one length.

@@ -27,6 +27,12 @@ pub fn show(value: &Dynamic) -> Option<String> {
     if let Some(m) = value.read_lock::<super::model::ModelHandle>() {
         return Some(m.summary());
     }
+    if let Some(c) = value.read_lock::<super::capture::Cache>() {
+        return Some(c.summary());
+    }
+    if let Some(d) = value.read_lock::<super::steer::Direction>() {
+        return Some(d.summary());
+    }
     if let Some(a) = value.read_lock::<Array>() {
         if let Some(table) = table(&a) {
             return Some(table);
@@ -97,7 +103,15 @@ fn inline_at(value: &Dynamic, depth: usize) -> String {
     if let Some(t) = value.read_lock::<Tensor>() {
         return t.summary();
     }
-    // Other custom types (Model, Direction, Cache, ...) get a line each here as they arrive.
+    if let Some(m) = value.read_lock::<super::model::ModelHandle>() {
+        return m.summary();
+    }
+    if let Some(c) = value.read_lock::<super::capture::Cache>() {
+        return c.summary();
+    }
+    if let Some(d) = value.read_lock::<super::steer::Direction>() {
+        return d.summary();
+    }
     value.to_string()
 }
 

@@ -9,14 +9,18 @@
 //! MLX arrays are not thread safe, so Rhai's `sync` feature stays off and everything runs on
 //! the main thread; shared engine state (a loaded model) is held as `Rc<RefCell<_>>`.
 
+pub mod analysis;
+pub mod capture;
 pub mod display;
 pub mod files;
 pub mod help;
+pub mod hooks;
 pub mod model;
 pub mod modules;
 pub mod options;
 pub mod report;
 pub mod stats;
+pub mod steer;
 pub mod tensor;
 
 use std::cell::RefCell;
@@ -221,6 +225,10 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
     stats::register(&mut engine);
     files::register(&mut engine);
     model::register(&mut engine);
+    hooks::register(&mut engine);
+    capture::register(&mut engine);
+    steer::register(&mut engine);
+    analysis::register(&mut engine);
     engine
 }
 

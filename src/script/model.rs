@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rhai::plugin::*;
 use rhai::{Array as RhaiArray, Dynamic, Engine, Map, FLOAT, INT};
 
+use super::hooks::with_call;
 use super::options::Options;
 use super::tensor::Tensor;
 use super::RhaiResult;
@@ -477,9 +478,9 @@ mod model_functions {
     ///
     /// Example: `forward(m, "Hello").shape  // [1, 49152]`
     #[rhai_fn(return_raw, pure)]
-    pub fn forward(m: &mut Model, input: Dynamic) -> RhaiResult<Tensor> {
+    pub fn forward(ctx: NativeCallContext, m: &mut Model, input: Dynamic) -> RhaiResult<Tensor> {
         let mut g = m.get()?;
-        Ok(forward_impl(&mut g, &input)?)
+        Ok(with_call(&ctx, || forward_impl(&mut g, &input))?)
     }
 
     /// The `k` most likely next tokens after `input`: `#{token, id, prob, logit}`, most likely
@@ -487,18 +488,25 @@ mod model_functions {
     ///
     /// Example: `top_k(m, "The capital of France is", 3)`
     #[rhai_fn(return_raw, pure)]
-    pub fn top_k(m: &mut Model, input: Dynamic, k: INT) -> RhaiResult<RhaiArray> {
+    pub fn top_k(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        input: Dynamic,
+        k: INT,
+    ) -> RhaiResult<RhaiArray> {
         let mut g = m.get()?;
-        Ok(top_k_impl(&mut g, &input, k)?)
+        Ok(with_call(&ctx, || top_k_impl(&mut g, &input, k))?)
     }
 
     /// Generated text (new text only) with default options (64 tokens, greedy).
     ///
     /// Example: `generate(m, "Once upon a time")`
     #[rhai_fn(name = "generate", return_raw, pure)]
-    pub fn generate(m: &mut Model, prompt: Dynamic) -> RhaiResult<Dynamic> {
+    pub fn generate(ctx: NativeCallContext, m: &mut Model, prompt: Dynamic) -> RhaiResult<Dynamic> {
         let mut g = m.get()?;
-        Ok(generate_impl(&mut g, &prompt, &Map::new())?)
+        Ok(with_call(&ctx, || {
+            generate_impl(&mut g, &prompt, &Map::new())
+        })?)
     }
 
     /// Generated text. opts: `max_tokens` (64), `temperature` (0 = greedy), `top_p`, `top_k`,
@@ -508,9 +516,14 @@ mod model_functions {
     ///
     /// Example: `m.generate("Once upon a time", #{max_tokens: 20, temperature: 0.7, seed: 1})`
     #[rhai_fn(name = "generate", return_raw, pure)]
-    pub fn generate_with(m: &mut Model, prompt: Dynamic, opts: Map) -> RhaiResult<Dynamic> {
+    pub fn generate_with(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        prompt: Dynamic,
+        opts: Map,
+    ) -> RhaiResult<Dynamic> {
         let mut g = m.get()?;
-        Ok(generate_impl(&mut g, &prompt, &opts)?)
+        Ok(with_call(&ctx, || generate_impl(&mut g, &prompt, &opts))?)
     }
 
     /// Every valid hook name of the model (TransformerLens names).

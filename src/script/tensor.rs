@@ -618,7 +618,7 @@ fn dot_impl(a: &Tensor, b: &Tensor) -> Result<Dynamic> {
     tensor_or_number(a.array.matmul(&b.array)?)
 }
 
-fn cosine_impl(a: &Tensor, b: &Tensor) -> Result<Dynamic> {
+pub fn cosine_impl(a: &Tensor, b: &Tensor) -> Result<Dynamic> {
     let (sa, sb) = (a.shape(), b.shape());
     if sa.is_empty()
         || sb.is_empty()

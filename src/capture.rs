@@ -1,0 +1,339 @@
+//! Capturing activations: run many inputs in batches and keep only the requested points and
+//! positions (the last token, the mean over tokens, one token, or every token), so a capture of
+//! the last position never holds the whole `[batch, pos, d]` stream.
+//!
+//! Rows are left-padded within a batch; positions always refer to each row's own tokens, so
+//! "last" is every row's real last token and "mean" averages over real tokens only. The forward
+//! stops after the last block a requested point needs.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use mlx_rs::{ops, Array, Dtype};
+
+use crate::error::{Error, Result};
+use crate::hooks::{HookCtx, HookName, Reducer};
+use crate::model::{pad_left, Model};
+
+/// Which positions of each input a capture keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// The last token: `[n, ...]`.
+    Last,
+    /// The mean over the input's tokens: `[n, ...]`.
+    Mean,
+    /// Every token: one `[len, ...]` array per input.
+    All,
+    /// One token (negative counts from the end): `[n, ...]`.
+    Index(i64),
+}
+
+impl Positions {
+    /// `"last"`, `"mean"`, `"all"`, or an index as text.
+    pub fn parse(s: &str) -> Result<Positions> {
+        match s {
+            "last" => Ok(Positions::Last),
+            "mean" => Ok(Positions::Mean),
+            "all" => Ok(Positions::All),
+            other => other.parse::<i64>().map(Positions::Index).map_err(|_| {
+                Error::Invalid(format!(
+                    "positions must be \"last\", \"mean\", \"all\" or an integer index, got {other:?}"
+                ))
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Positions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Positions::Last => write!(f, "last"),
+            Positions::Mean => write!(f, "mean"),
+            Positions::All => write!(f, "all"),
+            Positions::Index(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// What was captured at one point.
+#[derive(Debug, Clone)]
+pub enum Captured {
+    /// One row per input: `[n, ...]` (float32).
+    Stacked(Array),
+    /// Every token of each input: `[len, ...]` per input (float32).
+    PerInput(Vec<Array>),
+}
+
+/// Activations of several inputs at several points.
+#[derive(Debug, Clone)]
+pub struct ActivationCache {
+    /// The model's name.
+    pub model: String,
+    pub n_layers: usize,
+    /// Captured points, in forward order.
+    pub points: Vec<HookName>,
+    pub positions: Positions,
+    /// Number of inputs.
+    pub n: usize,
+    /// FNV-1a hash of the inputs' token ids (hex), to tell caches of different prompts apart.
+    pub prompts_hash: String,
+    pub entries: HashMap<HookName, Captured>,
+}
+
+/// A stable hash of rows of token ids (FNV-1a, 64 bits, as hex).
+pub fn hash_ids(rows: &[Vec<u32>]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut eat = |x: u32| {
+        for b in x.to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    };
+    for r in rows {
+        for &t in r {
+            eat(t);
+        }
+        eat(u32::MAX);
+    }
+    format!("{h:016x}")
+}
+
+/// Expands point patterns: exact names (negative layers allowed) or names with `*` in place of
+/// the layer index (`blocks.*.hook_resid_post`). Returns them in forward order, without
+/// repeats.
+pub fn expand_points(patterns: &[String], n_layers: usize) -> Result<Vec<HookName>> {
+    let mut out = Vec::new();
+    for p in patterns {
+        if p.contains('*') {
+            let mut any = false;
+            for i in 0..n_layers {
+                let name = p.replace('*', &i.to_string());
+                if let Ok(h) = HookName::parse(&name, n_layers) {
+                    out.push(h);
+                    any = true;
+                }
+            }
+            if !any {
+                // Report the error the first layer's name gives (it lists the valid forms).
+                HookName::parse(&p.replace('*', "0"), n_layers)?;
+                return Err(Error::Invalid(format!("no hook point matches {p:?}")));
+            }
+        } else {
+            out.push(HookName::parse(p, n_layers)?);
+        }
+    }
+    let order = HookName::all(n_layers);
+    out.sort_by_key(|h| order.iter().position(|o| o == h));
+    out.dedup();
+    Ok(out)
+}
+
+/// The axis of a point's activation that runs over positions.
+fn pos_axis(p: &HookName) -> i32 {
+    crate::interventions::pos_axis(p) as i32
+}
+
+/// What a capture keeps of each activation at `point`.
+fn reducer(point: HookName, positions: Positions) -> Reducer {
+    Box::new(move |x: &Array, ctx: HookCtx<'_>| -> Result<Array> {
+        let x = x.as_dtype(Dtype::Float32)?;
+        let shape = x.shape().to_vec();
+        let (b, t) = (shape[0], shape[pos_axis(&point) as usize]);
+        match positions {
+            Positions::All => Ok(x),
+            Positions::Last => Ok(x.take_axis(Array::from_int(t - 1), 1)?),
+            Positions::Index(i) => {
+                let mut flat = Vec::with_capacity(b as usize);
+                for r in 0..b as usize {
+                    let pad = ctx.pad(r) as i64;
+                    let a = if i >= 0 { pad + i } else { t as i64 + i };
+                    if a < pad || a >= t as i64 {
+                        return Err(Error::Invalid(format!(
+                            "capture: position {i} is out of range for an input of {} tokens",
+                            t as i64 - pad
+                        )));
+                    }
+                    flat.push(r as i32 * t + a as i32);
+                }
+                let mut fshape = vec![b * t];
+                fshape.extend_from_slice(&shape[2..]);
+                Ok(x.reshape(&fshape)?
+                    .take_axis(Array::from_slice(&flat, &[b]), 0)?)
+            }
+            Positions::Mean => {
+                let mut keep = Vec::with_capacity((b * t) as usize);
+                let mut counts = Vec::with_capacity(b as usize);
+                for r in 0..b as usize {
+                    let pad = ctx.pad(r);
+                    keep.extend((0..t).map(|j| if j >= pad { 1.0f32 } else { 0.0 }));
+                    counts.push((t - pad) as f32);
+                }
+                let mut mshape = vec![1i32; shape.len()];
+                mshape[0] = b;
+                mshape[1] = t;
+                let mask = Array::from_slice(&keep, &mshape);
+                let mut cshape = vec![1i32; shape.len() - 1];
+                cshape[0] = b;
+                let counts = Array::from_slice(&counts, &cshape);
+                Ok(x.multiply(&mask)?.sum_axis(1, None)?.divide(&counts)?)
+            }
+        }
+    })
+}
+
+/// Runs `rows` (token ids) through `model` in batches of `batch_size`, keeping `positions` of
+/// the activations at `points`. Hooks attached to the model run as usual. `progress` shows a
+/// progress bar (on a terminal) when there is more than one batch.
+pub fn capture(
+    model: &mut Model,
+    rows: &[Vec<u32>],
+    points: &[HookName],
+    positions: Positions,
+    batch_size: usize,
+    progress: bool,
+) -> Result<ActivationCache> {
+    if rows.is_empty() {
+        return Err(Error::Invalid("capture: no inputs".into()));
+    }
+    if points.is_empty() {
+        return Err(Error::Invalid("capture: no points to capture".into()));
+    }
+    if positions != Positions::All && points.iter().any(|p| matches!(p, HookName::Pattern(_))) {
+        return Err(Error::Invalid(
+            "capture: attention patterns are captured with positions \"all\" only".into(),
+        ));
+    }
+    let batch_size = batch_size.max(1);
+    let n_blocks = if points.contains(&HookName::LnFinal) {
+        None
+    } else {
+        Some(
+            points
+                .iter()
+                .filter_map(|p| p.layer())
+                .max()
+                .map_or(0, |l| l + 1),
+        )
+    };
+    let n_batches = rows.len().div_ceil(batch_size);
+    let bar = (progress && n_batches > 1).then(|| {
+        let bar = indicatif::ProgressBar::new(rows.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "capture {bar:30} {pos}/{len} inputs [{elapsed} < {eta}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut stacked: HashMap<HookName, Vec<Array>> = HashMap::new();
+    let mut per_input: HashMap<HookName, Vec<Array>> = HashMap::new();
+    let pad_id = model.pad_id();
+    for chunk in rows.chunks(batch_size) {
+        crate::interrupt::check()?;
+        let (ids, pads) = pad_left(chunk, pad_id)?;
+        model
+            .hooks
+            .start_capture_with(points.iter().map(|&p| (p, reducer(p, positions))).collect());
+        let run = model.run_hidden(&ids, &pads, n_blocks);
+        let got = model.hooks.take_capture();
+        run?;
+        let t = ids.shape()[1];
+        let mut fresh = Vec::new();
+        for p in points {
+            let a = got
+                .get(p)
+                .and_then(|v| v.last())
+                .cloned()
+                .ok_or_else(|| Error::Invalid(format!("capture: {p} was not reached")))?;
+            if positions == Positions::All {
+                for (r, _) in chunk.iter().enumerate() {
+                    let pad = pads.get(r).copied().unwrap_or(0);
+                    let row = a.take_axis(Array::from_int(r as i32), 0)?;
+                    let keep = Array::from_iter(pad..t, &[t - pad]);
+                    let row = match p {
+                        HookName::Pattern(_) => row.take_axis(&keep, 1)?.take_axis(&keep, 2)?,
+                        _ => row.take_axis(&keep, 0)?,
+                    };
+                    fresh.push(row.clone());
+                    per_input.entry(*p).or_default().push(row);
+                }
+            } else {
+                fresh.push(a.clone());
+                stacked.entry(*p).or_default().push(a);
+            }
+        }
+        mlx_rs::transforms::eval(fresh.iter())?;
+        if let Some(bar) = &bar {
+            bar.inc(chunk.len() as u64);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let mut entries = HashMap::new();
+    for p in points {
+        let c = if positions == Positions::All {
+            Captured::PerInput(per_input.remove(p).unwrap_or_default())
+        } else {
+            let parts = stacked.remove(p).unwrap_or_default();
+            let a = if parts.len() == 1 {
+                parts
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| Array::from_f32(0.0))
+            } else {
+                ops::concatenate(&parts, 0)?
+            };
+            Captured::Stacked(a)
+        };
+        entries.insert(*p, c);
+    }
+    Ok(ActivationCache {
+        model: model.info.name.clone(),
+        n_layers: model.n_layers(),
+        points: points.to_vec(),
+        positions,
+        n: rows.len(),
+        prompts_hash: hash_ids(rows),
+        entries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_expand_in_forward_order() {
+        let pts =
+            expand_points(&["blocks.*.hook_resid_post".into(), "hook_embed".into()], 3).unwrap();
+        assert_eq!(
+            pts,
+            vec![
+                HookName::Embed,
+                HookName::ResidPost(0),
+                HookName::ResidPost(1),
+                HookName::ResidPost(2)
+            ]
+        );
+        assert!(expand_points(&["blocks.*.hook_nothing".into()], 3).is_err());
+        assert_eq!(
+            expand_points(&["blocks.-1.attn.hook_q".into()], 3).unwrap(),
+            vec![HookName::Q(2)]
+        );
+    }
+
+    #[test]
+    fn positions_parse() {
+        assert_eq!(Positions::parse("last").unwrap(), Positions::Last);
+        assert_eq!(Positions::parse("-2").unwrap(), Positions::Index(-2));
+        assert!(Positions::parse("first").is_err());
+    }
+
+    #[test]
+    fn hashes_tell_prompts_apart() {
+        assert_ne!(hash_ids(&[vec![1, 2]]), hash_ids(&[vec![1], vec![2]]));
+        assert_eq!(hash_ids(&[vec![1, 2]]), hash_ids(&[vec![1, 2]]));
+    }
+}

@@ -1,0 +1,334 @@
+//! Capture verbs: `capture(m, inputs, opts)` returns a `Cache` of activations; `cache[name]`,
+//! `keys(cache)`, `save(cache, path)` and `load_cache(path)`.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use rhai::plugin::*;
+use rhai::{Array as RhaiArray, Dynamic, Engine, Map, NativeCallContext, INT};
+
+use super::hooks::with_call;
+use super::model::{input, Input, ModelHandle};
+use super::options::Options;
+use super::tensor::{read_safetensors, write_safetensors, Tensor};
+use super::{context, RhaiResult};
+use crate::capture::{capture, expand_points, ActivationCache, Captured, Positions};
+use crate::hooks::HookName;
+use crate::model::Model;
+use crate::{Error, Result};
+
+/// Captured activations (a shared, read-only value).
+#[derive(Clone)]
+pub struct Cache(pub Rc<ActivationCache>);
+
+impl Cache {
+    /// One line for printing.
+    pub fn summary(&self) -> String {
+        let c = &self.0;
+        format!(
+            "Cache({}: {} input{}, {} point{}, positions {})",
+            c.model,
+            c.n,
+            if c.n == 1 { "" } else { "s" },
+            c.points.len(),
+            if c.points.len() == 1 { "" } else { "s" },
+            c.positions
+        )
+    }
+
+    /// The activations at `name` (negative layers allowed).
+    pub fn get(&self, name: &str) -> Result<&Captured> {
+        let c = &self.0;
+        let point = HookName::parse(name, c.n_layers)?;
+        c.entries.get(&point).ok_or_else(|| {
+            let names: Vec<String> = c.points.iter().map(|p| p.to_string()).collect();
+            let shown = if names.len() > 6 {
+                format!("{}, ... ({} in all)", names[..6].join(", "), names.len())
+            } else {
+                names.join(", ")
+            };
+            Error::Invalid(format!("the cache has no {point}; it holds {shown}"))
+        })
+    }
+}
+
+/// Token-id rows of `inputs` (text, ids, or an array of either).
+pub fn rows_of(m: &Model, inputs: &Dynamic, verb: &str) -> Result<Vec<Vec<u32>>> {
+    let rows = match input(m, inputs, verb)? {
+        Input::One(ids) => vec![ids],
+        Input::Batch(rows) => rows,
+    };
+    let v = m.info.vocab as u32;
+    for r in &rows {
+        if r.is_empty() {
+            return Err(Error::Invalid(format!("{verb}: an input has no tokens")));
+        }
+        if let Some(bad) = r.iter().find(|&&t| t >= v) {
+            return Err(Error::Invalid(format!(
+                "{verb}: token id {bad} is out of range (vocabulary of {v})"
+            )));
+        }
+    }
+    Ok(rows)
+}
+
+/// `positions`: "last", "mean", "all", or an integer.
+pub fn parse_positions(o: &Options, verb: &str) -> Result<Positions> {
+    match o.get("positions") {
+        None => Ok(Positions::Last),
+        Some(v) => match v.as_int() {
+            Ok(i) => Ok(Positions::Index(i)),
+            Err(_) => match v.clone().into_immutable_string() {
+                Ok(s) if ["last", "mean", "all"].contains(&s.as_str()) => Positions::parse(&s),
+                _ => Err(Error::Invalid(format!(
+                    "{verb}: positions must be \"last\", \"mean\", \"all\" or an integer index, \
+                     got {}",
+                    super::display::inline(v)
+                ))),
+            },
+        },
+    }
+}
+
+const CAPTURE_KEYS: &[&str] = &["points", "positions", "batch_size", "progress"];
+
+fn capture_impl(m: &mut Model, inputs: &Dynamic, opts: &Map) -> Result<Cache> {
+    let o = Options::parse("capture", opts, CAPTURE_KEYS)?;
+    let n = m.n_layers();
+    let patterns: Vec<String> = match o.get("points") {
+        None => vec!["blocks.*.hook_resid_post".into()],
+        Some(v) => {
+            if let Ok(s) = v.clone().into_immutable_string() {
+                vec![s.to_string()]
+            } else {
+                o.array("points")?
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| {
+                        p.clone().into_string().map_err(|_| {
+                            Error::Invalid("capture: points must be hook names (strings)".into())
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            }
+        }
+    };
+    let points = expand_points(&patterns, n)?;
+    let positions = parse_positions(&o, "capture")?;
+    let batch_size = o.int("batch_size", 32)?;
+    if batch_size < 1 {
+        return Err(Error::Invalid(
+            "capture: batch_size must be at least 1".into(),
+        ));
+    }
+    let rows = rows_of(m, inputs, "capture")?;
+    let progress = o.bool("progress", true)?;
+    let c = capture(m, &rows, &points, positions, batch_size as usize, progress)?;
+    Ok(Cache(Rc::new(c)))
+}
+
+fn save_impl(c: &Cache, path: &std::path::Path) -> Result<()> {
+    let c = &c.0;
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for p in &c.points {
+        match c.entries.get(p) {
+            Some(Captured::Stacked(a)) => tensors.push((p.to_string(), Tensor::new(a.clone()))),
+            Some(Captured::PerInput(rows)) => {
+                for (i, a) in rows.iter().enumerate() {
+                    tensors.push((format!("{p}#{i}"), Tensor::new(a.clone())));
+                }
+            }
+            None => {}
+        }
+    }
+    let points: Vec<String> = c.points.iter().map(|p| p.to_string()).collect();
+    let meta: HashMap<String, String> = [
+        ("format", "mlxi.cache".to_string()),
+        ("model", c.model.clone()),
+        ("n_layers", c.n_layers.to_string()),
+        (
+            "points",
+            serde_json::to_string(&points).unwrap_or_else(|_| "[]".into()),
+        ),
+        ("positions", c.positions.to_string()),
+        ("n", c.n.to_string()),
+        ("prompts_hash", c.prompts_hash.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_safetensors(path, &refs, Some(meta))
+}
+
+fn load_impl(path: &std::path::Path) -> Result<Cache> {
+    let (tensors, meta) = read_safetensors(path)?;
+    let bad = |what: &str| {
+        Error::Invalid(format!(
+            "{}: not a cache saved by mlxi ({what})",
+            path.display()
+        ))
+    };
+    if meta.get("format").map(String::as_str) != Some("mlxi.cache") {
+        return Err(bad("no mlxi.cache format tag"));
+    }
+    let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(&format!("no {k}")));
+    let n_layers: usize = field("n_layers")?.parse().map_err(|_| bad("n_layers"))?;
+    let n: usize = field("n")?.parse().map_err(|_| bad("n"))?;
+    let positions = Positions::parse(&field("positions")?)?;
+    let names: Vec<String> = serde_json::from_str(&field("points")?).map_err(|_| bad("points"))?;
+    let points = names
+        .iter()
+        .map(|p| HookName::parse(p, n_layers))
+        .collect::<Result<Vec<_>>>()?;
+    let mut by_name: HashMap<String, mlx_rs::Array> = tensors
+        .into_iter()
+        .map(|(k, t)| (k, t.into_array()))
+        .collect();
+    let mut entries = HashMap::new();
+    for p in &points {
+        let key = p.to_string();
+        let c = if positions == Positions::All {
+            let rows = (0..n)
+                .map(|i| {
+                    by_name
+                        .remove(&format!("{key}#{i}"))
+                        .ok_or_else(|| bad(&format!("no {key}#{i}")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Captured::PerInput(rows)
+        } else {
+            Captured::Stacked(
+                by_name
+                    .remove(&key)
+                    .ok_or_else(|| bad(&format!("no {key}")))?,
+            )
+        };
+        entries.insert(*p, c);
+    }
+    Ok(Cache(Rc::new(ActivationCache {
+        model: field("model")?,
+        n_layers,
+        points,
+        positions,
+        n,
+        prompts_hash: field("prompts_hash")?,
+        entries,
+    })))
+}
+
+#[export_module]
+mod capture_functions {
+    use super::*;
+
+    pub type Model = super::ModelHandle;
+
+    pub type Cache = super::Cache;
+
+    /// Runs `inputs` (a text, ids, or an array of texts) and keeps the activations at every
+    /// `hook_resid_post`, last position: a Cache.
+    ///
+    /// Example: `let c = capture(m, ["I love it", "I hate it"]);`
+    #[rhai_fn(name = "capture", return_raw)]
+    pub fn capture_default(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        inputs: Dynamic,
+    ) -> RhaiResult<Cache> {
+        let mut g = m.get()?;
+        Ok(with_call(&ctx, || {
+            capture_impl(&mut g, &inputs, &Map::new())
+        })?)
+    }
+
+    /// `capture` with options: `points` (names; `*` for every layer, default
+    /// "blocks.*.hook_resid_post"), `positions` ("last" (default), "mean", "all", or an index;
+    /// negative from the end), `batch_size` (32), `progress` (true: a progress bar on long runs).
+    ///
+    /// Example: `capture(m, texts, #{points: ["blocks.*.hook_resid_post"], positions: "mean"})`
+    #[rhai_fn(name = "capture", return_raw)]
+    pub fn capture_with(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        inputs: Dynamic,
+        opts: Map,
+    ) -> RhaiResult<Cache> {
+        let mut g = m.get()?;
+        Ok(with_call(&ctx, || capture_impl(&mut g, &inputs, &opts))?)
+    }
+
+    /// The activations at a hook point: a Tensor `[n_inputs, ...]`, or for positions "all" an
+    /// array of `[pos, ...]` Tensors, one per input.
+    ///
+    /// Example: `c["blocks.-1.hook_resid_post"].shape  // [2, 576]`
+    #[rhai_fn(index_get, return_raw, pure)]
+    pub fn get(c: &mut Cache, name: &str) -> RhaiResult<Dynamic> {
+        Ok(match c.get(name)? {
+            Captured::Stacked(a) => Dynamic::from(Tensor::new(a.clone())),
+            Captured::PerInput(rows) => Dynamic::from_array(
+                rows.iter()
+                    .map(|a| Dynamic::from(Tensor::new(a.clone())))
+                    .collect(),
+            ),
+        })
+    }
+
+    /// The hook points the cache holds, in forward order.
+    ///
+    /// Example: `keys(c)[0]  // "blocks.0.hook_resid_post"`
+    #[rhai_fn(name = "keys", pure)]
+    pub fn keys(c: &mut Cache) -> RhaiArray {
+        c.0.points
+            .iter()
+            .map(|p| Dynamic::from(p.to_string()))
+            .collect()
+    }
+
+    /// Number of inputs captured.
+    ///
+    /// Example: `c.n  // 2`
+    #[rhai_fn(get = "n", pure)]
+    pub fn n(c: &mut Cache) -> INT {
+        c.0.n as INT
+    }
+
+    /// The positions kept: "last", "mean", "all", or an index.
+    ///
+    /// Example: `c.positions  // "last"`
+    #[rhai_fn(get = "positions", pure)]
+    pub fn positions(c: &mut Cache) -> String {
+        c.0.positions.to_string()
+    }
+
+    /// Writes the cache as safetensors with its metadata (model, points, positions, prompts'
+    /// hash), atomically.
+    ///
+    /// Example: `save(c, "acts.safetensors")`
+    #[rhai_fn(name = "save", return_raw)]
+    pub fn save(ctx: NativeCallContext, c: Cache, path: &str) -> RhaiResult<()> {
+        let path = context(&ctx).resolve_path(path);
+        Ok(save_impl(&c, &path)?)
+    }
+
+    /// Reads a cache written by `save(cache, path)`.
+    ///
+    /// Example: `let c = load_cache("acts.safetensors");`
+    #[rhai_fn(return_raw)]
+    pub fn load_cache(ctx: NativeCallContext, path: &str) -> RhaiResult<Cache> {
+        let path = context(&ctx).resolve_path(path);
+        Ok(load_impl(&path)?)
+    }
+
+    /// A short description of the cache.
+    ///
+    /// Example: `print(c)`
+    #[rhai_fn(name = "to_string", name = "to_debug", pure)]
+    pub fn to_string(c: &mut Cache) -> String {
+        c.summary()
+    }
+}
+
+pub fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<Cache>("Cache");
+    engine.register_global_module(exported_module!(capture_functions).into());
+}
