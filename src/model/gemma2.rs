@@ -228,36 +228,6 @@ impl Gemma2 {
     pub fn n_layers(&self) -> usize {
         self.layers.len()
     }
-
-    /// Bytes of every parameter.
-    pub fn param_bytes(&self) -> usize {
-        let mut n = self.embed.table.nbytes() + self.norm.weight.nbytes();
-        for l in &self.layers {
-            n += [
-                &l.q_proj,
-                &l.k_proj,
-                &l.v_proj,
-                &l.o_proj,
-                &l.gate_proj,
-                &l.up_proj,
-                &l.down_proj,
-            ]
-            .iter()
-            .map(|x| x.nbytes())
-            .sum::<usize>();
-            n += [
-                &l.input_norm,
-                &l.post_attn_norm,
-                &l.pre_ff_norm,
-                &l.post_ff_norm,
-            ]
-            .iter()
-            .map(|x| x.weight.nbytes())
-            .sum::<usize>();
-        }
-        n
-    }
-
     /// Quantization of the first block's projections, if any: `(bits, group_size)`.
     pub fn quantization(&self) -> Option<(i32, i32)> {
         self.layers.first().and_then(|l| l.q_proj.quantization())

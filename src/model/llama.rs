@@ -233,29 +233,6 @@ impl Llama {
     pub fn n_layers(&self) -> usize {
         self.layers.len()
     }
-
-    /// `(name, shape, bytes)` of every parameter group, for `info()` and the anatomy recipe.
-    pub fn param_bytes(&self) -> usize {
-        let mut n = self.embed.table.nbytes() + self.norm.weight.nbytes();
-        n += self.lm_head.as_ref().map_or(0, |l| l.nbytes());
-        for l in &self.layers {
-            n += [
-                &l.q_proj,
-                &l.k_proj,
-                &l.v_proj,
-                &l.o_proj,
-                &l.gate_proj,
-                &l.up_proj,
-                &l.down_proj,
-            ]
-            .iter()
-            .map(|x| x.nbytes())
-            .sum::<usize>();
-            n += l.input_norm.weight.nbytes() + l.post_attn_norm.weight.nbytes();
-        }
-        n
-    }
-
     /// Quantization of the first block's projections, if any: `(bits, group_size)`.
     pub fn quantization(&self) -> Option<(i32, i32)> {
         self.layers.first().and_then(|l| l.q_proj.quantization())

@@ -98,9 +98,6 @@ impl Net {
     fn n_layers(&self) -> usize {
         each_net!(self, m => m.n_layers())
     }
-    fn param_bytes(&self) -> usize {
-        each_net!(self, m => m.param_bytes())
-    }
     fn quantization(&self) -> Option<(i32, i32)> {
         each_net!(self, m => m.quantization())
     }
@@ -145,6 +142,7 @@ struct LoadedAs {
     dequantized: bool,
     stored: Option<(i32, i32)>,
     params: u64,
+    bytes: u64,
 }
 
 /// A loaded model: network, hooks, and what it was loaded from.
@@ -233,7 +231,7 @@ impl Model {
         let (dtype, dequantize) = Model::resolve_opts(opts, stored);
         let mut w = Weights::new(tensors, None, dequantize, dtype);
         let net = Net::Llama(llama::Llama::load(cfg, &mut w)?);
-        let (stored, params) = (w.stored_quantization(), w.params);
+        let (stored, params, bytes) = (w.stored_quantization(), w.params, w.param_bytes());
         let tokenizer = Tokenizer::from_gguf(&g.file)?;
         let arch = g.arch.clone();
         // Release the file's own copy of the tensors before the weights are materialized.
@@ -254,6 +252,7 @@ impl Model {
                 dequantized: dequantize,
                 stored,
                 params,
+                bytes,
             },
         )
     }
@@ -322,7 +321,7 @@ impl Model {
                 )))
             }
         };
-        let (stored, params) = (w.stored_quantization(), w.params);
+        let (stored, params, bytes) = (w.stored_quantization(), w.params, w.param_bytes());
         w.finish()?;
         let tokenizer = Tokenizer::from_dir(dir)?;
         let name = dir
@@ -340,6 +339,7 @@ impl Model {
                 dequantized: dequantize,
                 stored,
                 params,
+                bytes,
             },
         )
     }
@@ -357,6 +357,7 @@ impl Model {
             dequantized,
             stored,
             params,
+            bytes,
         } = how;
         let stored_quantization = stored.or_else(|| net.quantization());
         let (d_model, n_heads, n_kv_heads, d_head, d_mlp, vocab) = match &net {
@@ -419,7 +420,7 @@ impl Model {
             params,
             dtype: dtype_name(dtype).into(),
             quantization: String::new(),
-            bytes: net.param_bytes() as u64,
+            bytes,
             device: if gpu_available() { "gpu" } else { "cpu" }.into(),
             path: path.display().to_string(),
         };

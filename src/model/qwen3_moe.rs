@@ -137,19 +137,6 @@ enum Mlp {
     Sparse(Moe),
 }
 
-impl Mlp {
-    fn linears(&self) -> Vec<&Linear> {
-        match self {
-            Mlp::Dense {
-                gate_proj,
-                up_proj,
-                down_proj,
-            } => vec![gate_proj, up_proj, down_proj],
-            Mlp::Sparse(m) => vec![&m.router, &m.gate_proj, &m.up_proj, &m.down_proj],
-        }
-    }
-}
-
 struct Block {
     input_norm: RmsNorm,
     q_proj: Linear,
@@ -339,25 +326,6 @@ impl Qwen3Moe {
     pub fn n_layers(&self) -> usize {
         self.layers.len()
     }
-
-    /// Bytes of every parameter.
-    pub fn param_bytes(&self) -> usize {
-        let mut n = self.embed.table.nbytes() + self.norm.weight.nbytes();
-        n += self.lm_head.as_ref().map_or(0, |l| l.nbytes());
-        for l in &self.layers {
-            n += l.mlp.linears().iter().map(|x| x.nbytes()).sum::<usize>();
-            n += [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj]
-                .iter()
-                .map(|x| x.nbytes())
-                .sum::<usize>();
-            n += [&l.input_norm, &l.q_norm, &l.k_norm, &l.post_attn_norm]
-                .iter()
-                .map(|x| x.weight.nbytes())
-                .sum::<usize>();
-        }
-        n
-    }
-
     /// Quantization of the first block's projections, if any: `(bits, group_size)`.
     pub fn quantization(&self) -> Option<(i32, i32)> {
         self.layers.first().and_then(|l| l.q_proj.quantization())

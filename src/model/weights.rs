@@ -279,6 +279,11 @@ impl Weights {
         })
     }
 
+    /// Bytes of every parameter handed out so far, as the model will hold them.
+    pub fn param_bytes(&self) -> u64 {
+        self.loaded.iter().map(|a| a.nbytes() as u64).sum()
+    }
+
     fn keep(&mut self, a: Array) -> Array {
         self.loaded.push(a.clone());
         a
