@@ -95,14 +95,34 @@ fn arg_value(v: &str) -> Dynamic {
     }
 }
 
-fn main() -> ExitCode {
+fn main() {
+    let code = if main_inner() == ExitCode::SUCCESS {
+        0
+    } else {
+        1
+    };
+    exit_now(code)
+}
+
+/// Leaves the process without running shared libraries' destructors: OpenBLAS 0.3.21's (Debian
+/// 12) joins its worker threads at exit and was seen to deadlock there after a run, hanging a
+/// finished `mlxi -e`. Everything mlxi writes is flushed first; nothing else needs a destructor.
+fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process immediately; all output was flushed above.
+    unsafe { libc::_exit(code) }
+}
+
+fn main_inner() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<Error>() {
             Some(Error::Interrupted) => {
                 eprintln!("interrupted");
-                ExitCode::from(130)
+                exit_now(130)
             }
             Some(Error::Script(report)) => {
                 eprintln!("{report}");
