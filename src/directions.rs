@@ -1,6 +1,6 @@
 //! Directions in activation space from two groups of activations (`[n, d]` each): the
 //! difference of means, the first principal component of paired differences, or the weights
-//! of a logistic probe. Each comes out as a float32 `[d]` vector oriented so that the positive
+//! of a logistic probe (see [`crate::probes`]). Each comes out as a float32 `[d]` vector oriented so that the positive
 //! group projects higher.
 
 use mlx_rs::{Array, Dtype};
@@ -100,7 +100,7 @@ pub fn compute(method: Method, positive: &Array, negative: &Array) -> Result<Vec
             let along = dot(&u, &diff);
             u.iter().map(|x| x * along).collect()
         }
-        Method::Probe => logistic_weights(np, nn, d, &p, &q),
+        Method::Probe => crate::probes::binary_weights(d, &p, &q)?,
     };
     Ok(v.into_iter().map(|x| x as f32).collect())
 }
@@ -132,46 +132,6 @@ fn top_component(n: usize, d: usize, x: &[f64]) -> Result<Vec<f64>> {
         ));
     }
     Ok(v.iter().map(|x| x / norm).collect())
-}
-
-/// L2-regularised logistic regression (C = 1) by gradient descent, on features centred and
-/// divided by one common scale (per-feature standardising would blow up the weights of
-/// features that barely vary when there are few examples); returns the weights in the
-/// original units.
-fn logistic_weights(np: usize, nn: usize, d: usize, p: &[f64], q: &[f64]) -> Vec<f64> {
-    let n = np + nn;
-    let x: Vec<f64> = p.iter().chain(q).copied().collect();
-    let y: Vec<f64> = (0..n).map(|i| if i < np { 1.0 } else { 0.0 }).collect();
-    let mean = mean_rows(n, d, &x);
-    let var: f64 = (0..n * d)
-        .map(|i| (x[i] - mean[i % d]).powi(2))
-        .sum::<f64>()
-        / (n * d) as f64;
-    let scale = var.sqrt().max(1e-12);
-    let z: Vec<f64> = (0..n * d).map(|i| (x[i] - mean[i % d]) / scale).collect();
-    let (mut w, mut b) = (vec![0.0; d], 0.0);
-    let lambda = 1.0 / n as f64;
-    // A step size the gradient's Lipschitz constant (at most max |z_i|^2 / 4 + lambda) allows.
-    let max_sq = (0..n)
-        .map(|r| z[r * d..(r + 1) * d].iter().map(|v| v * v).sum::<f64>())
-        .fold(0.0, f64::max);
-    let lr = 1.0 / (0.25 * max_sq + lambda);
-    for _ in 0..300 {
-        let mut gw: Vec<f64> = w.iter().map(|wj| lambda * wj).collect();
-        let mut gb = 0.0;
-        for r in 0..n {
-            let row = &z[r * d..(r + 1) * d];
-            let s = 1.0 / (1.0 + (-(dot(row, &w) + b)).exp());
-            let e = (s - y[r]) / n as f64;
-            gb += e;
-            for (g, xj) in gw.iter_mut().zip(row) {
-                *g += e * xj;
-            }
-        }
-        w.iter_mut().zip(&gw).for_each(|(wj, g)| *wj -= lr * g);
-        b -= lr * gb;
-    }
-    w.iter().map(|wj| wj / scale).collect()
 }
 
 /// The L2 norm of a vector.

@@ -34,7 +34,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// A script value as JSON: numbers, strings, booleans, arrays, maps, `()` as null, a Tensor as
-/// nested arrays. Non-finite floats become null (JSON has no NaN).
+/// nested arrays, a Probe or Direction as a map of its results and metadata. Non-finite floats become null (JSON has no NaN).
 pub fn to_json(value: &Dynamic) -> Result<Value> {
     to_json_at(value, 0)
 }
@@ -80,6 +80,12 @@ fn to_json_at(value: &Dynamic, depth: usize) -> Result<Value> {
     if let Some(t) = value.read_lock::<Tensor>() {
         let values = t.to_f32_vec()?;
         return Ok(nested_json(&values, t.shape()));
+    }
+    if let Some(p) = value.read_lock::<super::probe::Probe>() {
+        return to_json_at(&Dynamic::from_map(p.to_map()), depth + 1);
+    }
+    if let Some(d) = value.read_lock::<super::steer::Direction>() {
+        return to_json_at(&Dynamic::from_map(d.to_map()), depth + 1);
     }
     Err(Error::Invalid(format!(
         "save_json: cannot write a {} as JSON",

@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod model;
 pub mod modules;
 pub mod options;
+pub mod probe;
 pub mod report;
 pub mod stats;
 pub mod steer;
@@ -228,6 +229,7 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
     hooks::register(&mut engine);
     capture::register(&mut engine);
     steer::register(&mut engine);
+    probe::register(&mut engine);
     analysis::register(&mut engine);
     engine
 }

@@ -52,6 +52,20 @@ impl Direction {
         )
     }
 
+    /// Metadata and vector as a script map (what `save_json` writes).
+    pub fn to_map(&self) -> Map {
+        let mut m = Map::new();
+        m.insert("method".into(), self.method.clone().into());
+        m.insert("layer".into(), (self.layer as INT).into());
+        m.insert("point".into(), self.point.clone().into());
+        m.insert("n".into(), (self.n as INT).into());
+        m.insert("model".into(), self.model.clone().into());
+        m.insert("arch".into(), self.arch.clone().into());
+        m.insert("norm".into(), (self.norm as FLOAT).into());
+        m.insert("vector".into(), Dynamic::from(Tensor::new(self.vector.clone())));
+        m
+    }
+
     /// The hook point at `layer`.
     pub fn hook_at(&self, layer: usize, n_layers: usize) -> Result<HookName> {
         HookName::parse(&format!("blocks.{layer}.{}", self.point), n_layers)
