@@ -228,8 +228,12 @@ pub struct Scaler {
 
 impl Scaler {
     pub fn fit(x: ArrayView2<f64>) -> Scaler {
-        let mean = x.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(x.ncols()));
-        let scale = x.std_axis(Axis(0), 0.0).mapv(|s| if s > 1e-12 { s } else { 1.0 });
+        let mean = x
+            .mean_axis(Axis(0))
+            .unwrap_or_else(|| Array1::zeros(x.ncols()));
+        let scale = x
+            .std_axis(Axis(0), 0.0)
+            .mapv(|s| if s > 1e-12 { s } else { 1.0 });
         Scaler { mean, scale }
     }
 
@@ -254,6 +258,12 @@ pub enum Weights {
 pub struct Fitted {
     pub scaler: Scaler,
     pub weights: Weights,
+}
+
+/// Convergence threshold on the gradient of the summed loss: 1e-5 per example, which puts the
+/// mean-loss gradient below 1e-5 (scikit-learn's lbfgs stops at 1e-4 by default).
+fn tolerance(n: usize) -> f64 {
+    1e-5 * n.max(1) as f64
 }
 
 fn lin_err(e: impl std::fmt::Display) -> Error {
@@ -281,7 +291,7 @@ impl Fitted {
                 let ds = Dataset::new(z, Array1::from(y.clone()));
                 let m = LogisticRegression::default()
                     .alpha(1.0 / c)
-                    .gradient_tolerance(1e-6)
+                    .gradient_tolerance(tolerance(x.nrows()))
                     .max_iterations(max_iterations)
                     .fit(&ds)
                     .map_err(lin_err)?;
@@ -296,7 +306,7 @@ impl Fitted {
                 let ds = Dataset::new(z, Array1::from(y.clone()));
                 let m = MultiLogisticRegression::default()
                     .alpha(1.0 / c)
-                    .gradient_tolerance(1e-6)
+                    .gradient_tolerance(tolerance(x.nrows()))
                     .max_iterations(max_iterations)
                     .fit(&ds)
                     .map_err(lin_err)?;
@@ -415,7 +425,9 @@ fn ridge(z: &Array2<f64>, y: &[f64], lambda: f64) -> Result<(Array1<f64>, f64)> 
         for i in 0..d {
             k[(i, i)] += lambda;
         }
-        k.cholesky().ok_or_else(singular)?.solve(&(x.transpose() * yc))
+        k.cholesky()
+            .ok_or_else(singular)?
+            .solve(&(x.transpose() * yc))
     };
     let w = Array1::from_iter(w.iter().copied());
     let b = ybar - zm.dot(&w);
@@ -539,8 +551,7 @@ pub fn evaluate(
     let fitted = Fitted::fit(x, target, c, s.max_iterations)?;
     let mean = scores.iter().sum::<f64>() / scores.len() as f64;
     let std = if scores.len() > 1 {
-        (scores.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (scores.len() - 1) as f64)
-            .sqrt()
+        (scores.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (scores.len() - 1) as f64).sqrt()
     } else {
         0.0
     };
@@ -673,9 +684,16 @@ mod tests {
             vec![0.0, 1.0, 1.0, 0.0, 2.0, 1.0, 3.0, 3.0, -1.0, 2.0],
         )
         .unwrap();
-        let y: Vec<f64> = x.rows().into_iter().map(|r| 2.0 * r[0] - r[1] + 3.0).collect();
+        let y: Vec<f64> = x
+            .rows()
+            .into_iter()
+            .map(|r| 2.0 * r[0] - r[1] + 3.0)
+            .collect();
         let (w, b) = ridge(&x, &y, 1e-9).unwrap();
-        assert!((w[0] - 2.0).abs() < 1e-6 && (w[1] + 1.0).abs() < 1e-6, "{w}");
+        assert!(
+            (w[0] - 2.0).abs() < 1e-6 && (w[1] + 1.0).abs() < 1e-6,
+            "{w}"
+        );
         assert!((b - 3.0).abs() < 1e-6, "{b}");
         // Wide case (n < d) goes through the dual system.
         let xw = x.t().to_owned(); // [2, 5]
@@ -691,7 +709,10 @@ mod tests {
         assert!(e.contains("at least two classes"), "{e}");
         let few = classes(&[0, 0, 0, 1, 1], 2);
         let e = few.check(3, "probe").unwrap_err().to_string();
-        assert!(e.contains("\"c1\" has 2 examples, fewer than the 3 folds"), "{e}");
+        assert!(
+            e.contains("\"c1\" has 2 examples, fewer than the 3 folds"),
+            "{e}"
+        );
         let x = Array2::zeros((4, 2));
         let e = Fitted::fit(x.view(), &classes(&[0, 1, 0, 1], 2), 0.0, 10)
             .unwrap_err()

@@ -409,7 +409,9 @@ fn directions_and_steering() {
     let b = |k: &str| m[k].as_bool().unwrap();
     assert!((f("d_norm") - 1.0).abs() < 1e-5);
     assert!(f("cos_pca") > 0.7, "{}", f("cos_pca"));
-    assert!(f("cos_probe") > 0.5, "{}", f("cos_probe"));
+    // Per-feature standardisation (undone in the direction) tilts the probe away from the
+    // mean difference on 8 examples; random directions in 576 dimensions sit near 0 ± 0.05.
+    assert!(f("cos_probe") > 0.3, "{}", f("cos_probe"));
     assert!((f("cos_cache") - 1.0).abs() < 1e-4);
     assert!(f("cos_random").abs() < 0.3);
     assert!((f("random_norm") - 1.0).abs() < 1e-4);

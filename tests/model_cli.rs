@@ -8,21 +8,6 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
-/// A scratch MLXI_HOME that sees the real models folder (where ./setup put the default model).
-fn home_with_models() -> tempfile::TempDir {
-    let home = scratch();
-    let real = std::env::var_os("MLXI_HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap()).join(".cache/mlxi"));
-    let models = real.join("models");
-    assert!(
-        models.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file(),
-        "the default model is missing: run ./setup"
-    );
-    std::os::unix::fs::symlink(&models, home.path().join("models")).unwrap();
-    home
-}
-
 fn eval(home: &Path, code: &str) -> Run {
     mlxi(home).args(["-e", code]).output().unwrap().into()
 }

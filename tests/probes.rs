@@ -7,7 +7,10 @@ use ndarray::Array2;
 use serde_json::Value;
 
 fn golden() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/probe/golden.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/probe/golden.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).expect("golden.json")).expect("json")
 }
 
@@ -58,7 +61,12 @@ fn check(name: &str) {
         ..Settings::default()
     };
     let r = evaluate(x.view(), &target, &folds, &settings).expect("evaluate");
-    close(&format!("{name} fold scores"), &r.scores, &floats(&g["fold_scores"]), 1e-9);
+    close(
+        &format!("{name} fold scores"),
+        &r.scores,
+        &floats(&g["fold_scores"]),
+        1e-9,
+    );
     let coef: Vec<Vec<f64>> = g["coef_input_units"]
         .as_array()
         .unwrap()
@@ -67,7 +75,11 @@ fn check(name: &str) {
         .collect();
     for (class, want) in coef.iter().enumerate() {
         // Binary and ridge: one row (the positive class); multinomial: one per class.
-        let c = if coef.len() == 1 && kind == "logistic" { 1 } else { class };
+        let c = if coef.len() == 1 && kind == "logistic" {
+            1
+        } else {
+            class
+        };
         close(
             &format!("{name} coefficients of class {class}"),
             &r.fitted.input_weights(c),
@@ -133,7 +145,9 @@ fn a_c_sweep_prefers_strong_regularisation_on_noise() {
     let n = 80;
     let mut s = 7u64;
     let mut r = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5
     };
     let y: Vec<usize> = (0..n).map(|i| i % 2).collect();
@@ -152,7 +166,10 @@ fn a_c_sweep_prefers_strong_regularisation_on_noise() {
     let folds = stratified_folds(&y, 2, 5, 0);
     let res = evaluate(x.view(), &target, &folds, &settings).unwrap();
     assert!(grid.contains(&res.c), "{}", res.c);
-    assert!(res.c < 100.0, "chose the weakest regularisation on noisy data");
+    assert!(
+        res.c < 100.0,
+        "chose the weakest regularisation on noisy data"
+    );
     assert!(res.fold_c.iter().all(|c| grid.contains(c)));
     assert!(res.mean > 0.6, "accuracy {}", res.mean);
     // Same seed, same result.

@@ -19,7 +19,7 @@ use crate::capture::{capture, hash_ids, Captured, Positions};
 use crate::directions::norm;
 use crate::hooks::HookName;
 use crate::model::Model;
-use crate::probes::{evaluate_layers, LayerResult, Settings, Target};
+use crate::probes::{evaluate_layers, folds_for, LayerResult, Settings, Target};
 use crate::{Error, Result};
 
 /// Probes trained at several layers of one model on the same examples.
@@ -137,7 +137,12 @@ impl Probe {
             } else {
                 format!(
                     "chosen from [{}] by {}-fold inner cross-validation",
-                    self.settings.cs.iter().map(|&c| fmt_c(c)).collect::<Vec<_>>().join(", "),
+                    self.settings
+                        .cs
+                        .iter()
+                        .map(|&c| fmt_c(c))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     self.settings.inner_folds
                 )
             }
@@ -146,7 +151,11 @@ impl Probe {
         let metric = t.metric();
         out.push_str(&format!(
             "{metric} by layer (chance {chance:.3}{}):\n",
-            if t.is_regression() { ", R² of the mean" } else { ", the majority class" }
+            if t.is_regression() {
+                ", R² of the mean"
+            } else {
+                ", the majority class"
+            }
         ));
         let best = self.best();
         let lo = if t.is_regression() {
@@ -178,7 +187,11 @@ impl Probe {
     pub fn to_map(&self) -> Map {
         let mut m = Map::new();
         let floats = |xs: Vec<f64>| -> Dynamic {
-            Dynamic::from_array(xs.into_iter().map(|x| Dynamic::from_float(x as FLOAT)).collect())
+            Dynamic::from_array(
+                xs.into_iter()
+                    .map(|x| Dynamic::from_float(x as FLOAT))
+                    .collect(),
+            )
         };
         m.insert("kind".into(), self.kind().into());
         m.insert("model".into(), self.model_name.clone().into());
@@ -200,28 +213,59 @@ impl Probe {
         m.insert("folds".into(), (self.settings.folds as INT).into());
         m.insert("seed".into(), (self.settings.seed as INT).into());
         m.insert("c_grid".into(), floats(self.settings.cs.clone()));
-        m.insert("inner_folds".into(), (self.settings.inner_folds as INT).into());
+        m.insert(
+            "inner_folds".into(),
+            (self.settings.inner_folds as INT).into(),
+        );
         m.insert(
             "layers".into(),
             Dynamic::from_array(self.layers.iter().map(|&l| (l as INT).into()).collect()),
         );
-        m.insert("score".into(), floats(self.results.iter().map(|r| r.mean).collect()));
-        m.insert("std".into(), floats(self.results.iter().map(|r| r.std).collect()));
-        m.insert("c".into(), floats(self.results.iter().map(|r| r.c).collect()));
+        m.insert(
+            "score".into(),
+            floats(self.results.iter().map(|r| r.mean).collect()),
+        );
+        m.insert(
+            "std".into(),
+            floats(self.results.iter().map(|r| r.std).collect()),
+        );
+        m.insert(
+            "c".into(),
+            floats(self.results.iter().map(|r| r.c).collect()),
+        );
         m.insert(
             "fold_scores".into(),
-            Dynamic::from_array(self.results.iter().map(|r| floats(r.scores.clone())).collect()),
+            Dynamic::from_array(
+                self.results
+                    .iter()
+                    .map(|r| floats(r.scores.clone()))
+                    .collect(),
+            ),
         );
         m.insert(
             "fold_c".into(),
-            Dynamic::from_array(self.results.iter().map(|r| floats(r.fold_c.clone())).collect()),
+            Dynamic::from_array(
+                self.results
+                    .iter()
+                    .map(|r| floats(r.fold_c.clone()))
+                    .collect(),
+            ),
         );
         let b = self.best();
         m.insert("best_layer".into(), (self.layers[b] as INT).into());
         m.insert("best_score".into(), (self.results[b].mean as FLOAT).into());
-        m.insert("capture_seconds".into(), (self.capture_seconds as FLOAT).into());
-        m.insert("train_seconds".into(), (self.train_seconds as FLOAT).into());
+        m.insert("fold_of".into(), self.fold_of().into());
+        // Timings stay out, so that the same inputs and seed give byte-identical JSON; they
+        // are p.capture_seconds and p.train_seconds.
         m
+    }
+
+    /// The outer fold of each example.
+    pub fn fold_of(&self) -> RhaiArray {
+        folds_for(&self.target, self.settings.folds, self.settings.seed)
+            .into_iter()
+            .map(|f| (f as INT).into())
+            .collect()
     }
 
     fn n_per_class(&self) -> Map {
@@ -275,7 +319,11 @@ impl Probe {
         names.iter().position(|n| *n == name).ok_or_else(|| {
             Error::Invalid(format!(
                 "this probe has no class {name:?}; its classes are {}",
-                names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+                names
+                    .iter()
+                    .map(|n| format!("{n:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })
     }
@@ -294,7 +342,11 @@ fn layer_list(layers: &[usize]) -> String {
     if layers.len() > 1 && layers.windows(2).all(|w| w[1] == w[0] + 1) {
         format!("{}..={}", layers[0], layers[layers.len() - 1])
     } else {
-        layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")
+        layers
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -384,7 +436,11 @@ fn target_of(labels: &RhaiArray, kind: &str, names: Option<RhaiArray>) -> Result
     let distinct: Vec<INT> = if bools {
         vec![0, 1]
     } else {
-        keys.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
+        keys.iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     };
     let mut class_names: Vec<String> = if bools {
         vec!["false".into(), "true".into()]
@@ -444,7 +500,9 @@ fn parse_layers(o: &Options, n_layers: usize) -> Result<Vec<usize>> {
             .map(|x| x.as_int().map_err(|_| ()))
             .collect::<std::result::Result<_, _>>()
             .map_err(|_| {
-                Error::Invalid("probe: layers must be \"all\", an integer or an array of them".into())
+                Error::Invalid(
+                    "probe: layers must be \"all\", an integer or an array of them".into(),
+                )
             })?
     } else {
         return Err(Error::Invalid(format!(
@@ -485,7 +543,9 @@ fn parse_cs(o: &Options) -> Result<Vec<f64>> {
         return a
             .iter()
             .map(|x| {
-                one(x).map_err(|_| Error::Invalid("probe: c must be a number or an array of numbers".into()))
+                one(x).map_err(|_| {
+                    Error::Invalid("probe: c must be a number or an array of numbers".into())
+                })
             })
             .collect();
     }
@@ -510,7 +570,9 @@ fn train(
 ) -> Result<Probe> {
     let n_layers = m.n_layers();
     let layers = parse_layers(o, n_layers)?;
-    let point = o.string("point")?.unwrap_or_else(|| "hook_resid_post".into());
+    let point = o
+        .string("point")?
+        .unwrap_or_else(|| "hook_resid_post".into());
     let point = point
         .strip_prefix("blocks.*.")
         .map(str::to_string)
@@ -593,17 +655,18 @@ fn train(
     let capture_seconds = t0.elapsed().as_secs_f64();
     let d = xs.first().map_or(0, |x| x.ncols());
     let t1 = Instant::now();
-    let bar = (progress && layers.len() > 1 && std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .then(|| {
-            let bar = indicatif::ProgressBar::new(layers.len() as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "probe {bar:30} {pos}/{len} layers [{elapsed} < {eta}]",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar
-        });
+    let bar =
+        (progress && layers.len() > 1 && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .then(|| {
+                let bar = indicatif::ProgressBar::new(layers.len() as u64);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "probe {bar:30} {pos}/{len} layers [{elapsed} < {eta}]",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                bar
+            });
     let done = || {
         if let Some(b) = &bar {
             b.inc(1);
@@ -644,14 +707,21 @@ fn probe_pair(handle: &ModelHandle, pos: &Dynamic, neg: &Dynamic, opts: &Map) ->
     let p = rows_of(&m, pos, "probe")?;
     let q = rows_of(&m, neg, "probe")?;
     let target = Target::Classes {
-        y: (0..p.len() + q.len()).map(|i| usize::from(i < p.len())).collect(),
+        y: (0..p.len() + q.len())
+            .map(|i| usize::from(i < p.len()))
+            .collect(),
         names: vec!["negative".into(), "positive".into()],
     };
     let rows = p.into_iter().chain(q).collect();
     train(handle, &mut m, Examples::Texts(rows), target, &o)
 }
 
-fn probe_labels(handle: &ModelHandle, inputs: &Dynamic, labels: &RhaiArray, opts: &Map) -> Result<Probe> {
+fn probe_labels(
+    handle: &ModelHandle,
+    inputs: &Dynamic,
+    labels: &RhaiArray,
+    opts: &Map,
+) -> Result<Probe> {
     let o = Options::parse("probe", opts, PROBE_KEYS)?;
     let kind = o.choice("kind", &["auto", "classify", "regress"], "auto")?;
     let target = target_of(labels, &kind, o.array("classes")?)?;
@@ -666,9 +736,8 @@ fn probe_labels(handle: &ModelHandle, inputs: &Dynamic, labels: &RhaiArray, opts
 
 /// Is `v` an array of texts or id arrays (the negative examples), rather than labels?
 fn is_inputs(v: &Dynamic) -> bool {
-    v.read_lock::<RhaiArray>().is_some_and(|a| {
-        !a.is_empty() && a.iter().all(|x| x.is_string() || x.is_array())
-    })
+    v.read_lock::<RhaiArray>()
+        .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x.is_string() || x.is_array()))
 }
 
 fn probe_any(handle: &ModelHandle, a: &Dynamic, b: &Dynamic, opts: &Map) -> Result<Probe> {
@@ -691,7 +760,10 @@ fn predict_impl(p: &Probe, inputs: &Dynamic, layer: Option<INT>) -> Result<Dynam
         Some(l) => p.index_of(l, m.n_layers())?,
         None => p.best(),
     };
-    let single = inputs.is_string() || inputs.read_lock::<RhaiArray>().is_some_and(|a| a.iter().all(|x| x.is_int()));
+    let single = inputs.is_string()
+        || inputs
+            .read_lock::<RhaiArray>()
+            .is_some_and(|a| a.iter().all(|x| x.is_int()));
     let rows = rows_of(&m, inputs, "predict")?;
     let hook = HookName::parse(&format!("blocks.{}.{}", p.layers[i], p.point), m.n_layers())?;
     let c = capture(&mut m, &rows, &[hook], p.positions, 32, false)?;
@@ -711,7 +783,9 @@ fn predict_impl(p: &Probe, inputs: &Dynamic, layer: Option<INT>) -> Result<Dynam
     let row = |r: usize| -> Dynamic {
         match &p.target {
             Target::Values(_) => Dynamic::from_float(pred[(r, 0)] as FLOAT),
-            Target::Classes { .. } if names.len() == 2 => Dynamic::from_float(pred[(r, 1)] as FLOAT),
+            Target::Classes { .. } if names.len() == 2 => {
+                Dynamic::from_float(pred[(r, 1)] as FLOAT)
+            }
             Target::Classes { .. } => {
                 let mut m = Map::new();
                 for (k, n) in names.iter().enumerate() {
@@ -764,7 +838,12 @@ mod probe_functions {
     ///
     /// Example: `let p = probe(m, happy, sad); print(report(p));`
     #[rhai_fn(name = "probe", return_raw)]
-    pub fn probe(ctx: NativeCallContext, m: &mut Model, a: Dynamic, b: Dynamic) -> RhaiResult<Probe> {
+    pub fn probe(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        a: Dynamic,
+        b: Dynamic,
+    ) -> RhaiResult<Probe> {
         Ok(with_call(&ctx, || probe_any(m, &a, &b, &Map::new()))?)
     }
 
@@ -891,6 +970,13 @@ mod probe_functions {
         p.model_name.clone()
     }
 
+    /// The outer cross-validation fold of each example (in input order: positives, then
+    /// negatives).
+    #[rhai_fn(get = "fold_of", pure)]
+    pub fn fold_of(p: &mut Probe) -> RhaiArray {
+        p.fold_of()
+    }
+
     /// Seconds spent capturing activations.
     #[rhai_fn(get = "capture_seconds", pure)]
     pub fn capture_seconds(p: &mut Probe) -> FLOAT {
@@ -924,7 +1010,11 @@ mod probe_functions {
     ///
     /// Example: `direction(p, 12, "sports")`
     #[rhai_fn(name = "direction", return_raw)]
-    pub fn direction_class(p: &mut Probe, layer: INT, class: Dynamic) -> RhaiResult<super::Direction> {
+    pub fn direction_class(
+        p: &mut Probe,
+        layer: INT,
+        class: Dynamic,
+    ) -> RhaiResult<super::Direction> {
         let n = p.model.get().map(|m| m.n_layers()).unwrap_or(usize::MAX);
         let i = p.index_of(layer, n)?;
         let k = p.class_index(&class)?;
@@ -939,7 +1029,9 @@ mod probe_functions {
         if matches!(p.kind(), "multinomial") {
             return Err("a multi-class probe has one direction per class and layer".into());
         }
-        Ok((0..p.layers.len()).map(|i| Dynamic::from(p.direction_at(i, 1))).collect())
+        Ok((0..p.layers.len())
+            .map(|i| Dynamic::from(p.direction_at(i, 1)))
+            .collect())
     }
 
     /// The probability of the positive class for a text (an array of texts gives an array),
@@ -974,7 +1066,7 @@ mod probe_functions {
         p.report()
     }
 
-    /// Everything but the weights as a map (what `save_json(p, path)` writes).
+    /// Everything but the weights and timings as a map (what `save_json(p, path)` writes).
     #[rhai_fn(name = "to_map", pure)]
     pub fn to_map(p: &mut Probe) -> Map {
         p.to_map()

@@ -221,6 +221,51 @@ fn bootstrap_verb(xs: &Array, opts: &Map) -> Result<Map> {
     m.insert("lo".into(), Dynamic::from_float(lo));
     m.insert("hi".into(), Dynamic::from_float(hi));
     m.insert("mean".into(), Dynamic::from_float(mean(&xs)));
+    m.insert("level".into(), Dynamic::from_float(level));
+    m.insert("n".into(), Dynamic::from_int(xs.len() as INT));
+    m.insert("resamples".into(), Dynamic::from_int(n));
+    m.insert("seed".into(), Dynamic::from_int(seed));
+    Ok(m)
+}
+
+fn binomial_map(k: INT, n: INT, p: FLOAT) -> Result<Map> {
+    let p_value = binomial_verb(k, n, p)?;
+    let mut m = Map::new();
+    m.insert("p_value".into(), Dynamic::from_float(p_value));
+    m.insert("k".into(), Dynamic::from_int(k));
+    m.insert("n".into(), Dynamic::from_int(n));
+    m.insert("p".into(), Dynamic::from_float(p));
+    m.insert(
+        "rate".into(),
+        Dynamic::from_float(if n > 0 { k as FLOAT / n as FLOAT } else { 0.0 }),
+    );
+    m.insert("test".into(), "exact two-sided binomial".into());
+    Ok(m)
+}
+
+fn permutation_map(a: &Array, b: &Array, opts: &Map) -> Result<Map> {
+    let p_value = permutation_verb(a, b, opts)?;
+    let o = Options::parse("stats::permutation", opts, &["n", "seed"])?;
+    let (xa, xb) = (
+        numbers(a, "stats::permutation")?,
+        numbers(b, "stats::permutation")?,
+    );
+    let mut m = Map::new();
+    m.insert("p_value".into(), Dynamic::from_float(p_value));
+    m.insert("n_a".into(), Dynamic::from_int(xa.len() as INT));
+    m.insert("n_b".into(), Dynamic::from_int(xb.len() as INT));
+    m.insert("mean_a".into(), Dynamic::from_float(mean(&xa)));
+    m.insert("mean_b".into(), Dynamic::from_float(mean(&xb)));
+    m.insert(
+        "difference".into(),
+        Dynamic::from_float(mean(&xa) - mean(&xb)),
+    );
+    m.insert("resamples".into(), Dynamic::from_int(o.int("n", 10_000)?));
+    m.insert("seed".into(), Dynamic::from_int(o.int("seed", 0)?));
+    m.insert(
+        "test".into(),
+        "two-sided permutation, difference in means".into(),
+    );
     Ok(m)
 }
 
@@ -276,7 +321,8 @@ mod stats_functions {
         located(&ctx, nonempty(&xs, "stats::std", 2).map(|v| sample_std(&v)))
     }
 
-    /// Percentile-bootstrap confidence interval of the mean: `#{lo, hi, mean}`.
+    /// Percentile-bootstrap confidence interval of the mean: `#{lo, hi, mean}`, plus the
+    /// inputs that reproduce it (`level, n, resamples, seed`).
     /// Options: `n` (resamples, 1000), `level` (0.95), `seed` (0).
     ///
     /// Example: `stats::bootstrap_ci(accuracies, #{n: 5000, level: 0.99, seed: 1})`
@@ -330,9 +376,45 @@ mod stats_functions {
     }
 }
 
+#[export_module]
+mod stats_records {
+    use super::*;
+
+    /// `binomial_test` with its inputs, for results files: `#{p_value, k, n, p, rate, test}`.
+    ///
+    /// Example: `stats::binomial(14, 20, 0.5).p_value  // 0.115`
+    #[rhai_fn(name = "binomial", return_raw)]
+    pub fn binomial(ctx: NativeCallContext, k: INT, n: INT, p: FLOAT) -> RhaiResult<Map> {
+        located(&ctx, binomial_map(k, n, p))
+    }
+
+    /// `permutation_test` with its inputs: `#{p_value, n_a, n_b, mean_a, mean_b, difference,
+    /// resamples, seed, test}`. Options as for `permutation_test`.
+    ///
+    /// Example: `stats::permutation(steered, baseline, #{seed: 1}).p_value`
+    #[rhai_fn(name = "permutation", return_raw)]
+    pub fn permutation_opts(
+        ctx: NativeCallContext,
+        a: Array,
+        b: Array,
+        opts: Map,
+    ) -> RhaiResult<Map> {
+        located(&ctx, permutation_map(&a, &b, &opts))
+    }
+
+    /// `permutation` with 10000 resamples, seed 0.
+    ///
+    /// Example: `stats::permutation([5.1, 4.9, 5.6], [4.2, 4.4, 4.0])`
+    #[rhai_fn(name = "permutation", return_raw)]
+    pub fn permutation(ctx: NativeCallContext, a: Array, b: Array) -> RhaiResult<Map> {
+        located(&ctx, permutation_map(&a, &b, &Map::new()))
+    }
+}
+
 /// Registers the `stats` module (`stats::mean(xs)`).
 pub fn register(engine: &mut Engine) {
     let mut module = exported_module!(stats_functions);
+    module.combine_flatten(exported_module!(stats_records));
     module.set_doc("//! Statistics for experiments: means, intervals, tests.");
     engine.register_static_module("stats", module.into());
 }

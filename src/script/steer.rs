@@ -62,7 +62,10 @@ impl Direction {
         m.insert("model".into(), self.model.clone().into());
         m.insert("arch".into(), self.arch.clone().into());
         m.insert("norm".into(), (self.norm as FLOAT).into());
-        m.insert("vector".into(), Dynamic::from(Tensor::new(self.vector.clone())));
+        m.insert(
+            "vector".into(),
+            Dynamic::from(Tensor::new(self.vector.clone())),
+        );
         m
     }
 
@@ -183,6 +186,158 @@ fn direction_impl(m: &mut Model, pos: &Dynamic, neg: &Dynamic, opts: &Map) -> Re
         arch: m.info.arch.clone(),
         norm: raw,
     })
+}
+
+const DIRECTIONS_KEYS: &[&str] = &[
+    "layers",
+    "point",
+    "method",
+    "normalize",
+    "positions",
+    "batch_size",
+];
+
+/// One Direction per layer from a single capture of the texts.
+fn directions_impl(
+    m: &mut Model,
+    pos: &Dynamic,
+    neg: &Dynamic,
+    opts: &Map,
+) -> Result<Vec<Direction>> {
+    let o = Options::parse("directions", opts, DIRECTIONS_KEYS)?;
+    let n_layers = m.n_layers();
+    let layers: Vec<usize> = match o.get("layers") {
+        None => (0..n_layers).collect(),
+        Some(v) if v.clone().into_immutable_string().is_ok_and(|s| s == "all") => {
+            (0..n_layers).collect()
+        }
+        Some(_) => o
+            .array("layers")?
+            .unwrap_or_default()
+            .iter()
+            .map(|x| {
+                let l = x.as_int().map_err(|_| {
+                    Error::Invalid(
+                        "directions: layers must be \"all\" or an array of integers".into(),
+                    )
+                })?;
+                let i = if l < 0 { l + n_layers as INT } else { l };
+                if (0..n_layers as INT).contains(&i) {
+                    Ok(i as usize)
+                } else {
+                    Err(Error::Invalid(format!(
+                        "directions: layer {l} is out of range for a model with {n_layers} layers"
+                    )))
+                }
+            })
+            .collect::<Result<_>>()?,
+    };
+    if layers.is_empty() {
+        return Err(Error::Invalid("directions: layers is empty".into()));
+    }
+    let point = o
+        .string("point")?
+        .unwrap_or_else(|| "hook_resid_post".into());
+    let method = Method::parse(&o.choice("method", &Method::NAMES, "mean_diff")?)?;
+    let positions = super::capture::parse_positions(&o, "directions")?;
+    if positions == Positions::All {
+        return Err(Error::Invalid(
+            "directions: positions must be \"last\", \"mean\" or an index".into(),
+        ));
+    }
+    let batch_size = o.int("batch_size", 32)?.max(1) as usize;
+    let normalize = o.bool("normalize", true)?;
+    let hooks = layers
+        .iter()
+        .map(|l| HookName::parse(&format!("blocks.{l}.{point}"), n_layers))
+        .collect::<Result<Vec<_>>>()?;
+    let p_rows = rows_of(m, pos, "directions")?;
+    let q_rows = rows_of(m, neg, "directions")?;
+    let rows: Vec<Vec<u32>> = p_rows.iter().chain(&q_rows).cloned().collect();
+    let c = capture(m, &rows, &hooks, positions, batch_size, true)?;
+    let np = p_rows.len() as i32;
+    let n = rows.len() as i32;
+    hooks
+        .iter()
+        .zip(&layers)
+        .map(|(h, &layer)| {
+            let a = match c.entries.get(h) {
+                Some(Captured::Stacked(a)) => a.reshape(&[n, -1])?,
+                _ => return Err(Error::Invalid(format!("directions: {h} was not captured"))),
+            };
+            let idx = |r: std::ops::Range<i32>| {
+                let v: Vec<i32> = r.collect();
+                Array::from_slice(&v, &[v.len() as i32])
+            };
+            let p = a.take_axis(idx(0..np), 0)?;
+            let q = a.take_axis(idx(np..n), 0)?;
+            let v = compute(method, &p, &q)?;
+            let raw = norm(&v) as f64;
+            let v = if normalize && raw > 0.0 {
+                v.iter().map(|x| x / raw as f32).collect()
+            } else {
+                v
+            };
+            Ok(Direction {
+                vector: Array::from_slice(&v, &[v.len() as i32]),
+                layer,
+                point: point.clone(),
+                method: method.name().into(),
+                n: n as usize,
+                model: m.info.name.clone(),
+                arch: m.info.arch.clone(),
+                norm: raw,
+            })
+        })
+        .collect()
+}
+
+/// Pairwise cosine similarities of Directions or Tensors (flattened).
+fn cosine_matrix_impl(items: &RhaiArray) -> Result<RhaiArray> {
+    let vecs = items
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            if let Some(d) = x.read_lock::<Direction>() {
+                Tensor::new(d.vector.clone()).to_f32_vec()
+            } else if let Some(t) = x.read_lock::<Tensor>() {
+                t.to_f32_vec()
+            } else {
+                Err(Error::Invalid(format!(
+                    "cosine_matrix: element [{i}] is a {}, not a Direction or Tensor",
+                    super::display::type_name(x)
+                )))
+            }
+        })
+        .collect::<Result<Vec<Vec<f32>>>>()?;
+    if let Some(v) = vecs.iter().find(|v| v.len() != vecs[0].len()) {
+        return Err(Error::Invalid(format!(
+            "cosine_matrix: vectors have different lengths ({} and {})",
+            vecs[0].len(),
+            v.len()
+        )));
+    }
+    let norms: Vec<f64> = vecs.iter().map(|v| norm(v) as f64).collect();
+    Ok((0..vecs.len())
+        .map(|i| {
+            let row: RhaiArray = (0..vecs.len())
+                .map(|j| {
+                    let dot: f64 = vecs[i]
+                        .iter()
+                        .zip(&vecs[j])
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum();
+                    let c = if norms[i] > 0.0 && norms[j] > 0.0 {
+                        dot / (norms[i] * norms[j])
+                    } else {
+                        f64::NAN
+                    };
+                    Dynamic::from_float(c as FLOAT)
+                })
+                .collect();
+            Dynamic::from_array(row)
+        })
+        .collect())
 }
 
 fn random_impl(like: &Direction, seed: INT) -> Result<Direction> {
@@ -442,6 +597,51 @@ mod steer_functions {
         Ok(with_call(&ctx, || {
             direction_impl(&mut g, &positive, &negative, &Map::new())
         })?)
+    }
+
+    /// One Direction per layer from a single capture: opts as for `direction`, with `layers`
+    /// ("all", the default, or an array) instead of `layer`.
+    ///
+    /// Example: `let ds = directions(m, happy, sad, #{layers: [8, 12, 16]});`
+    #[rhai_fn(name = "directions", return_raw)]
+    pub fn directions_with(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        positive: Dynamic,
+        negative: Dynamic,
+        opts: Map,
+    ) -> RhaiResult<RhaiArray> {
+        let mut g = m.get()?;
+        let ds = with_call(&ctx, || {
+            directions_impl(&mut g, &positive, &negative, &opts)
+        })?;
+        Ok(ds.into_iter().map(Dynamic::from).collect())
+    }
+
+    /// `directions` at every layer with the default options.
+    ///
+    /// Example: `cosine_matrix(directions(m, happy, sad))`
+    #[rhai_fn(name = "directions", return_raw)]
+    pub fn directions(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        positive: Dynamic,
+        negative: Dynamic,
+    ) -> RhaiResult<RhaiArray> {
+        let mut g = m.get()?;
+        let ds = with_call(&ctx, || {
+            directions_impl(&mut g, &positive, &negative, &Map::new())
+        })?;
+        Ok(ds.into_iter().map(Dynamic::from).collect())
+    }
+
+    /// The matrix (array of rows) of cosine similarities between Directions or Tensors, e.g.
+    /// the directions of every layer, or of several methods at one layer.
+    ///
+    /// Example: `cosine_matrix([d_mean, d_pca, d_probe])`
+    #[rhai_fn(name = "cosine_matrix", return_raw)]
+    pub fn cosine_matrix(items: RhaiArray) -> RhaiResult<RhaiArray> {
+        Ok(cosine_matrix_impl(&items)?)
     }
 
     /// A random direction at the same layer and point as `like`, with the same norm (seed 0).

@@ -100,3 +100,30 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// A scratch MLXI_HOME that sees the real models folder (where ./setup put the default model).
+pub fn home_with_models() -> tempfile::TempDir {
+    let home = scratch();
+    let real = std::env::var_os("MLXI_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap()).join(".cache/mlxi"));
+    let models = real.join("models");
+    assert!(
+        models.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file(),
+        "the default model is missing: run ./setup"
+    );
+    std::os::unix::fs::symlink(&models, home.path().join("models")).unwrap();
+    home
+}
+
+/// `mlxi run ARGS...` in `dir`, with the default model available.
+pub fn run_with_models(dir: &Path, args: &[&str]) -> Run {
+    let home = home_with_models();
+    mlxi(home.path())
+        .current_dir(dir)
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("mlxi runs")
+        .into()
+}
