@@ -481,6 +481,81 @@ fn load_impl(path: &std::path::Path) -> Result<Direction> {
     })
 }
 
+fn meta_of(d: &Direction) -> Vec<(&'static str, String)> {
+    vec![
+        ("layer", d.layer.to_string()),
+        ("point", d.point.clone()),
+        ("method", d.method.clone()),
+        ("n", d.n.to_string()),
+        ("model", d.model.clone()),
+        ("arch", d.arch.clone()),
+        ("norm", d.norm.to_string()),
+    ]
+}
+
+/// A named set of Directions in one safetensors file: tensor `NAME` per direction, metadata
+/// `NAME.layer`, `NAME.point`, ... and `format` "mlxi.directions".
+fn save_library_impl(lib: &Map, path: &std::path::Path) -> Result<()> {
+    if lib.is_empty() {
+        return Err(Error::Invalid("save_library: the library is empty".into()));
+    }
+    let mut meta: HashMap<String, String> = HashMap::new();
+    meta.insert("format".into(), "mlxi.directions".into());
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for (name, v) in lib.iter() {
+        let d = v.read_lock::<Direction>().ok_or_else(|| {
+            Error::Invalid(format!(
+                "save_library: {name:?} is a {}, not a Direction",
+                super::display::type_name(v)
+            ))
+        })?;
+        if name.contains('.') {
+            return Err(Error::Invalid(format!(
+                "save_library: names cannot contain '.', got {name:?}"
+            )));
+        }
+        for (k, val) in meta_of(&d) {
+            meta.insert(format!("{name}.{k}"), val);
+        }
+        tensors.push((name.to_string(), Tensor::new(d.vector.clone())));
+    }
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_safetensors(path, &refs, Some(meta))
+}
+
+fn load_library_impl(path: &std::path::Path) -> Result<Map> {
+    let (tensors, meta) = read_safetensors(path)?;
+    let bad = |what: String| {
+        Error::Invalid(format!(
+            "{}: not a direction library saved by mlxi ({what})",
+            path.display()
+        ))
+    };
+    if meta.get("format").map(String::as_str) != Some("mlxi.directions") {
+        return Err(bad("no mlxi.directions format tag".into()));
+    }
+    let mut out = Map::new();
+    for (name, t) in tensors {
+        let field = |k: &str| {
+            meta.get(&format!("{name}.{k}"))
+                .cloned()
+                .ok_or_else(|| bad(format!("no {name}.{k}")))
+        };
+        let d = Direction {
+            vector: t.into_array().as_dtype(Dtype::Float32)?,
+            layer: field("layer")?.parse().map_err(|_| bad(format!("{name}.layer")))?,
+            point: field("point")?,
+            method: field("method")?,
+            n: field("n")?.parse().map_err(|_| bad(format!("{name}.n")))?,
+            model: field("model")?,
+            arch: field("arch").unwrap_or_default(),
+            norm: field("norm")?.parse().map_err(|_| bad(format!("{name}.norm")))?,
+        };
+        out.insert(name.into(), Dynamic::from(d));
+    }
+    Ok(out)
+}
+
 /// Directions as a llama.cpp control vector: tensors `direction.{L}` (llama.cpp adds tensor L
 /// to the output of block L, which is `blocks.{L}.hook_resid_post`; it cannot steer block 0),
 /// `general.architecture` "controlvector", `controlvector.model_hint` and
@@ -782,6 +857,25 @@ mod steer_functions {
     pub fn load_direction(ctx: NativeCallContext, path: &str) -> RhaiResult<Direction> {
         let path = context(&ctx).resolve_path(path);
         Ok(load_impl(&path)?)
+    }
+
+    /// Writes a map of named Directions (a concept library) to one safetensors file, each
+    /// with its metadata.
+    ///
+    /// Example: `save_library(#{happy: d1, formal: d2}, "concepts.safetensors")`
+    #[rhai_fn(return_raw)]
+    pub fn save_library(ctx: NativeCallContext, lib: Map, path: &str) -> RhaiResult<()> {
+        let path = context(&ctx).resolve_path(path);
+        Ok(save_library_impl(&lib, &path)?)
+    }
+
+    /// Reads a concept library written by `save_library`: a map of name to Direction.
+    ///
+    /// Example: `let lib = load_library("concepts.safetensors"); steer(m, lib.happy)`
+    #[rhai_fn(return_raw)]
+    pub fn load_library(ctx: NativeCallContext, path: &str) -> RhaiResult<Map> {
+        let path = context(&ctx).resolve_path(path);
+        Ok(load_library_impl(&path)?)
     }
 
     /// Writes one Direction as a llama.cpp control-vector GGUF (`--control-vector FILE`).
