@@ -18,7 +18,10 @@ pub mod hooks;
 pub mod model;
 pub mod modules;
 pub mod options;
+pub mod plot;
+pub mod progress;
 pub mod report;
+pub mod results;
 pub mod stats;
 pub mod steer;
 pub mod tensor;
@@ -180,11 +183,14 @@ pub fn mlxi_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".mlxi"))
 }
 
-/// Writes a line to stdout, ignoring a closed pipe (`mlxi run x.rhai | head`).
+/// Writes a line to stdout, ignoring a closed pipe (`mlxi run x.rhai | head`), above any
+/// progress bars.
 pub fn print_line(s: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{s}");
-    let _ = out.flush();
+    progress::suspend(|| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{s}");
+        let _ = out.flush();
+    });
 }
 
 /// Writes text without a newline and flushes it, for output that streams (generated tokens).
@@ -229,6 +235,9 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
     capture::register(&mut engine);
     steer::register(&mut engine);
     analysis::register(&mut engine);
+    plot::register(&mut engine);
+    progress::register(&mut engine);
+    results::register(&mut engine);
     engine
 }
 
