@@ -15,6 +15,7 @@ pub mod display;
 pub mod files;
 pub mod help;
 pub mod hooks;
+pub mod inspect;
 pub mod model;
 pub mod modules;
 pub mod options;
@@ -235,6 +236,7 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
     capture::register(&mut engine);
     steer::register(&mut engine);
     analysis::register(&mut engine);
+    inspect::register(&mut engine);
     plot::register(&mut engine);
     progress::register(&mut engine);
     results::register(&mut engine);
