@@ -639,7 +639,7 @@ pub fn heatmap_svg(h: &Heatmap) -> Result<String> {
     ch = ch.min((3600 / rows as u32).max(1));
     // Without labels, rows and columns are numbered (every k-th where cells are small).
     let numbered = |n: usize, cell: u32| {
-        let every = (14 / cell.max(1) + 1) as usize;
+        let every = (18 / cell.max(1) + 1) as usize;
         let every = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
             .into_iter()
             .find(|&k| k >= every)
@@ -676,7 +676,10 @@ pub fn heatmap_svg(h: &Heatmap) -> Result<String> {
     let bar_w = 16;
     let bar_gap = 20;
     let bar_label_w = 70;
-    let width = (left + grid_w + bar_gap + bar_w + bar_label_w + margin).max(300);
+    let title_w = clean(&h.labels.title).chars().count() as u32 * 11 + 2 * margin;
+    let width = (left + grid_w + bar_gap + bar_w + bar_label_w + margin)
+        .max(300)
+        .max(title_w);
     let height = (top + grid_h.max(120) + col_label_h + x_desc_h + margin).max(160);
     let font_size = (ch as f64 * 0.6).clamp(6.0, 13.0);
     let mut svg = String::new();
@@ -722,7 +725,7 @@ pub fn heatmap_svg(h: &Heatmap) -> Result<String> {
                     }
                 }
             }
-            let label_size = (ch as f64 * 0.7).clamp(6.0, 12.0);
+            let label_size = (ch as f64 * 0.7).clamp(8.0, 12.0);
             for (i, label) in row_labels.iter().flatten().enumerate() {
                 if label.is_empty() {
                     continue;
@@ -734,7 +737,7 @@ pub fn heatmap_svg(h: &Heatmap) -> Result<String> {
                 ))?;
             }
             let grid_bottom = top + rows as i32 * ch;
-            let col_size = (cw as f64 * 0.7).clamp(6.0, 12.0);
+            let col_size = (cw as f64 * 0.7).clamp(8.0, 12.0);
             for (j, label) in col_labels.iter().flatten().enumerate() {
                 if label.is_empty() {
                     continue;
