@@ -317,13 +317,26 @@ pub fn line_svg(c: &LineChart) -> Result<String> {
             if legend {
                 let entries = c.series.iter().filter(|s| !s.name.is_empty()).count()
                     + usize::from(c.hline.as_ref().is_some_and(|h| h.label.is_some()));
-                let points = c
-                    .series
-                    .iter()
-                    .zip(&xs)
-                    .flat_map(|(s, x)| x.iter().copied().zip(s.y.iter().copied()));
+                // The points, samples along the lines between them, and the reference line.
+                let mut points: Vec<(f64, f64)> = Vec::new();
+                for (s, x) in c.series.iter().zip(&xs) {
+                    let p: Vec<(f64, f64)> = x.iter().copied().zip(s.y.iter().copied()).collect();
+                    points.extend(&p);
+                    for w in p.windows(2) {
+                        points.extend((1..8).map(|k| {
+                            let t = k as f64 / 8.0;
+                            (
+                                w[0].0 + t * (w[1].0 - w[0].0),
+                                w[0].1 + t * (w[1].1 - w[0].1),
+                            )
+                        }));
+                    }
+                }
+                if let Some(hl) = &c.hline {
+                    points.extend((0..=40).map(|k| (x_lo + (x_hi - x_lo) * k as f64 / 40.0, hl.y)));
+                }
                 let corner = emptiest_corner(
-                    points,
+                    points.into_iter(),
                     ((x_lo, x_hi), (y_lo, y_hi)),
                     // The legend's size over the plotting area's (the figure less axes,
                     // labels and title).
