@@ -6,6 +6,9 @@ fn main() {
         std::env::var("DEP_MLX_LIBDIR").expect("the mlx-sys build script publishes DEP_MLX_LIBDIR");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
     println!("cargo:rerun-if-env-changed=DEP_MLX_LIBDIR");
+    // The recipe library is embedded with include_dir!, which cargo cannot see: rebuild when
+    // a file in stdlib/ changes.
+    println!("cargo:rerun-if-changed=stdlib");
 
     let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if target_os == "linux" {

@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod interrupt;
 pub mod interventions;
 pub mod model;
+pub mod plot;
 pub mod probes;
 pub mod repl;
 pub mod script;

@@ -1,6 +1,7 @@
 //! Models: loading from a folder, a `.gguf` file or a Hugging Face repo id; one registry that
 //! maps `model_type` to an architecture; the forward pass with hooks, padding and a KV cache.
 
+pub mod anatomy;
 pub mod gemma2;
 pub mod gemma3_text;
 pub mod gguf;
@@ -143,6 +144,7 @@ struct LoadedAs {
     stored: Option<(i32, i32)>,
     params: u64,
     bytes: u64,
+    parameters: Vec<anatomy::ParamInfo>,
 }
 
 /// A loaded model: network, hooks, and what it was loaded from.
@@ -153,6 +155,8 @@ pub struct Model {
     pub info: ModelInfo,
     /// Quantization of the checkpoint as stored: `(bits, group_size)`.
     pub stored_quantization: Option<(i32, i32)>,
+    /// Every parameter tensor, in load order (`weights(m)`).
+    pub parameters: Vec<anatomy::ParamInfo>,
 }
 
 /// True when MLX's default device is a GPU (Metal or CUDA).
@@ -232,6 +236,7 @@ impl Model {
         let mut w = Weights::new(tensors, None, dequantize, dtype);
         let net = Net::Llama(llama::Llama::load(cfg, &mut w)?);
         let (stored, params, bytes) = (w.stored_quantization(), w.params, w.param_bytes());
+        let parameters = std::mem::take(&mut w.parameters);
         let tokenizer = Tokenizer::from_gguf(&g.file)?;
         let arch = g.arch.clone();
         // Release the file's own copy of the tensors before the weights are materialized.
@@ -253,6 +258,7 @@ impl Model {
                 stored,
                 params,
                 bytes,
+                parameters,
             },
         )
     }
@@ -322,6 +328,7 @@ impl Model {
             }
         };
         let (stored, params, bytes) = (w.stored_quantization(), w.params, w.param_bytes());
+        let parameters = std::mem::take(&mut w.parameters);
         w.finish()?;
         let tokenizer = Tokenizer::from_dir(dir)?;
         let name = dir
@@ -340,6 +347,7 @@ impl Model {
                 stored,
                 params,
                 bytes,
+                parameters,
             },
         )
     }
@@ -358,6 +366,7 @@ impl Model {
             stored,
             params,
             bytes,
+            parameters,
         } = how;
         let stored_quantization = stored.or_else(|| net.quantization());
         let (d_model, n_heads, n_kv_heads, d_head, d_mlp, vocab) = match &net {
@@ -438,6 +447,7 @@ impl Model {
             hooks: Hooks::default(),
             info,
             stored_quantization,
+            parameters,
         })
     }
 

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use mlx_rs::{ops, Array, Dtype};
 
+use super::anatomy::{dtype_label, ParamInfo, ParamValue};
 use super::layers::{Embedding, Linear, RmsNorm};
 use crate::error::{Error, Result};
 
@@ -75,6 +76,8 @@ pub struct Weights {
     pub params: u64,
     /// Every array handed out, so loading can evaluate them all at once.
     loaded: Vec<Array>,
+    /// Every parameter tensor handed out, for `weights(m)`.
+    pub parameters: Vec<ParamInfo>,
 }
 
 impl Weights {
@@ -92,6 +95,7 @@ impl Weights {
             quant_seen: BTreeMap::new(),
             params: 0,
             loaded: Vec::new(),
+            parameters: Vec::new(),
         }
     }
 
@@ -163,7 +167,18 @@ impl Weights {
             )));
         }
         self.params += a.size() as u64;
-        Ok(self.keep(a.as_dtype(self.dtype)?))
+        let stored = dtype_label(a.dtype());
+        let a = self.keep(a.as_dtype(self.dtype)?);
+        self.parameters.push(ParamInfo {
+            name: key.to_string(),
+            shape: shape.to_vec(),
+            params: a.size() as u64,
+            stored,
+            dtype: dtype_label(self.dtype),
+            bytes: a.nbytes() as u64,
+            value: ParamValue::Dense(a.clone()),
+        });
+        Ok(a)
     }
 
     /// An RMSNorm scale vector of length `d`.
@@ -252,16 +267,40 @@ impl Weights {
             return Err(bad("biases and scales differ in shape"));
         }
         *self.quant_seen.entry((bits, group_size)).or_default() += 1;
-        self.params += scales.size() as u64 * group_size as u64;
+        let params = scales.size() as u64 * group_size as u64;
+        self.params += params;
         let scales = scales.as_dtype(self.dtype)?;
         let biases = biases.as_dtype(self.dtype)?;
+        let quantized = format!("{bits}-bit group {group_size}");
+        let mut info = ParamInfo {
+            name: wkey,
+            shape: shape(&[out_dim, in_dim]),
+            params,
+            stored: quantized.clone(),
+            dtype: quantized,
+            bytes: 0,
+            value: ParamValue::Dense(weight.clone()),
+        };
         if self.dequantize {
             let weight = ops::dequantize(&weight, &scales, &biases, group_size, bits)?
                 .as_dtype(self.dtype)?;
             let weight = self.keep(weight);
+            info.dtype = dtype_label(self.dtype);
+            info.bytes = weight.nbytes() as u64;
+            info.value = ParamValue::Dense(weight.clone());
+            self.parameters.push(info);
             return Ok(Linear::Dense { weight, bias });
         }
         let (weight, scales, biases) = (self.keep(weight), self.keep(scales), self.keep(biases));
+        info.bytes = (weight.nbytes() + scales.nbytes() + biases.nbytes()) as u64;
+        info.value = ParamValue::Quantized {
+            weight: weight.clone(),
+            scales: scales.clone(),
+            biases: biases.clone(),
+            group_size,
+            bits,
+        };
+        self.parameters.push(info);
         Ok(Linear::Quantized {
             weight,
             scales,

@@ -15,11 +15,15 @@ pub mod display;
 pub mod files;
 pub mod help;
 pub mod hooks;
+pub mod inspect;
 pub mod model;
 pub mod modules;
 pub mod options;
+pub mod plot;
 pub mod probe;
+pub mod progress;
 pub mod report;
+pub mod results;
 pub mod stats;
 pub mod steer;
 pub mod tensor;
@@ -181,11 +185,14 @@ pub fn mlxi_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".mlxi"))
 }
 
-/// Writes a line to stdout, ignoring a closed pipe (`mlxi run x.rhai | head`).
+/// Writes a line to stdout, ignoring a closed pipe (`mlxi run x.rhai | head`), above any
+/// progress bars.
 pub fn print_line(s: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{s}");
-    let _ = out.flush();
+    progress::suspend(|| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{s}");
+        let _ = out.flush();
+    });
 }
 
 /// Writes text without a newline and flushes it, for output that streams (generated tokens).
@@ -231,6 +238,10 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
     steer::register(&mut engine);
     probe::register(&mut engine);
     analysis::register(&mut engine);
+    inspect::register(&mut engine);
+    plot::register(&mut engine);
+    progress::register(&mut engine);
+    results::register(&mut engine);
     engine
 }
 

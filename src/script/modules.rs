@@ -82,9 +82,14 @@ impl Resolver {
                 return Ok(stdlib_found(&file, text));
             }
         }
+        // A script never imports itself: `scripts/lens.rhai` importing "lens" gets the next
+        // `lens.rhai` in the search order (the standard library's).
+        let importer = source
+            .filter(|s| !s.is_empty() && !s.starts_with('<'))
+            .and_then(|s| Path::new(s).canonicalize().ok());
         for dir in own_dir.iter().chain(self.ctx.recipe_dirs()) {
             let path = dir.join(&file);
-            if path.is_file() {
+            if path.is_file() && path.canonicalize().ok() != importer {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| format!("import \"{name}\": {}: {e}", path.display()))?;
                 let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
