@@ -82,6 +82,16 @@ impl Resolver {
                 return Ok(stdlib_found(&file, text));
             }
         }
+        // `std/NAME` is always the standard library's NAME, whatever the folders hold.
+        if let Some(own) = file.strip_prefix("std/") {
+            return match stdlib_source(own) {
+                Some(text) => Ok(stdlib_found(own, text)),
+                None => Err(format!(
+                    "import \"{name}\": the standard library has no {own}; it has: {}",
+                    stdlib_modules().join(", ")
+                )),
+            };
+        }
         // A script never imports itself: `scripts/lens.rhai` importing "lens" gets the next
         // `lens.rhai` in the search order (the standard library's).
         let importer = source

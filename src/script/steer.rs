@@ -543,13 +543,17 @@ fn load_library_impl(path: &std::path::Path) -> Result<Map> {
         };
         let d = Direction {
             vector: t.into_array().as_dtype(Dtype::Float32)?,
-            layer: field("layer")?.parse().map_err(|_| bad(format!("{name}.layer")))?,
+            layer: field("layer")?
+                .parse()
+                .map_err(|_| bad(format!("{name}.layer")))?,
             point: field("point")?,
             method: field("method")?,
             n: field("n")?.parse().map_err(|_| bad(format!("{name}.n")))?,
             model: field("model")?,
             arch: field("arch").unwrap_or_default(),
-            norm: field("norm")?.parse().map_err(|_| bad(format!("{name}.norm")))?,
+            norm: field("norm")?
+                .parse()
+                .map_err(|_| bad(format!("{name}.norm")))?,
         };
         out.insert(name.into(), Dynamic::from(d));
     }

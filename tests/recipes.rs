@@ -1,0 +1,224 @@
+//! Every experiment in scripts/ runs end to end on the default model in its quick mode
+//! (`--set quick=true`), writes its results and plots, and the results say what the recipe
+//! promises. Also: every script in scripts/ is covered by some test (a new script without one
+//! fails here), and the swap recipe's judging helpers on hand-written cases.
+
+mod common;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// Runs scripts/NAME.rhai in quick mode with `out` in a scratch folder; returns the folder.
+fn run_script(name: &str) -> tempfile::TempDir {
+    let out = common::scratch();
+    let script = common::repo().join("scripts").join(format!("{name}.rhai"));
+    let r = common::run_with_models(
+        &common::repo(),
+        &[
+            script.to_str().unwrap(),
+            "--set",
+            "quick=true",
+            "--set",
+            &format!("out={}", out.path().display()),
+        ],
+    );
+    r.ok();
+    out
+}
+
+fn json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[track_caller]
+fn svg(path: &Path, title_part: &str) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(text.contains("<svg"), "{} is not SVG", path.display());
+    assert!(
+        text.contains(title_part),
+        "{} lacks {title_part:?}",
+        path.display()
+    );
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn every_script_is_tested() {
+    let tested = [
+        "sentiment",
+        "swap",
+        "sycophancy",
+        "introspection",
+        "concepts",
+        "sweep", // here
+        "lens",
+        "attention",
+        "anatomy", // tests/recipes_plots.rs
+        "steering",
+        "tensors", // tests/cli.rs, tests/hooks.rs
+    ];
+    for entry in std::fs::read_dir(common::repo().join("scripts")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        if let Some(stem) = name.strip_suffix(".rhai") {
+            assert!(tested.contains(&stem), "scripts/{name} has no test");
+        }
+    }
+}
+
+#[test]
+fn sentiment_probes_and_steers() {
+    let out = run_script("sentiment");
+    let v = json(&out.path().join("sentiment.json"));
+    let p = &v["probe"];
+    assert_eq!(p["kind"], "logistic");
+    assert!(f(&p["best_score"]) >= 0.95, "{}", p["best_score"]);
+    // Adding the positive-minus-negative direction makes the outputs read more positive.
+    let cells = v["steering"]["cells"].as_array().unwrap();
+    let at = |a: f64| f(&cells.iter().find(|c| f(&c["alpha"]) == a).unwrap()["value"]);
+    assert!(
+        at(1.0) > at(0.0) + 0.1,
+        "steered {} vs plain {}",
+        at(1.0),
+        at(0.0)
+    );
+    svg(
+        &out.path().join("accuracy.svg"),
+        "Sentiment probe accuracy by layer",
+    );
+    svg(&out.path().join("steer/sweep.svg"), "sentiment direction");
+    assert!(out.path().join("random/sweep.json").is_file());
+}
+
+#[test]
+fn swap_counts_only_real_swaps() {
+    let out = run_script("swap");
+    let v = json(&out.path().join("swap.json"));
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 12);
+    let kept = items
+        .iter()
+        .filter(|i| i["baseline_judged"] == "expected")
+        .count();
+    assert_eq!(v["summary"]["kept"].as_u64().unwrap() as usize, kept);
+    let swapped = items
+        .iter()
+        .filter(|i| i["baseline_judged"] == "expected" && i["steered_judged"] == "swapped")
+        .count();
+    assert_eq!(v["summary"]["swapped"].as_u64().unwrap() as usize, swapped);
+    if kept < 6 {
+        assert!(
+            v["warning"].as_str().unwrap().contains("QUESTIONS")
+                || v["warning"].as_str().unwrap().contains("NO SWAP")
+        );
+    }
+    assert_eq!(v["layers"].as_array().unwrap().len(), 3);
+    assert_eq!(v["random"].as_array().unwrap().len(), 2);
+    // "The capital of France is Paris." is a control the model gets right.
+    assert_eq!(
+        v["controls"][0]["baseline_ok"], true,
+        "{}",
+        v["controls"][0]
+    );
+    if kept > 0 {
+        svg(&out.path().join("swap.svg"), "swap on SmolLM2");
+        let p = f(&v["summary"]["test"]["p_value"]);
+        assert!((0.0..=1.0).contains(&p));
+    }
+}
+
+#[test]
+fn swap_judging_needs_the_other_concept() {
+    let r = common::eval(
+        r#"import "swap" as swap;
+        [swap::names("The answer is Green.", "green"), swap::names("greenish", "green"),
+         swap::names("8 legs", "8|eight"), swap::judge("It is red.", "green", "red"),
+         swap::judge("It is a colour.", "green", "red"), swap::judge("green or red", "green", "red"),
+         swap::judge("Grass is green", "green", "red")]"#,
+    );
+    assert_eq!(
+        r.ok(),
+        r#"[true, false, true, "swapped", "neither", "both", "expected"]"#
+    );
+}
+
+#[test]
+fn sycophancy_probes_and_controls() {
+    let out = run_script("sycophancy");
+    let v = json(&out.path().join("sycophancy.json"));
+    for key in ["sya_vs_ga", "sya_vs_neutral", "ga_vs_neutral"] {
+        let p = &v[format!("probe_{key}")];
+        assert_eq!(p["n"], 24, "{key}");
+        assert_eq!(p["folds"], 3);
+        assert!(f(&p["best_score"]) > 0.5, "{key}");
+    }
+    let layers = v["cosine_sya_ga"]["layers"].as_array().unwrap().len();
+    assert_eq!(
+        v["cosine_sya_ga"]["cosine"].as_array().unwrap().len(),
+        layers
+    );
+    for k in ["third_party", "clinical", "irrelevant", "bare"] {
+        let rate = f(&v["controls"][k]["rate"]);
+        assert!((0.0..=1.0).contains(&rate), "{k}");
+    }
+    svg(&out.path().join("sycophancy.svg"), "Sycophancy conditions");
+    svg(&out.path().join("cosine.svg"), "one direction");
+}
+
+#[test]
+fn introspection_records_windows_and_controls() {
+    let out = run_script("introspection");
+    let v = json(&out.path().join("introspection.json"));
+    assert_eq!(v["controls"]["n"], 2);
+    let trials = v["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4); // 2 concepts x 1 strength x 2 windows
+    let windows: Vec<&str> = trials
+        .iter()
+        .map(|t| t["window"].as_str().unwrap())
+        .collect();
+    assert_eq!(windows, ["prompt", "generated", "prompt", "generated"]);
+    for t in trials {
+        assert_eq!(t["answers"].as_array().unwrap().len(), 2);
+        assert!(t["detected"].as_u64().unwrap() <= 2);
+    }
+    assert!(v["summary"]["by_window"]["prompt"]["vs_false_positives"]["p_value"].is_number());
+    svg(&out.path().join("introspection.svg"), "injected thought");
+}
+
+#[test]
+fn concepts_library_round_trips() {
+    let out = run_script("concepts");
+    let v = json(&out.path().join("concepts.json"));
+    let lib = v["library"].as_object().unwrap();
+    assert_eq!(lib.len(), 3);
+    for (name, d) in lib {
+        assert_eq!(d["layer"], 15, "{name}");
+        assert_eq!(d["vector"].as_array().unwrap().len(), 576);
+    }
+    let m = v["cosine"]["matrix"].as_array().unwrap();
+    for (i, row) in m.iter().enumerate() {
+        assert!((f(&row[i]) - 1.0).abs() < 1e-5);
+    }
+    assert!(out.path().join("concepts.safetensors").is_file());
+    svg(&out.path().join("cosine.svg"), "cosine similarity");
+}
+
+#[test]
+fn sweep_streams_cells() {
+    let out = run_script("sweep");
+    let v = json(&out.path().join("sweep.json"));
+    let cells = v["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2);
+    assert_eq!(cells[0]["layer"], 12);
+    assert_eq!(cells[1]["alpha"], 1.0);
+    assert!(v["best"]["value"].is_number());
+    assert_eq!(v["settings"]["direction"]["layer"], 12);
+    svg(
+        &out.path().join("sweep.svg"),
+        "add along mean_diff direction",
+    );
+}
