@@ -606,23 +606,24 @@ fn control_vectors_export_as_llama_cpp_gguf() {
         path.display()
     ));
     let want: Vec<Vec<f64>> = v.into_array().unwrap().iter().map(floats).collect();
-    let f = mlx_rs::io::GgufFile::load(&path).unwrap();
-    assert_eq!(
-        f.get_metadata_string("general.architecture")
-            .unwrap()
-            .as_deref(),
-        Some("controlvector")
-    );
-    assert_eq!(
-        f.get_metadata_string("controlvector.model_hint")
-            .unwrap()
-            .as_deref(),
-        Some("llama")
-    );
+    // Read back with ggus, a GGUF parser independent of MLX's writer that mlxi uses.
+    let bytes = std::fs::read(&path).unwrap();
+    let g = ggus::GGuf::new(&bytes).unwrap();
+    let meta_str = |k: &str| g.meta_kvs[k].value_reader().read_str().unwrap().to_string();
+    assert_eq!(meta_str("general.architecture"), "controlvector");
+    assert_eq!(meta_str("controlvector.model_hint"), "llama");
+    assert_eq!(g.meta_kvs["controlvector.layer_count"].read_unsigned(), 2);
+    let names: Vec<&str> = g.tensors.keys().copied().collect();
+    assert_eq!(names.len(), 2, "{names:?}");
     for (layer, want) in [(10, &want[0]), (12, &want[1])] {
-        let a = f.get_array(&format!("direction.{layer}")).unwrap().unwrap();
-        let got: Vec<f64> = a.as_slice::<f32>().iter().map(|&x| x as f64).collect();
-        assert_eq!(got.len(), 576);
+        let t = g.tensors[format!("direction.{layer}").as_str()].to_info();
+        assert_eq!(t.shape(), &[576]);
+        assert_eq!(t.ty(), ggus::GGmlType::F32);
+        let raw = &g.data[t.offset()..t.offset() + t.nbytes()];
+        let got: Vec<f64> = raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+            .collect();
         let d = got
             .iter()
             .zip(want)
