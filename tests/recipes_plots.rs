@@ -82,7 +82,14 @@ fn charts_are_written_where_the_script_says() {
     );
     let line = read(&base.join("out/line.svg"));
     assert!(line.starts_with("<svg") && line.trim_end().ends_with("</svg>"));
-    for t in ["Probe accuracy", "train", "test", "chance", "layer", ">\n30\n<"] {
+    for t in [
+        "Probe accuracy",
+        "train",
+        "test",
+        "chance",
+        "layer",
+        ">\n30\n<",
+    ] {
         assert!(line.contains(t), "{t} missing from the line chart");
     }
     // One 3-point line per series, in the first two colours, and a marker per point.
@@ -258,8 +265,16 @@ fn inspection_verbs_on_the_default_model() {
     let out = run_with_model(&path, &[]);
     let lines: Vec<&str> = out.ok().lines().collect();
     assert_eq!(lines[0], "true");
-    assert!(lines[1].contains("\"group\": \"embedding\""), "{}", lines[1]);
-    assert!(lines[1].contains("\"stored\": \"8-bit group 32\""), "{}", lines[1]);
+    assert!(
+        lines[1].contains("\"group\": \"embedding\""),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[1].contains("\"stored\": \"8-bit group 32\""),
+        "{}",
+        lines[1]
+    );
     assert_eq!(lines[2], "attention 0 [576, 576] 4-bit group 32");
     assert_eq!(lines[3], "[576, 576]");
     assert_eq!(lines[4], "[\"Paris\", \" London\", \" France\"]");
@@ -347,9 +362,15 @@ fn attention_script_finds_induction_heads() {
     let median = sorted[sorted.len() / 2];
     // SmolLM2-135M has strong induction heads in layers 17-18 (about 0.9); a typical head
     // gives the repeated token almost nothing.
-    assert!(best > 0.5 && best > 20.0 * median, "best {best}, median {median}");
+    assert!(
+        best > 0.5 && best > 20.0 * median,
+        "best {best}, median {median}"
+    );
     let top = &v["top_induction"][0];
-    let (l, h) = (top["layer"].as_u64().unwrap(), top["head"].as_u64().unwrap());
+    let (l, h) = (
+        top["layer"].as_u64().unwrap(),
+        top["head"].as_u64().unwrap(),
+    );
     assert_eq!(table[l as usize][h as usize].as_f64(), Some(best));
     assert!((17..=18).contains(&l), "best induction head in layer {l}");
     // Previous-token heads are a different set of heads.
@@ -375,7 +396,10 @@ fn anatomy_script_accounts_for_every_parameter() {
         ],
     );
     let text = out.ok();
-    assert!(text.contains("== Weights: 134,515,008 parameters"), "{text}");
+    assert!(
+        text.contains("== Weights: 134,515,008 parameters"),
+        "{text}"
+    );
     let v = json(&out_dir.path().join("anatomy.json"));
     let params = v["info"]["params"].as_u64().expect("params");
     let groups = v["groups"].as_array().expect("groups");
