@@ -112,6 +112,12 @@ fn inline_at(value: &Dynamic, depth: usize) -> String {
     if let Some(d) = value.read_lock::<super::steer::Direction>() {
         return d.summary();
     }
+    if let Some(r) = value.read_lock::<super::results::Results>() {
+        return r.summary();
+    }
+    if let Some(p) = value.read_lock::<super::progress::Progress>() {
+        return p.summary();
+    }
     value.to_string()
 }
 
