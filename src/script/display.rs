@@ -33,6 +33,10 @@ pub fn show(value: &Dynamic) -> Option<String> {
     if let Some(d) = value.read_lock::<super::steer::Direction>() {
         return Some(d.summary());
     }
+    // A probe shown at the REPL is its report: the table and bars by layer.
+    if let Some(p) = value.read_lock::<super::probe::Probe>() {
+        return Some(p.report());
+    }
     if let Some(a) = value.read_lock::<Array>() {
         if let Some(table) = table(&a) {
             return Some(table);
@@ -114,6 +118,9 @@ fn inline_at(value: &Dynamic, depth: usize) -> String {
     }
     if let Some(r) = value.read_lock::<super::results::Results>() {
         return r.summary();
+    }
+    if let Some(p) = value.read_lock::<super::probe::Probe>() {
+        return p.summary();
     }
     if let Some(p) = value.read_lock::<super::progress::Progress>() {
         return p.summary();
