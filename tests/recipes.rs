@@ -213,10 +213,11 @@ fn sweep_streams_cells() {
     let v = json(&out.path().join("sweep.json"));
     let cells = v["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 2);
-    assert_eq!(cells[0]["layer"], 12);
-    assert_eq!(cells[1]["alpha"], 1.0);
+    assert_eq!(cells[0]["layer"], 6);
+    assert_eq!(cells[1]["alpha"], 6.0);
     assert!(v["best"]["value"].is_number());
-    assert_eq!(v["settings"]["direction"]["layer"], 12);
+    assert_eq!(v["settings"]["direction"]["layer"], 6);
+    assert_eq!(v["settings"]["window"], "all");
     svg(
         &out.path().join("sweep.svg"),
         "add along mean_diff direction",
