@@ -833,7 +833,7 @@ fn draw_colour_bar(
 const EIGHTHS: [char; 8] = ['▏', '▎', '▍', '▌', '▋', '▊', '▉', '█'];
 
 /// A bar `frac` (0..=1) of `width` cells long, to the eighth of a cell.
-fn bar(frac: f64, width: usize) -> String {
+pub(crate) fn bar(frac: f64, width: usize) -> String {
     let eighths = (frac.clamp(0.0, 1.0) * width as f64 * 8.0).round() as usize;
     let mut s = "█".repeat(eighths / 8);
     if eighths % 8 > 0 {

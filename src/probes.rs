@@ -480,12 +480,23 @@ fn choose_c(x: ArrayView2<f64>, target: &Target, s: &Settings, seed: u64) -> Res
                 .into(),
         ));
     }
-    let folds = folds_for(target, k, seed);
+    best_c(x, target, &folds_for(target, k, seed), k, s)
+}
+
+/// The `c` of `s.cs` with the best mean score over the `k` given folds; ties go to the
+/// smaller `c`.
+fn best_c(
+    x: ArrayView2<f64>,
+    target: &Target,
+    folds: &[usize],
+    k: usize,
+    s: &Settings,
+) -> Result<f64> {
     let mut cs = s.cs.clone();
     cs.sort_by(f64::total_cmp);
     let mut best = (cs[0], f64::NEG_INFINITY);
     for c in cs {
-        let score = cv_score(x, target, &folds, k, c, s)?;
+        let score = cv_score(x, target, folds, k, c, s)?;
         if score > best.1 {
             best = (c, score);
         }
@@ -537,16 +548,7 @@ pub fn evaluate(
     let c = if s.cs.len() == 1 {
         s.cs[0]
     } else {
-        let mut cs = s.cs.clone();
-        cs.sort_by(f64::total_cmp);
-        let mut best = (cs[0], f64::NEG_INFINITY);
-        for c in cs {
-            let score = cv_score(x, target, folds, s.folds, c, s)?;
-            if score > best.1 {
-                best = (c, score);
-            }
-        }
-        best.0
+        best_c(x, target, folds, s.folds, s)?
     };
     let fitted = Fitted::fit(x, target, c, s.max_iterations)?;
     let mean = scores.iter().sum::<f64>() / scores.len() as f64;

@@ -5,24 +5,9 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
-
-/// A scratch MLXI_HOME that sees the real models folder (where ./setup put the default model).
-fn home_with_models() -> tempfile::TempDir {
-    let home = scratch();
-    let real = std::env::var_os("MLXI_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap()).join(".cache/mlxi"));
-    let models = real.join("models");
-    assert!(
-        models.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file(),
-        "the default model is missing: run ./setup"
-    );
-    std::os::unix::fs::symlink(&models, home.path().join("models")).unwrap();
-    home
-}
 
 /// `mlxi run FILE ARGS...` with the default model available.
 fn run_with_model(file: &Path, args: &[&str]) -> Run {

@@ -352,21 +352,14 @@ fn layer_list(layers: &[usize]) -> String {
 
 /// A bar of `frac` of `width` cells in eighths, with `┆` at the chance level.
 fn bar(frac: f64, width: usize, chance: f64) -> String {
-    const EIGHTHS: [char; 9] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉', '█'];
-    let total = (frac * (width * 8) as f64).round() as usize;
+    let mut s = crate::plot::bar(frac, width);
     let chance_cell = ((chance * width as f64).round() as usize).min(width.saturating_sub(1));
-    (0..width)
-        .map(|i| {
-            let filled = total.saturating_sub(i * 8).min(8);
-            if filled == 0 && i == chance_cell && chance > 0.0 {
-                '┆'
-            } else {
-                EIGHTHS[filled]
-            }
-        })
-        .collect::<String>()
-        .trim_end()
-        .to_string()
+    let filled = s.chars().count();
+    if chance > 0.0 && chance_cell >= filled {
+        s.push_str(&" ".repeat(chance_cell - filled));
+        s.push('┆');
+    }
+    s
 }
 
 const PROBE_KEYS: &[&str] = &[
@@ -483,51 +476,6 @@ fn to_matrix(a: &Array) -> Result<Array2<f64>> {
     Array2::from_shape_vec((n, d), v).map_err(|e| Error::Invalid(format!("probe: {e}")))
 }
 
-fn parse_layers(o: &Options, n_layers: usize) -> Result<Vec<usize>> {
-    let all = || (0..n_layers).collect::<Vec<_>>();
-    let Some(v) = o.get("layers") else {
-        return Ok(all());
-    };
-    if let Ok(s) = v.clone().into_immutable_string() {
-        if s == "all" {
-            return Ok(all());
-        }
-    }
-    let list: Vec<INT> = if let Ok(i) = v.as_int() {
-        vec![i]
-    } else if let Some(a) = v.read_lock::<RhaiArray>() {
-        a.iter()
-            .map(|x| x.as_int().map_err(|_| ()))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| {
-                Error::Invalid(
-                    "probe: layers must be \"all\", an integer or an array of them".into(),
-                )
-            })?
-    } else {
-        return Err(Error::Invalid(format!(
-            "probe: layers must be \"all\", an integer or an array of them, got {}",
-            super::display::inline(v)
-        )));
-    };
-    let mut out = Vec::new();
-    for l in list {
-        let i = if l < 0 { l + n_layers as INT } else { l };
-        if !(0..n_layers as INT).contains(&i) {
-            return Err(Error::Invalid(format!(
-                "probe: layer {l} is out of range for a model with {n_layers} layers"
-            )));
-        }
-        if !out.contains(&(i as usize)) {
-            out.push(i as usize);
-        }
-    }
-    if out.is_empty() {
-        return Err(Error::Invalid("probe: layers is empty".into()));
-    }
-    Ok(out)
-}
-
 fn parse_cs(o: &Options) -> Result<Vec<f64>> {
     let Some(v) = o.get("c") else {
         return Ok(vec![1.0]);
@@ -569,7 +517,10 @@ fn train(
     o: &Options,
 ) -> Result<Probe> {
     let n_layers = m.n_layers();
-    let layers = parse_layers(o, n_layers)?;
+    let mut layers = super::steer::parse_layers(o, n_layers, "probe")?;
+    // A layer asked for twice is trained once (`direction(p, layer)` finds it by number).
+    let mut seen = std::collections::HashSet::new();
+    layers.retain(|l| seen.insert(*l));
     let point = o
         .string("point")?
         .unwrap_or_else(|| "hook_resid_post".into());
@@ -655,18 +606,8 @@ fn train(
     let capture_seconds = t0.elapsed().as_secs_f64();
     let d = xs.first().map_or(0, |x| x.ncols());
     let t1 = Instant::now();
-    let bar =
-        (progress && layers.len() > 1 && std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .then(|| {
-                let bar = indicatif::ProgressBar::new(layers.len() as u64);
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "probe {bar:30} {pos}/{len} layers [{elapsed} < {eta}]",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                bar
-            });
+    let bar = (progress && layers.len() > 1)
+        .then(|| super::progress::Progress::new(layers.len() as u64, "probe layers"));
     let done = || {
         if let Some(b) = &bar {
             b.inc(1);
@@ -674,7 +615,7 @@ fn train(
     };
     let results = evaluate_layers(&xs, &target, &settings, &done);
     if let Some(b) = &bar {
-        b.finish_and_clear();
+        b.clear();
     }
     let results = results?;
     Ok(Probe {

@@ -60,6 +60,17 @@ impl Progress {
         }
     }
 
+    /// Advances the bar `k` steps (from any thread).
+    pub fn inc(&self, k: u64) {
+        self.bar.inc(k);
+    }
+
+    /// Removes the bar from the screen, for engine work that reports its own result.
+    pub fn clear(&self) {
+        self.bar.finish_and_clear();
+        multi().remove(&self.bar);
+    }
+
     pub fn summary(&self) -> String {
         let name = if self.label.is_empty() {
             String::new()

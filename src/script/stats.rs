@@ -244,24 +244,18 @@ fn binomial_map(k: INT, n: INT, p: FLOAT) -> Result<Map> {
 }
 
 fn permutation_map(a: &Array, b: &Array, opts: &Map) -> Result<Map> {
-    let p_value = permutation_verb(a, b, opts)?;
-    let o = Options::parse("stats::permutation", opts, &["n", "seed"])?;
-    let (xa, xb) = (
-        numbers(a, "stats::permutation")?,
-        numbers(b, "stats::permutation")?,
-    );
+    let i = permutation_inputs(a, b, opts, "stats::permutation")?;
+    let p_value = permutation_test(&i.a, &i.b, i.n as usize, i.seed as u64)?;
+    let (mean_a, mean_b) = (mean(&i.a), mean(&i.b));
     let mut m = Map::new();
     m.insert("p_value".into(), Dynamic::from_float(p_value));
-    m.insert("n_a".into(), Dynamic::from_int(xa.len() as INT));
-    m.insert("n_b".into(), Dynamic::from_int(xb.len() as INT));
-    m.insert("mean_a".into(), Dynamic::from_float(mean(&xa)));
-    m.insert("mean_b".into(), Dynamic::from_float(mean(&xb)));
-    m.insert(
-        "difference".into(),
-        Dynamic::from_float(mean(&xa) - mean(&xb)),
-    );
-    m.insert("resamples".into(), Dynamic::from_int(o.int("n", 10_000)?));
-    m.insert("seed".into(), Dynamic::from_int(o.int("seed", 0)?));
+    m.insert("n_a".into(), Dynamic::from_int(i.a.len() as INT));
+    m.insert("n_b".into(), Dynamic::from_int(i.b.len() as INT));
+    m.insert("mean_a".into(), Dynamic::from_float(mean_a));
+    m.insert("mean_b".into(), Dynamic::from_float(mean_b));
+    m.insert("difference".into(), Dynamic::from_float(mean_a - mean_b));
+    m.insert("resamples".into(), Dynamic::from_int(i.n));
+    m.insert("seed".into(), Dynamic::from_int(i.seed));
     m.insert(
         "test".into(),
         "two-sided permutation, difference in means".into(),
@@ -284,8 +278,15 @@ fn binomial_verb(k: INT, n: INT, p: FLOAT) -> Result<FLOAT> {
     binomial_test(k as u64, n as u64, p)
 }
 
-fn permutation_verb(a: &Array, b: &Array, opts: &Map) -> Result<FLOAT> {
-    let verb = "stats::permutation_test";
+/// The checked inputs of a permutation test: the two samples, resamples and seed.
+struct PermutationInputs {
+    a: Vec<f64>,
+    b: Vec<f64>,
+    n: INT,
+    seed: INT,
+}
+
+fn permutation_inputs(a: &Array, b: &Array, opts: &Map, verb: &str) -> Result<PermutationInputs> {
     let o = Options::parse(verb, opts, &["n", "seed"])?;
     let n = o.int("n", 10_000)?;
     let seed = o.int("seed", 0)?;
@@ -294,9 +295,17 @@ fn permutation_verb(a: &Array, b: &Array, opts: &Map) -> Result<FLOAT> {
             "{verb}: n must be from 1 to 1e8, got {n}"
         )));
     }
-    let a = nonempty(a, verb, 1)?;
-    let b = nonempty(b, verb, 1)?;
-    permutation_test(&a, &b, n as usize, seed as u64)
+    Ok(PermutationInputs {
+        a: nonempty(a, verb, 1)?,
+        b: nonempty(b, verb, 1)?,
+        n,
+        seed,
+    })
+}
+
+fn permutation_verb(a: &Array, b: &Array, opts: &Map) -> Result<FLOAT> {
+    let i = permutation_inputs(a, b, opts, "stats::permutation_test")?;
+    permutation_test(&i.a, &i.b, i.n as usize, i.seed as u64)
 }
 
 // Functions of a static module take the call context to place their errors: Rhai does not add

@@ -139,6 +139,103 @@ fn activations(
     }
 }
 
+/// `layers`: "all" (the default), a layer or an array of layers, negative from the end;
+/// every one in range, in the order given.
+pub(super) fn parse_layers(o: &Options, n_layers: usize, verb: &str) -> Result<Vec<usize>> {
+    let all = || (0..n_layers).collect::<Vec<_>>();
+    let Some(v) = o.get("layers") else {
+        return Ok(all());
+    };
+    if v.clone().into_immutable_string().is_ok_and(|s| s == "all") {
+        return Ok(all());
+    }
+    let wrong = || {
+        Error::Invalid(format!(
+            "{verb}: layers must be \"all\", an integer or an array of them, got {}",
+            super::display::inline(v)
+        ))
+    };
+    let list: Vec<INT> = if let Ok(i) = v.as_int() {
+        vec![i]
+    } else if let Some(a) = v.read_lock::<RhaiArray>() {
+        a.iter()
+            .map(|x| x.as_int().map_err(|_| wrong()))
+            .collect::<Result<_>>()?
+    } else {
+        return Err(wrong());
+    };
+    if list.is_empty() {
+        return Err(Error::Invalid(format!("{verb}: layers is empty")));
+    }
+    list.into_iter()
+        .map(|l| {
+            let i = if l < 0 { l + n_layers as INT } else { l };
+            if (0..n_layers as INT).contains(&i) {
+                Ok(i as usize)
+            } else {
+                Err(Error::Invalid(format!(
+                    "{verb}: layer {l} is out of range for a model with {n_layers} layers"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// How `direction` and `directions` compute: method, positions, batch size, normalizing.
+struct Recipe {
+    method: Method,
+    positions: Positions,
+    batch_size: usize,
+    normalize: bool,
+}
+
+impl Recipe {
+    fn parse(o: &Options, verb: &str) -> Result<Recipe> {
+        let positions = super::capture::parse_positions(o, verb)?;
+        if positions == Positions::All {
+            return Err(Error::Invalid(format!(
+                "{verb}: positions must be \"last\", \"mean\" or an index"
+            )));
+        }
+        Ok(Recipe {
+            method: Method::parse(&o.choice("method", &Method::NAMES, "mean_diff")?)?,
+            positions,
+            batch_size: o.int("batch_size", 32)?.max(1) as usize,
+            normalize: o.bool("normalize", true)?,
+        })
+    }
+
+    /// The Direction separating `p` from `q` (`[n, ...]` each) at `layer` and `point`.
+    fn build(
+        &self,
+        m: &Model,
+        p: &Array,
+        q: &Array,
+        layer: usize,
+        point: &str,
+    ) -> Result<Direction> {
+        let flat = |a: &Array| -> Result<Array> { Ok(a.reshape(&[a.shape()[0], -1])?) };
+        let (p, q) = (flat(p)?, flat(q)?);
+        let v = compute(self.method, &p, &q)?;
+        let raw = norm(&v) as f64;
+        let v = if self.normalize && raw > 0.0 {
+            v.iter().map(|x| x / raw as f32).collect()
+        } else {
+            v
+        };
+        Ok(Direction {
+            vector: Array::from_slice(&v, &[v.len() as i32]),
+            layer,
+            point: point.to_string(),
+            method: self.method.name().into(),
+            n: (p.shape()[0] + q.shape()[0]) as usize,
+            model: m.info.name.clone(),
+            arch: m.info.arch.clone(),
+            norm: raw,
+        })
+    }
+}
+
 fn direction_impl(m: &mut Model, pos: &Dynamic, neg: &Dynamic, opts: &Map) -> Result<Direction> {
     let o = Options::parse("direction", opts, DIRECTION_KEYS)?;
     let n_layers = m.n_layers();
@@ -146,14 +243,7 @@ fn direction_impl(m: &mut Model, pos: &Dynamic, neg: &Dynamic, opts: &Map) -> Re
         .string("point")?
         .unwrap_or_else(|| "hook_resid_post".into());
     let (layer, point) = resolve_point(&point, o.opt_int("layer")?, n_layers)?;
-    let method = Method::parse(&o.choice("method", &Method::NAMES, "mean_diff")?)?;
-    let positions = super::capture::parse_positions(&o, "direction")?;
-    if positions == Positions::All {
-        return Err(Error::Invalid(
-            "direction: positions must be \"last\", \"mean\" or an index".into(),
-        ));
-    }
-    let batch_size = o.int("batch_size", 32)?.max(1) as usize;
+    let recipe = Recipe::parse(&o, "direction")?;
     let hook = HookName::parse(&format!("blocks.{layer}.{point}"), n_layers)?;
     let is_cache = |v: &Dynamic| v.is::<Cache>();
     if is_cache(pos) != is_cache(neg) {
@@ -161,31 +251,9 @@ fn direction_impl(m: &mut Model, pos: &Dynamic, neg: &Dynamic, opts: &Map) -> Re
             "direction: give two arrays of texts or two Caches, not one of each".into(),
         ));
     }
-    let p = activations(m, pos, hook, positions, batch_size)?;
-    let q = activations(m, neg, hook, positions, batch_size)?;
-    let flat = |a: Array| -> Result<Array> {
-        let n = a.shape()[0];
-        Ok(a.reshape(&[n, -1])?)
-    };
-    let (p, q) = (flat(p)?, flat(q)?);
-    let n = (p.shape()[0] + q.shape()[0]) as usize;
-    let v = compute(method, &p, &q)?;
-    let raw = norm(&v) as f64;
-    let v = if o.bool("normalize", true)? && raw > 0.0 {
-        v.iter().map(|x| x / raw as f32).collect()
-    } else {
-        v
-    };
-    Ok(Direction {
-        vector: Array::from_slice(&v, &[v.len() as i32]),
-        layer,
-        point,
-        method: method.name().into(),
-        n,
-        model: m.info.name.clone(),
-        arch: m.info.arch.clone(),
-        norm: raw,
-    })
+    let p = activations(m, pos, hook, recipe.positions, recipe.batch_size)?;
+    let q = activations(m, neg, hook, recipe.positions, recipe.batch_size)?;
+    recipe.build(m, &p, &q, layer, &point)
 }
 
 const DIRECTIONS_KEYS: &[&str] = &[
@@ -206,47 +274,11 @@ fn directions_impl(
 ) -> Result<Vec<Direction>> {
     let o = Options::parse("directions", opts, DIRECTIONS_KEYS)?;
     let n_layers = m.n_layers();
-    let layers: Vec<usize> = match o.get("layers") {
-        None => (0..n_layers).collect(),
-        Some(v) if v.clone().into_immutable_string().is_ok_and(|s| s == "all") => {
-            (0..n_layers).collect()
-        }
-        Some(_) => o
-            .array("layers")?
-            .unwrap_or_default()
-            .iter()
-            .map(|x| {
-                let l = x.as_int().map_err(|_| {
-                    Error::Invalid(
-                        "directions: layers must be \"all\" or an array of integers".into(),
-                    )
-                })?;
-                let i = if l < 0 { l + n_layers as INT } else { l };
-                if (0..n_layers as INT).contains(&i) {
-                    Ok(i as usize)
-                } else {
-                    Err(Error::Invalid(format!(
-                        "directions: layer {l} is out of range for a model with {n_layers} layers"
-                    )))
-                }
-            })
-            .collect::<Result<_>>()?,
-    };
-    if layers.is_empty() {
-        return Err(Error::Invalid("directions: layers is empty".into()));
-    }
+    let layers = parse_layers(&o, n_layers, "directions")?;
     let point = o
         .string("point")?
         .unwrap_or_else(|| "hook_resid_post".into());
-    let method = Method::parse(&o.choice("method", &Method::NAMES, "mean_diff")?)?;
-    let positions = super::capture::parse_positions(&o, "directions")?;
-    if positions == Positions::All {
-        return Err(Error::Invalid(
-            "directions: positions must be \"last\", \"mean\" or an index".into(),
-        ));
-    }
-    let batch_size = o.int("batch_size", 32)?.max(1) as usize;
-    let normalize = o.bool("normalize", true)?;
+    let recipe = Recipe::parse(&o, "directions")?;
     let hooks = layers
         .iter()
         .map(|l| HookName::parse(&format!("blocks.{l}.{point}"), n_layers))
@@ -254,40 +286,22 @@ fn directions_impl(
     let p_rows = rows_of(m, pos, "directions")?;
     let q_rows = rows_of(m, neg, "directions")?;
     let rows: Vec<Vec<u32>> = p_rows.iter().chain(&q_rows).cloned().collect();
-    let c = capture(m, &rows, &hooks, positions, batch_size, true)?;
-    let np = p_rows.len() as i32;
-    let n = rows.len() as i32;
+    let c = capture(m, &rows, &hooks, recipe.positions, recipe.batch_size, true)?;
+    let idx = |r: std::ops::Range<i32>| {
+        let v: Vec<i32> = r.collect();
+        Array::from_slice(&v, &[v.len() as i32])
+    };
+    let (np, n) = (p_rows.len() as i32, rows.len() as i32);
     hooks
         .iter()
         .zip(&layers)
         .map(|(h, &layer)| {
-            let a = match c.entries.get(h) {
-                Some(Captured::Stacked(a)) => a.reshape(&[n, -1])?,
-                _ => return Err(Error::Invalid(format!("directions: {h} was not captured"))),
-            };
-            let idx = |r: std::ops::Range<i32>| {
-                let v: Vec<i32> = r.collect();
-                Array::from_slice(&v, &[v.len() as i32])
+            let Some(Captured::Stacked(a)) = c.entries.get(h) else {
+                return Err(Error::Invalid(format!("directions: {h} was not captured")));
             };
             let p = a.take_axis(idx(0..np), 0)?;
             let q = a.take_axis(idx(np..n), 0)?;
-            let v = compute(method, &p, &q)?;
-            let raw = norm(&v) as f64;
-            let v = if normalize && raw > 0.0 {
-                v.iter().map(|x| x / raw as f32).collect()
-            } else {
-                v
-            };
-            Ok(Direction {
-                vector: Array::from_slice(&v, &[v.len() as i32]),
-                layer,
-                point: point.clone(),
-                method: method.name().into(),
-                n: n as usize,
-                model: m.info.name.clone(),
-                arch: m.info.arch.clone(),
-                norm: raw,
-            })
+            recipe.build(m, &p, &q, layer, &point)
         })
         .collect()
 }
@@ -429,9 +443,9 @@ fn steer_impl(m: &mut Model, d: &Direction, opts: &Map) -> Result<()> {
     Ok(())
 }
 
-fn save_impl(d: &Direction, path: &std::path::Path) -> Result<()> {
-    let meta: HashMap<String, String> = [
-        ("format", "mlxi.direction".to_string()),
+/// A direction's metadata as safetensors metadata entries (all but its vector).
+fn meta_of(d: &Direction) -> Vec<(&'static str, String)> {
+    vec![
         ("layer", d.layer.to_string()),
         ("point", d.point.clone()),
         ("method", d.method.clone()),
@@ -440,9 +454,33 @@ fn save_impl(d: &Direction, path: &std::path::Path) -> Result<()> {
         ("arch", d.arch.clone()),
         ("norm", d.norm.to_string()),
     ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+}
+
+/// A direction from its vector and the metadata entries `field` reads (the inverse of
+/// [`meta_of`]); `bad` names what is missing or malformed.
+fn direction_from_meta(
+    vector: Tensor,
+    field: impl Fn(&str) -> Option<String>,
+    bad: impl Fn(&str) -> Error,
+) -> Result<Direction> {
+    let get = |k: &str| field(k).ok_or_else(|| bad(&format!("no {k}")));
+    Ok(Direction {
+        vector: vector.into_array().as_dtype(Dtype::Float32)?,
+        layer: get("layer")?.parse().map_err(|_| bad("layer"))?,
+        point: get("point")?,
+        method: get("method")?,
+        n: get("n")?.parse().map_err(|_| bad("n"))?,
+        model: get("model")?,
+        arch: field("arch").unwrap_or_default(),
+        norm: get("norm")?.parse().map_err(|_| bad("norm"))?,
+    })
+}
+
+fn save_impl(d: &Direction, path: &std::path::Path) -> Result<()> {
+    let meta: HashMap<String, String> = std::iter::once(("format", "mlxi.direction".to_string()))
+        .chain(meta_of(d))
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     write_safetensors(
         path,
         &[("vector", &Tensor::new(d.vector.clone()))],
@@ -461,36 +499,12 @@ fn load_impl(path: &std::path::Path) -> Result<Direction> {
     if meta.get("format").map(String::as_str) != Some("mlxi.direction") {
         return Err(bad("no mlxi.direction format tag"));
     }
-    let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(&format!("no {k}")));
     let vector = tensors
         .into_iter()
         .find(|(n, _)| n == "vector")
         .ok_or_else(|| bad("no vector"))?
-        .1
-        .into_array()
-        .as_dtype(Dtype::Float32)?;
-    Ok(Direction {
-        vector,
-        layer: field("layer")?.parse().map_err(|_| bad("layer"))?,
-        point: field("point")?,
-        method: field("method")?,
-        n: field("n")?.parse().map_err(|_| bad("n"))?,
-        model: field("model")?,
-        arch: meta.get("arch").cloned().unwrap_or_default(),
-        norm: field("norm")?.parse().map_err(|_| bad("norm"))?,
-    })
-}
-
-fn meta_of(d: &Direction) -> Vec<(&'static str, String)> {
-    vec![
-        ("layer", d.layer.to_string()),
-        ("point", d.point.clone()),
-        ("method", d.method.clone()),
-        ("n", d.n.to_string()),
-        ("model", d.model.clone()),
-        ("arch", d.arch.clone()),
-        ("norm", d.norm.to_string()),
-    ]
+        .1;
+    direction_from_meta(vector, |k| meta.get(k).cloned(), bad)
 }
 
 /// A named set of Directions in one safetensors file: tensor `NAME` per direction, metadata
@@ -536,25 +550,11 @@ fn load_library_impl(path: &std::path::Path) -> Result<Map> {
     }
     let mut out = Map::new();
     for (name, t) in tensors {
-        let field = |k: &str| {
-            meta.get(&format!("{name}.{k}"))
-                .cloned()
-                .ok_or_else(|| bad(format!("no {name}.{k}")))
-        };
-        let d = Direction {
-            vector: t.into_array().as_dtype(Dtype::Float32)?,
-            layer: field("layer")?
-                .parse()
-                .map_err(|_| bad(format!("{name}.layer")))?,
-            point: field("point")?,
-            method: field("method")?,
-            n: field("n")?.parse().map_err(|_| bad(format!("{name}.n")))?,
-            model: field("model")?,
-            arch: field("arch").unwrap_or_default(),
-            norm: field("norm")?
-                .parse()
-                .map_err(|_| bad(format!("{name}.norm")))?,
-        };
+        let d = direction_from_meta(
+            t,
+            |k| meta.get(&format!("{name}.{k}")).cloned(),
+            |what| bad(format!("{name}: {what}")),
+        )?;
         out.insert(name.into(), Dynamic::from(d));
     }
     Ok(out)
