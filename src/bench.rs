@@ -37,6 +37,82 @@ pub struct BenchResult {
     pub peak_memory_bytes: usize,
     pub max_rss_bytes: u64,
     pub generated_ids: Vec<u32>,
+    /// The batched forward, when asked for (`--batch B --batch-len T`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchFigures>,
+}
+
+/// A `[batch, len]` forward pass (logits evaluated), and the same inputs through `capture` of
+/// every `blocks.N.hook_resid_post` at every position: medians of the trials, after a warm-up.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchFigures {
+    pub batch: usize,
+    pub len: usize,
+    pub forward_s: f64,
+    pub capture_s: f64,
+    /// capture_s / forward_s.
+    pub capture_ratio: f64,
+}
+
+/// Median, by the same rule as Python's statistics.median.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Rows `i` of the batch start `i` tokens into the benchmark prompt (so rows differ), each
+/// `len` tokens long, as `tests/reference/mlxlm_bench.py --forward-batch` builds them.
+pub fn batch_rows(base: &[u32], batch: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..batch)
+        .map(|r| (0..len).map(|i| base[(r + i) % base.len()]).collect())
+        .collect()
+}
+
+fn batch_figures(
+    model: &mut Model,
+    base: &[u32],
+    (batch, len): (usize, usize),
+    trials: usize,
+) -> Result<BatchFigures> {
+    use crate::capture::{capture, expand_points, Positions};
+    let rows = batch_rows(base, batch, len);
+    let points = expand_points(&["blocks.*.hook_resid_post".to_string()], model.n_layers())?;
+    let forward = |model: &mut Model| -> Result<f64> {
+        let t = Instant::now();
+        let logits = model.forward_ids(&rows)?;
+        logits.eval()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let captured = |model: &mut Model| -> Result<f64> {
+        let t = Instant::now();
+        let cache = capture(model, &rows, &points, Positions::All, batch, false)?;
+        drop(cache);
+        Ok(t.elapsed().as_secs_f64())
+    };
+    forward(model)?;
+    captured(model)?;
+    let mut f = Vec::new();
+    let mut c = Vec::new();
+    for _ in 0..trials.max(1) {
+        f.push(forward(model)?);
+        c.push(captured(model)?);
+    }
+    let (forward_s, capture_s) = (median(f), median(c));
+    Ok(BatchFigures {
+        batch,
+        len,
+        forward_s,
+        capture_s,
+        capture_ratio: capture_s / forward_s,
+    })
 }
 
 fn max_rss_bytes() -> u64 {
@@ -65,6 +141,7 @@ pub fn run(
     prompt_tokens: usize,
     gen_tokens: usize,
     trials: usize,
+    batch: Option<(usize, usize)>,
 ) -> Result<BenchResult> {
     let t0 = Instant::now();
     let mut model = if source == "default" {
@@ -81,20 +158,12 @@ pub fn run(
     for _ in 0..trials.max(1) {
         runs.push(timed(&mut model, &prompt, gen_tokens)?);
     }
-    let median = |f: fn(&(f64, f64, Vec<u32>)) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        // The same rule as Python's statistics.median.
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
-    let prefill_s = median(|r| r.0);
-    let decode_s = median(|r| r.1);
+    let prefill_s = median(runs.iter().map(|r| r.0).collect());
+    let decode_s = median(runs.iter().map(|r| r.1).collect());
     let ids = runs[0].2.clone();
+    let batch = batch
+        .map(|b| batch_figures(&mut model, &base, b, trials))
+        .transpose()?;
     Ok(BenchResult {
         tool: "mlxi".into(),
         model: model.info.path.clone(),
@@ -111,6 +180,7 @@ pub fn run(
         peak_memory_bytes: mlx_rs::memory::peak_memory()?,
         max_rss_bytes: max_rss_bytes(),
         generated_ids: ids,
+        batch,
     })
 }
 

@@ -61,6 +61,12 @@ enum Command {
         /// Keep quantized weights quantized (default on the CPU backend: dequantize at load)
         #[arg(long)]
         keep_quantized: bool,
+        /// Also time a forward pass of this many rows (and capture of every hook_resid_post)
+        #[arg(long, default_value_t = 0)]
+        batch: usize,
+        /// Tokens per row of the batched forward
+        #[arg(long, default_value_t = 64)]
+        batch_len: usize,
         /// Print one JSON object
         #[arg(long)]
         json: bool,
@@ -156,10 +162,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             trials,
             dtype,
             keep_quantized,
+            batch,
+            batch_len,
             json,
         }) => bench(
             &source,
             (prompt_tokens, gen_tokens, trials),
+            (batch > 0).then_some((batch, batch_len.max(1))),
             dtype,
             keep_quantized,
             json,
@@ -218,6 +227,7 @@ fn models(json: bool) -> anyhow::Result<()> {
 fn bench(
     source: &str,
     (prompt_tokens, gen_tokens, trials): (usize, usize, usize),
+    batch: Option<(usize, usize)>,
     dtype: Option<String>,
     keep_quantized: bool,
     json: bool,
@@ -231,7 +241,7 @@ fn bench(
         dtype: dtype.as_deref().map(mlxi::model::parse_dtype).transpose()?,
         dequantize: keep_quantized.then_some(false),
     };
-    let r = mlxi::bench::run(source, &opts, prompt_tokens, gen_tokens, trials)?;
+    let r = mlxi::bench::run(source, &opts, prompt_tokens, gen_tokens, trials, batch)?;
     if json {
         print_line(&serde_json::to_string(&r)?);
     } else {
@@ -251,6 +261,19 @@ fn bench(
             r.peak_memory_bytes as f64 / 1e6,
             r.max_rss_bytes as f64 / 1e6
         ));
+        if let Some(b) = &r.batch {
+            print_line(&format!(
+                "forward        {:.1} ms ({} x {} tokens)",
+                b.forward_s * 1e3,
+                b.batch,
+                b.len
+            ));
+            print_line(&format!(
+                "capture        {:.1} ms (every hook_resid_post, {:.2}x the forward)",
+                b.capture_s * 1e3,
+                b.capture_ratio
+            ));
+        }
     }
     Ok(())
 }

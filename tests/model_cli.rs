@@ -36,7 +36,8 @@ fn tokens_and_info_in_both_call_styles() {
         let b = m.encode("The capital of France is");
         let i = m.info();
         [a == b, a, m.decode(a), tokens(m, "The capital"), i.n_layers, i.d_model, i.vocab,
-         m.n_layers, i.arch, i.quantization, chat(m, "Hi").contains("<|im_start|>user\nHi<|im_end|>")]
+         m.n_layers, i.arch, i.quantization, chat(m, "Hi").contains("<|im_start|>user\nHi<|im_end|>"),
+         i.device]
     "#;
     // Long arrays print one element per line: compare without the layout.
     let text = eval(home.path(), code)
@@ -48,7 +49,14 @@ fn tokens_and_info_in_both_call_styles() {
         .replace("[ ", "[")
         .replace(", ]", "]")
         .replace(" ]", "]");
-    assert!(text.starts_with("[true, [504, 3575, 282, 4649, 314], \"The capital of France is\", [\"The\", \" capital\"], 30, 576, 49152, 30, \"llama\", \"4-bit group 32 (dequantized at load)\", true]"), "{text}");
+    // A GPU keeps the quantized weights by default; the CPU dequantizes them at load.
+    let (quantization, device) = if text.ends_with("\"gpu\"]") {
+        ("4-bit group 32", "gpu")
+    } else {
+        ("4-bit group 32 (dequantized at load)", "cpu")
+    };
+    let want = format!("[true, [504, 3575, 282, 4649, 314], \"The capital of France is\", [\"The\", \" capital\"], 30, 576, 49152, 30, \"llama\", \"{quantization}\", true, \"{device}\"]");
+    assert!(text.starts_with(&want), "{text}");
 }
 
 #[test]

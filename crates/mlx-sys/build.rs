@@ -1,5 +1,5 @@
-//! Build script: compile mlx-c 0.7.0 against the MLX shipped in Apple's Python wheel, then
-//! generate the same bindings the genuine mlx-sys crate does. See `src/lib.rs` for the why.
+//! Build script: compile mlx-c 0.7.0 (with the `cc` crate) against the MLX shipped in Apple's
+//! Python wheel, then generate the same bindings the genuine mlx-sys crate does. See `src/lib.rs` for the why.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -53,13 +53,19 @@ fn mlx_prefix_from_python(python: &Path) -> Option<PathBuf> {
         return None;
     }
     let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    dir.join("share/cmake/MLX/MLXConfig.cmake")
-        .is_file()
-        .then_some(dir)
+    is_prefix(&dir).then_some(dir)
 }
 
-/// The MLX install prefix (the wheel's `mlx/` folder): `MLX_DIR`, else the venv `./setup` made,
-/// else whatever `python3` on PATH imports.
+/// A folder laid out like the wheel's `mlx/`: headers, the library and the CMake config (the
+/// last only as a marker that this is an MLX install; CMake itself is not used).
+fn is_prefix(dir: &Path) -> bool {
+    dir.join("share/cmake/MLX/MLXConfig.cmake").is_file() && dir.join("include/mlx/mlx.h").is_file()
+}
+
+/// The MLX install prefix (the wheel's `mlx/` folder): `MLX_DIR`, else the stable link
+/// `$MLXI_HOME/mlx` that `./setup` keeps pointing at its venv's wheel, else that venv, else
+/// whatever `python3` on PATH imports. The path is returned as found, links unresolved, so the
+/// rpath baked into binaries survives a re-made venv.
 fn mlx_prefix() -> PathBuf {
     for var in ["MLX_DIR", "MLXI_HOME", "MLXI_PYTHON"] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -72,9 +78,10 @@ fn mlx_prefix() -> PathBuf {
         } else {
             dir
         };
-        if !prefix.join("share/cmake/MLX/MLXConfig.cmake").is_file() {
+        if !is_prefix(&prefix) {
             fail(&format!(
-                "MLX_DIR={} has no share/cmake/MLX/MLXConfig.cmake",
+                "MLX_DIR={} is not an MLX install (no include/mlx/mlx.h and \
+                 share/cmake/MLX/MLXConfig.cmake)",
                 prefix.display()
             ));
         }
@@ -83,6 +90,13 @@ fn mlx_prefix() -> PathBuf {
     let home = env::var_os("MLXI_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mlxi")));
+    if let Some(home) = &home {
+        // (./setup touches this build script when it makes or re-points the link.)
+        let link = home.join("mlx");
+        if is_prefix(&link) {
+            return link;
+        }
+    }
     let mut pythons: Vec<PathBuf> = Vec::new();
     if let Some(p) = env::var_os("MLXI_PYTHON") {
         pythons.push(p.into());
@@ -101,6 +115,74 @@ fn mlx_prefix() -> PathBuf {
                  and set MLX_DIR to its mlx/ folder"
             ))
         })
+}
+
+/// Which MLX build the wheel is: `metal`, `cuda` or `cpu`. Read from the wheel itself (the
+/// metallib beside the library, or the backend wheel's dist-info beside `mlx/`), overridable
+/// with `MLXI_MLX_BACKEND` for an MLX built from source.
+fn backend(prefix: &Path) -> String {
+    println!("cargo:rerun-if-env-changed=MLXI_MLX_BACKEND");
+    if let Ok(b) = env::var("MLXI_MLX_BACKEND") {
+        if !["metal", "cuda", "cpu"].contains(&b.as_str()) {
+            fail(&format!(
+                "MLXI_MLX_BACKEND={b}: expected metal, cuda or cpu"
+            ));
+        }
+        return b;
+    }
+    if prefix.join("lib/mlx.metallib").is_file() {
+        return "metal".into();
+    }
+    let real = std::fs::canonicalize(prefix).unwrap_or_else(|_| prefix.to_path_buf());
+    let siblings: Vec<String> = real
+        .parent()
+        .and_then(|site| std::fs::read_dir(site).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if siblings.iter().any(|n| n.starts_with("mlx_cuda")) {
+        "cuda".into()
+    } else {
+        "cpu".into()
+    }
+}
+
+/// The shared library file of MLX in `lib_dir`.
+fn library_file(lib_dir: &Path, target_os: &str) -> PathBuf {
+    let name = if target_os == "macos" {
+        "libmlx.dylib"
+    } else {
+        "libmlx.so"
+    };
+    let file = lib_dir.join(name);
+    if !file.is_file() {
+        fail(&format!(
+            "{} is missing: the MLX wheel is incomplete",
+            file.display()
+        ));
+    }
+    file
+}
+
+/// mlx-c's C++ sources: every `mlx/c/*.cpp` (the list mlx-c's own CMakeLists compiles).
+fn mlx_c_sources(src: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(src.join("mlx/c"))
+        .unwrap_or_else(|e| fail(&format!("cannot read {}/mlx/c: {e}", src.display())))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cpp"))
+        .collect();
+    files.sort();
+    if files.len() < 20 {
+        fail(&format!(
+            "{}/mlx/c holds {} C++ files; mlx-c 0.7.0 has 26",
+            src.display(),
+            files.len()
+        ));
+    }
+    files
 }
 
 fn check_version(prefix: &Path) {
@@ -134,25 +216,40 @@ fn main() {
     let src = mlx_c_source();
     let prefix = mlx_prefix();
     check_version(&prefix);
+    let backend = backend(&prefix);
     let lib_dir = prefix.join("lib");
-
-    // 1. mlx-c, as a static library, against the wheel's MLX.
-    let dst = cmake::Config::new(&src)
-        .define("MLX_C_USE_SYSTEM_MLX", "ON")
-        .define("MLX_DIR", prefix.join("share/cmake/MLX"))
-        .define("MLX_C_BUILD_EXAMPLES", "OFF")
-        .define("BUILD_SHARED_LIBS", "OFF")
-        .define("CMAKE_BUILD_TYPE", "Release")
-        .define("CMAKE_PROJECT_INCLUDE", compat.join("inject.cmake"))
-        .build_target("mlxc")
-        .build();
-
-    // 2. Link: static mlx-c, the wheel's shared libmlx, and the C++ runtime.
+    // Rebuild (and relink everything) when the library itself changes, e.g. a re-made venv.
     println!(
-        "cargo:rustc-link-search=native={}",
-        dst.join("build").display()
+        "cargo:rerun-if-changed={}",
+        library_file(&lib_dir, &target_os).display()
     );
-    println!("cargo:rustc-link-lib=static=mlxc");
+
+    // 1. mlx-c, as a static library, compiled straight against the wheel's headers. MLX's public
+    //    headers include no CUDA or Metal header, so no toolkit is needed, whichever wheel it is.
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++20")
+        .files(mlx_c_sources(&src))
+        .include(&src)
+        .include(prefix.join("include"))
+        .flag("-include")
+        .flag(compat.join("mlxc_compat.h").to_string_lossy().as_ref())
+        .pic(true)
+        .warnings(false);
+    if target_os == "macos" {
+        // Apple's toolchain, whatever CC/CXX or a Homebrew LLVM on PATH say: another compiler's
+        // libc++ headers would not match the libc++ that libmlx.dylib was built against.
+        build.compiler("/usr/bin/c++");
+        // The flags MLXConfig.cmake gives its users on macOS.
+        build.define("ACCELERATE_NEW_LAPACK", None);
+        if backend == "metal" {
+            build.define("_METAL_", None);
+        }
+    }
+    build.compile("mlxc");
+
+    // 2. Link: static mlx-c (cc emitted it), the wheel's shared libmlx, and the C++ runtime.
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     println!("cargo:rustc-link-lib=dylib=mlx");
     if target_os == "macos" {
@@ -161,10 +258,12 @@ fn main() {
         println!("cargo:rustc-link-lib=dylib=stdc++");
     }
 
-    // 3. Tell dependents (mlxi's build script reads DEP_MLX_*) where libmlx lives, for the rpath.
+    // 3. Tell dependents (mlxi's build script reads DEP_MLX_*) where libmlx lives, for the rpath,
+    //    and which backend the wheel is.
     println!("cargo::metadata=libdir={}", lib_dir.display());
     println!("cargo::metadata=prefix={}", prefix.display());
     println!("cargo::metadata=version={MLX_VERSION}");
+    println!("cargo::metadata=backend={backend}");
 
     // 4. Bindings over mlx/c/*.h, as the genuine crate generates them.
     let mut headers: Vec<PathBuf> = std::fs::read_dir(src.join("mlx/c"))

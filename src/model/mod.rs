@@ -14,6 +14,7 @@ pub mod qwen3_moe;
 pub mod source;
 pub mod weights;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use mlx_rs::{Array, Dtype};
@@ -159,10 +160,38 @@ pub struct Model {
     pub parameters: Vec<anatomy::ParamInfo>,
 }
 
-/// True when MLX's default device is a GPU (Metal or CUDA).
+/// True when MLX's default device is a GPU (Metal or CUDA), asked of the device itself.
 pub fn gpu_available() -> bool {
-    let d = mlx_rs::Device::default();
-    format!("{d}").contains("gpu")
+    matches!(
+        mlx_rs::Device::try_default().and_then(|d| d.get_type()),
+        Ok(mlx_rs::DeviceType::Gpu)
+    )
+}
+
+/// The float dtype a checkpoint was saved in, read from a known matrix: the first layer's query
+/// projection (its `.scales` when quantized), else the token embedding, else the float tensor
+/// whose name sorts first. `None` when nothing is a float.
+fn stored_dtype(tensors: &HashMap<String, Array>) -> Option<Dtype> {
+    let float = |d: Dtype| matches!(d, Dtype::Float16 | Dtype::Bfloat16 | Dtype::Float32);
+    let known = [
+        "model.layers.0.self_attn.q_proj.scales",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.embed_tokens.scales",
+        "model.embed_tokens.weight",
+    ];
+    known
+        .iter()
+        .filter_map(|k| tensors.get(*k))
+        .map(|a| a.dtype())
+        .find(|d| float(*d))
+        .or_else(|| {
+            let mut names: Vec<&String> = tensors.keys().collect();
+            names.sort();
+            names
+                .into_iter()
+                .map(|k| tensors[k].dtype())
+                .find(|d| float(*d))
+        })
 }
 
 fn dtype_name(d: Dtype) -> &'static str {
@@ -229,9 +258,8 @@ impl Model {
         let heads = g.head_counts()?;
         let tensors = g.tensors(Some(heads))?;
         let cfg = g.llama_config(&tensors)?;
-        let stored = tensors
-            .get("model.layers.0.self_attn.q_proj.scales")
-            .map(|s| s.dtype());
+        // Quantized layers: their scales' dtype; F16/BF16 files: the matrices' own dtype.
+        let stored = stored_dtype(&tensors);
         let (dtype, dequantize) = Model::resolve_opts(opts, stored);
         let mut w = Weights::new(tensors, None, dequantize, dtype);
         let net = Net::Llama(llama::Llama::load(cfg, &mut w)?);
@@ -290,10 +318,7 @@ impl Model {
             None => None,
         };
         let tensors = source::load_safetensors_dir(dir)?;
-        let stored = tensors
-            .values()
-            .map(|a| a.dtype())
-            .find(|d| matches!(d, Dtype::Float16 | Dtype::Bfloat16 | Dtype::Float32));
+        let stored = stored_dtype(&tensors);
         let (dtype, dequantize) = Model::resolve_opts(opts, stored);
         let mut w = Weights::new(tensors, quant, dequantize, dtype);
         let de = |e: serde_json::Error| Error::Json {

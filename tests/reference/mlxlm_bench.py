@@ -15,6 +15,10 @@ MODEL_DIR   a Hugging Face-layout or mlx-community-layout folder (e.g. the outpu
 --no-warmup        skip the untimed warm-up run (default: one short run with
                    min(N, 16) prompt tokens and 2 generated tokens).
 --include-prompt-ids  add the prompt token ids to the output.
+--forward-batch B  also time one forward pass over B rows of --forward-len T tokens (row r is
+                   the benchmark prompt's ids from position r on, cyclically, as mlxi's
+                   `bench --batch B --batch-len T` builds them), logits evaluated; median of
+                   --trials after one warm-up (reported as forward_s).
 --json             print exactly one JSON object on stdout (nothing else goes to stdout);
                    without it, print a human-readable summary.
 
@@ -91,6 +95,8 @@ def main(argv=None):
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--include-prompt-ids", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--forward-batch", type=int, default=0)
+    ap.add_argument("--forward-len", type=int, default=64)
     args = ap.parse_args(argv)
     if args.prompt_tokens < 1 or args.gen_tokens < 2 or args.trials < 1:
         ap.error("need --prompt-tokens >= 1, --gen-tokens >= 2, --trials >= 1")
@@ -118,6 +124,25 @@ def main(argv=None):
 
     def med(key):
         return statistics.median(r[key] for r in runs)
+
+    forward = None
+    if args.forward_batch > 0:
+        base = list(tokenizer.encode(PROMPT_TEXT))
+        rows = [[base[(r + i) % len(base)] for i in range(args.forward_len)]
+                for r in range(args.forward_batch)]
+        x = mx.array(rows)
+
+        def timed_forward():
+            t = time.perf_counter()
+            mx.eval(model(x))
+            return time.perf_counter() - t
+
+        timed_forward()
+        forward = {
+            "batch": args.forward_batch,
+            "len": args.forward_len,
+            "forward_s": statistics.median(timed_forward() for _ in range(args.trials)),
+        }
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rss_bytes = rss if sys.platform == "darwin" else rss * 1024
@@ -155,6 +180,8 @@ def main(argv=None):
         "max_rss_bytes": rss_bytes,
         "generated_ids": runs[0]["generated_ids"],
     }
+    if forward is not None:
+        result["batch"] = forward
     if args.include_prompt_ids:
         result["prompt_ids"] = prompt_ids
 
