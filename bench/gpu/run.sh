@@ -9,7 +9,8 @@
 # model.gguf.xz (the default model), bins.tar.xz (mlxi and test binaries built against
 # the CUDA wheel, with the build machine's paths baked in), wheels/ (mlx and mlx-lm for Python
 # 3.12), tokenizer/ (the default model's tokenizer as tests/reference/gguf_to_hf.py writes it).
-# Figures and logs go to OUT. Each step runs even if an earlier one failed; the summary says.
+# Figures and logs go to OUT (gpu.txt, log.txt, table.txt, status.txt, and json.tar with each
+# tool's JSON). Each step runs even if an earlier one failed; status.txt says how each ended.
 set -uo pipefail
 PARK="$1"
 OUT="$2"
@@ -56,7 +57,8 @@ unpack() {
 
 export PYTHONPATH="$SITE"
 MLXI="$BUILT_TARGET/release/mlxi"
-mkdir -p "$OUT"
+J="$OUT/json"
+mkdir -p "$OUT" "$J"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
 step "unpack" unpack
 step "device" "$MLXI" -e 'let m = load(); print(m.info()); top_k(m, "The capital of France is", 3)'
@@ -74,11 +76,12 @@ step "sentiment.rhai (quick)" "$MLXI" run "$ROOT/scripts/sentiment.rhai" --set q
 for shape in 135m 1.7b; do
     dir="/tmp/random-$shape"
     step "make $shape" python3 "$ROOT/bench/gpu/random_llama.py" "$shape" "$dir" "$PARK/tokenizer"
-    step "mlx-lm $shape" sh -c "python3 '$ROOT/tests/reference/mlxlm_bench.py' '$dir' --prompt-tokens 512 --gen-tokens 128 --trials 5 --forward-batch 32 --forward-len 64 --json > '$OUT/mlxlm-$shape.json'"
-    step "mlxi $shape" sh -c "'$MLXI' bench '$dir' --prompt-tokens 512 --gen-tokens 128 --trials 5 --batch 32 --batch-len 64 --json > '$OUT/mlxi-$shape.json'"
+    step "mlx-lm $shape" sh -c "python3 '$ROOT/tests/reference/mlxlm_bench.py' '$dir' --prompt-tokens 512 --gen-tokens 128 --trials 5 --forward-batch 32 --forward-len 64 --json > '$J/mlxlm-$shape.json'"
+    step "mlxi $shape" sh -c "'$MLXI' bench '$dir' --prompt-tokens 512 --gen-tokens 128 --trials 5 --batch 32 --batch-len 64 --json > '$J/mlxi-$shape.json'"
 done
-step "mlxi default (Q4_1 GGUF)" sh -c "'$MLXI' bench default --prompt-tokens 512 --gen-tokens 128 --trials 5 --batch 32 --batch-len 64 --json > '$OUT/mlxi-default.json'"
-step "torch 135m" python3 "$ROOT/bench/gpu/torch_decode.py" /tmp/random-135m "$OUT/torch-135m.json"
+step "mlxi default (Q4_1 GGUF)" sh -c "'$MLXI' bench default --prompt-tokens 512 --gen-tokens 128 --trials 5 --batch 32 --batch-len 64 --json > '$J/mlxi-default.json'"
+step "torch 135m" python3 "$ROOT/bench/gpu/torch_decode.py" /tmp/random-135m "$J/torch-135m.json"
 
-python3 "$ROOT/bench/gpu/table.py" "$OUT" | tee "$OUT/table.txt"
+python3 "$ROOT/bench/gpu/table.py" "$J" | tee "$OUT/table.txt"
 printf '%s\n' "${status[@]}" | tee "$OUT/status.txt"
+tar -cf "$OUT/json.tar" -C "$OUT" json && rm -rf "$J"

@@ -9,9 +9,12 @@
 //!    (`$CARGO_HOME/registry/src/*/mlx-sys-0.7.0/src/mlx-c`, put there by
 //!    `cargo fetch --manifest-path crates/mlx-sys/fetch/Cargo.toml`; override with `MLX_C_SRC`);
 //! 2. finds MLX itself in Apple's Python wheel (`mlx[cpu]` on Linux, `mlx` with Metal on macOS,
-//!    `mlx[cuda12]`/`mlx[cuda13]` on NVIDIA): `MLX_DIR`, else `$MLXI_HOME/venv` (made by
-//!    `./setup`), else `python3` on PATH;
-//! 3. compiles mlx-c statically with `compat/mlxc_compat.h` force-included (a minimal
+//!    `mlx[cuda12]`/`mlx[cuda13]` on NVIDIA): `MLX_DIR`, else the link `$MLXI_HOME/mlx` (kept by
+//!    `./setup`), else `$MLXI_HOME/venv`, else `python3` on PATH; and which backend the wheel is
+//!    (published as `DEP_MLX_BACKEND`);
+//! 3. compiles mlx-c's C++ files statically with the `cc` crate, straight against the wheel's
+//!    headers (no CMake, so no CUDA toolkit for the CUDA wheel; Apple's `/usr/bin/c++` on
+//!    macOS), with `compat/mlxc_compat.h` force-included (a minimal
 //!    `std::format` for GCC 12, and MLX's software half types on non-aarch64 targets);
 //! 4. links `static=mlxc`, `dylib=mlx`, and the C++ runtime (`stdc++` on Linux, `c++` on macOS);
 //! 5. runs bindgen over `mlx/c/*.h` and publishes the MLX library folder as `DEP_MLX_LIBDIR`, which
