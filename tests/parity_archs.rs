@@ -90,6 +90,7 @@ fn diff(case: &str, key: &str, dtype: Dtype, dequantize: bool) -> Result<f32, St
 
 #[test]
 fn every_fixture_matches_mlx_lm() {
+    full_f32();
     let _mlx = lock();
     let mut failures = Vec::new();
     let mut report = Vec::new();
@@ -137,6 +138,7 @@ fn every_fixture_matches_mlx_lm() {
 /// (which computes attention explicitly) leaves the logits unchanged.
 #[test]
 fn every_architecture_calls_every_hook_point() {
+    full_f32();
     let _mlx = lock();
     let mut failures = Vec::new();
     for case in [
@@ -200,6 +202,7 @@ fn every_architecture_calls_every_hook_point() {
 /// forward, sliding windows and soft-capping included.
 #[test]
 fn cached_decoding_matches_the_full_forward() {
+    full_f32();
     let _mlx = lock();
     let mut failures = Vec::new();
     for case in [
@@ -235,6 +238,7 @@ fn cached_decoding_matches_the_full_forward() {
 /// Left padding changes no row's logits (sliding windows and soft-capping included).
 #[test]
 fn left_padding_does_not_change_logits_on_gemma() {
+    full_f32();
     let _mlx = lock();
     for case in ["gemma2", "gemma3_text"] {
         let g = golden(case);
@@ -307,6 +311,7 @@ impl Drop for Scratch {
 
 #[test]
 fn broken_checkpoints_are_clear_errors() {
+    full_f32();
     let _mlx = lock();
     let key = "model.layers.1.self_attn.k_norm.weight";
 
@@ -370,4 +375,10 @@ fn broken_checkpoints_are_clear_errors() {
     });
     let e = s.load_err();
     assert!(e.contains("missing tensor") && e.contains(expert), "{e}");
+}
+
+/// The goldens are full-f32 CPU results: keep MLX from using TF32 for f32 matmuls (its default on
+/// NVIDIA GPUs and M5-class Macs). Called first in every test, before MLX reads the variable.
+fn full_f32() {
+    std::env::set_var("MLX_ENABLE_TF32", "0");
 }

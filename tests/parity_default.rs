@@ -36,6 +36,7 @@ fn max_abs_diff(a: &Array, b: &Array) -> f32 {
 // One test function: the model is loaded once and MLX stays on one thread.
 #[test]
 fn default_model_matches_mlx_lm() {
+    full_f32();
     let g = golden();
     let reference = Array::load_safetensors(format!("{DIR}/logits.safetensors")).unwrap();
     // Loaded the way the goldens were made (f32, dequantized), whatever the device's defaults
@@ -98,8 +99,14 @@ fn default_model_matches_mlx_lm() {
 
 #[test]
 fn left_padding_does_not_change_logits() {
+    full_f32();
     let g = golden();
-    let mut model = Model::load_default(&LoadOptions::default()).unwrap();
+    // f32 as on the CPU: in a GPU's f16 default, padding moves logits by a few f16 ulps.
+    let opts = LoadOptions {
+        dtype: Some(Dtype::Float32),
+        dequantize: Some(true),
+    };
+    let mut model = Model::load_default(&opts).unwrap();
     let a = ids(&g["prompts"][0]["input_ids"]);
     let b = ids(&g["prompts"][2]["input_ids"]);
     let (la, lb) = (a.len() as i32, b.len() as i32);
@@ -119,4 +126,10 @@ fn left_padding_does_not_change_logits() {
     let da = max_abs_diff(&row(0, la), &alone_a);
     let db = max_abs_diff(&row(1, lb), &alone_b);
     assert!(da < 1e-3 && db < 1e-3, "padding changed logits: {da}, {db}");
+}
+
+/// The goldens are full-f32 CPU results: keep MLX from using TF32 for f32 matmuls (its default on
+/// NVIDIA GPUs and M5-class Macs). Called first in every test, before MLX reads the variable.
+fn full_f32() {
+    std::env::set_var("MLX_ENABLE_TF32", "0");
 }

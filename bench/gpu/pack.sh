@@ -61,6 +61,9 @@ for t in $TESTS; do strip -o "$stage/tests/$t" "$TARGET/release/tests/$t"; done
 tar -cf - -C "$stage" . | xz -9 -T2 >"$P/bins.tar.xz"
 rm -rf "$stage"
 tar -cf - -C "$W/x" mlx_cuda_13.libs | xz -9 -T2 >"$P/mlx_cuda_13.libs.tar.xz"
+# CUDA kernels are compiled at run time (NVRTC) against the headers the wheel bundles in
+# mlx/include (CCCL, CUTLASS's cute), which MLX looks for beside its library folder.
+tar -cf - -C "$W/x" mlx/include | xz -6 -T2 >"$P/include.tar.xz"
 cp "$W"/py312/*.whl "$P/wheels/"
 # The default model's tokenizer, for the random-weight checkpoints.
 tok="$MLXI_HOME/reference/smollm2-f32"

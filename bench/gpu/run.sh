@@ -8,7 +8,7 @@
 # PARK holds: libmlx.so.xz (the mlx-cuda-13 wheel's libmlx.so), mlx_cuda_13.libs.tar.xz,
 # model.gguf.xz (the default model), bins.tar.xz (mlxi and test binaries built against
 # the CUDA wheel, with the build machine's paths baked in), wheels/ (mlx and mlx-lm for Python
-# 3.12), tokenizer/ (the default model's tokenizer as tests/reference/gguf_to_hf.py writes it).
+# 3.12), include.tar.xz (the wheel's mlx/include), tokenizer/ (the default model's tokenizer as tests/reference/gguf_to_hf.py writes it).
 # Figures and logs go to OUT (gpu.txt, log.txt, table.txt, status.txt, and json.tar with each
 # tool's JSON). Each step runs even if an earlier one failed; status.txt says how each ended.
 set -uo pipefail
@@ -37,6 +37,10 @@ unpack() {
     mkdir -p "$SITE/mlx/lib" "$MLXI_HOME/models" "$BUILT_TARGET/release/deps"
     xz -d -T0 -c "$PARK/libmlx.so.xz" >"$SITE/mlx/lib/libmlx.so" || return 1
     tar -xJf "$PARK/mlx_cuda_13.libs.tar.xz" -C "$SITE" || return 1
+    # NVRTC compiles MLX's JIT kernels against the wheel's headers (mlx/include: CCCL, CUTLASS's
+    # cute for the quantized matmuls) and the CUDA runtime headers (nvidia/cuda_runtime/include
+    # beside mlx/, else $CUDA_HOME/include).
+    tar -xJf "$PARK/include.tar.xz" -C "$SITE" || return 1
     xz -d -T0 -c "$PARK/model.gguf.xz" >"$MLXI_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" || return 1
     sha256sum "$MLXI_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf"
     tar -xJf "$PARK/bins.tar.xz" -C "$BUILT_TARGET/release" || return 1
@@ -49,7 +53,9 @@ unpack() {
     # The tests read fixtures from the checkout they were built in.
     if [ ! -e "$BUILT_ROOT" ]; then mkdir -p "$(dirname "$BUILT_ROOT")" && ln -sfn "$ROOT" "$BUILT_ROOT"; fi
     # mlx-lm on the same libmlx.so: the mlx wheel's Python bindings beside it.
-    python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$PARK"/wheels/*.whl || return 1
+    # (Unzipped rather than pip-installed: pip --target will not merge into the existing mlx/.)
+    local whl
+    for whl in "$PARK"/wheels/*.whl; do python3 -m zipfile -e "$whl" "$SITE" || return 1; done
     ls -la "$SITE/mlx/lib"
     readelf -d "$BUILT_TARGET/release/mlxi" | grep -E "NEEDED|RUNPATH|RPATH"
     ldd "$BUILT_TARGET/release/mlxi" | grep -E "not found|mlx|cuda|cublas" || true
@@ -61,12 +67,20 @@ J="$OUT/json"
 mkdir -p "$OUT" "$J"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
 step "unpack" unpack
+# The CUDA runtime headers for NVRTC: the pip package's (what a venv from setup has), else the toolkit's.
+if [ -z "${CUDA_HOME:-}" ]; then
+    for c in "$SITE/nvidia/cu13" /usr/local/cuda; do
+        if [ -f "$c/include/cuda_runtime.h" ]; then export CUDA_HOME="$c"; break; fi
+    done
+fi
+echo "CUDA_HOME=${CUDA_HOME:-}" | tee -a "$OUT/gpu.txt"
 step "device" "$MLXI" -e 'let m = load(); print(m.info()); top_k(m, "The capital of France is", 3)'
 step "mlx-lm device" python3 -c 'import mlx.core as mx, mlx_lm; print(mx.__version__, mx.default_device(), mlx_lm.__version__)'
 
 # Parity: the CPU goldens (mlx-lm, f32) on the GPU, through the same tests CI runs.
 for t in parity_default parity_archs model_cli hooks hooks_archs; do
-    step "test $t" "$BUILT_TARGET/release/tests/$t" --test-threads 1
+    # Full f32 matmuls, as the goldens were made (MLX uses TF32 on NVIDIA by default).
+    step "test $t" env MLX_ENABLE_TF32=0 "$BUILT_TARGET/release/tests/$t" --test-threads 1
 done
 # The main experiment end to end (probes, capture, steering) in its quick mode.
 step "sentiment.rhai (quick)" "$MLXI" run "$ROOT/scripts/sentiment.rhai" --set quick=true --set out=/tmp/out-sentiment

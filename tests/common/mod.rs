@@ -11,7 +11,10 @@ pub fn mlxi(home: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.env("MLXI_HOME", home)
         .env_remove("MLXI_RECIPES")
-        .env_remove("MLXI_MAX_OPERATIONS");
+        .env_remove("MLXI_MAX_OPERATIONS")
+        // Expected values were computed in full f32 on a CPU; MLX uses TF32 for f32 matmuls on
+        // NVIDIA GPUs and M5-class Macs unless told otherwise.
+        .env("MLX_ENABLE_TF32", "0");
     c
 }
 
