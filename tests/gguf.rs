@@ -44,7 +44,11 @@ fn every_supported_type_matches_gguf_py() {
         assert_eq!(got.len(), want.len());
         let mut worst = 0f32;
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert!(a.is_finite() && b.is_finite(), "{} [{i}]: {a} vs {b}", t.name);
+            assert!(
+                a.is_finite() && b.is_finite(),
+                "{} [{i}]: {a} vs {b}",
+                t.name
+            );
             // Exact, or within 1e-6 relative to the larger magnitude.
             let d = (a - b).abs() / a.abs().max(b.abs()).max(f32::MIN_POSITIVE);
             worst = worst.max(d);
@@ -53,11 +57,20 @@ fn every_supported_type_matches_gguf_py() {
         assert!(worst <= 1e-6, "{}: max relative difference {worst}", t.name);
         // Not all zeros or constant: the fixture exercises every code.
         let distinct: std::collections::BTreeSet<u32> = got.iter().map(|v| v.to_bits()).collect();
-        assert!(distinct.len() > 16, "{}: only {} distinct values", t.name, distinct.len());
+        assert!(
+            distinct.len() > 16,
+            "{}: only {} distinct values",
+            t.name,
+            distinct.len()
+        );
         seen.push(t.ty);
     }
     for ty in mlxi::gguf::quants::SUPPORTED {
-        assert!(seen.contains(&ty), "no fixture tensor of type {}", ty.name());
+        assert!(
+            seen.contains(&ty),
+            "no fixture tensor of type {}",
+            ty.name()
+        );
     }
 }
 
@@ -67,7 +80,15 @@ fn unsupported_type_is_named() {
     let t = g.tensors().iter().find(|t| t.name == "iq2_xxs").unwrap();
     assert_eq!(t.ty, GgmlType::IQ2_XXS);
     let err = g.dequantize(t).unwrap_err().to_string();
-    for needle in ["quants.gguf", "\"iq2_xxs\"", "IQ2_XXS", "supported:", "Q4_K", "Q6_K", "BF16"] {
+    for needle in [
+        "quants.gguf",
+        "\"iq2_xxs\"",
+        "IQ2_XXS",
+        "supported:",
+        "Q4_K",
+        "Q6_K",
+        "BF16",
+    ] {
         assert!(err.contains(needle), "{needle:?} not in {err}");
     }
 }
@@ -152,7 +173,12 @@ fn build(name0: &str) -> Built {
     s(&mut b, name0);
     mark(&mut at, "t0_ndims", &b);
     b.extend(4u32.to_le_bytes());
-    for (k, d) in [("t0_dim0", 32u64), ("t0_dim1", 2), ("t0_dim2", 1), ("t0_dim3", 1)] {
+    for (k, d) in [
+        ("t0_dim0", 32u64),
+        ("t0_dim1", 2),
+        ("t0_dim2", 1),
+        ("t0_dim3", 1),
+    ] {
         mark(&mut at, k, &b);
         b.extend(d.to_le_bytes());
     }
@@ -201,7 +227,10 @@ fn the_well_formed_file_reads_back() {
     let b = build("a.weight");
     let g = parse(b.bytes.clone()).unwrap();
     assert_eq!(g.string("general.architecture").unwrap(), Some("llama"));
-    assert_eq!(g.strings("tokenizer.ggml.tokens").unwrap(), Some(vec!["a", "b", "c"]));
+    assert_eq!(
+        g.strings("tokenizer.ggml.tokens").unwrap(),
+        Some(vec!["a", "b", "c"])
+    );
     assert_eq!(g.int("tokenizer.ggml.add_bos_token").unwrap(), Some(1));
     assert_eq!(g.alignment, 32);
     assert_eq!(g.data_offset as usize, b.at["data"]);
@@ -213,7 +242,10 @@ fn the_well_formed_file_reads_back() {
     assert_eq!(g.dequantize(&g.tensors()[1]).unwrap(), want);
     // A string where a number belongs, and the reverse, are errors naming the key.
     let err = g.number("general.architecture").unwrap_err().to_string();
-    assert!(err.contains("general.architecture is string, expected a number"), "{err}");
+    assert!(
+        err.contains("general.architecture is string, expected a number"),
+        "{err}"
+    );
     assert!(g.string("general.alignment").is_err());
 }
 
@@ -222,11 +254,23 @@ fn hostile_counts_and_lengths() {
     let b = build("a.weight");
     for v in [1u64 << 62, u64::MAX, 1 << 32, 100_000] {
         rejects(b.set_u64("n_tensors", v), &["tensors", "remaining bytes"]);
-        rejects(b.set_u64("n_kv", v), &["metadata entries", "remaining bytes"]);
+        rejects(
+            b.set_u64("n_kv", v),
+            &["metadata entries", "remaining bytes"],
+        );
         rejects(b.set_u64("key0_len", v), &["metadata key 0", "length"]);
-        rejects(b.set_u64("val0_len", v), &["general.architecture", "length"]);
-        rejects(b.set_u64("arr_len", v), &["tokenizer.ggml.tokens", "elements"]);
-        rejects(b.set_u64("arr_str0_len", v), &["\"tokenizer.ggml.tokens\"[0]"]);
+        rejects(
+            b.set_u64("val0_len", v),
+            &["general.architecture", "length"],
+        );
+        rejects(
+            b.set_u64("arr_len", v),
+            &["tokenizer.ggml.tokens", "elements"],
+        );
+        rejects(
+            b.set_u64("arr_str0_len", v),
+            &["\"tokenizer.ggml.tokens\"[0]"],
+        );
         rejects(b.set_u64("t0_name_len", v), &["tensor name 0"]);
     }
     // Counts smaller than the file's are errors too, just different ones.
@@ -244,13 +288,19 @@ fn hostile_types_and_values() {
     rejects(b.set_u32("arr_type", 9), &["tokenizer.ggml.tokens"]);
     rejects(b.set_u8("bool", 2), &["bool with byte value 2"]);
     for a in [0u32, 3, 48, 0x8000_0001] {
-        rejects(b.set_u32("align", a), &["general.alignment must be a positive power of two"]);
+        rejects(
+            b.set_u32("align", a),
+            &["general.alignment must be a positive power of two"],
+        );
     }
     // A key that is not UTF-8 is shown escaped.
     let mut bad = b.bytes.clone();
     bad[b.at["key0_len"] + 8] = 0xff;
     rejects(bad, &["metadata key 0", "\\xff", "not valid UTF-8"]);
-    rejects(b.set_u32("t1_type", 4), &["\"b.weight\"", "unknown type id 4"]);
+    rejects(
+        b.set_u32("t1_type", 4),
+        &["\"b.weight\"", "unknown type id 4"],
+    );
     rejects(b.set_u32("t1_type", 1000), &["unknown type id 1000"]);
     let mut magic = b.bytes.clone();
     magic[0] = b'X';
@@ -263,7 +313,10 @@ fn hostile_types_and_values() {
 fn hostile_dimensions() {
     let b = build("a.weight");
     for n in [0u32, 5, 16, u32::MAX] {
-        rejects(b.set_u32("t0_ndims", n), &["\"a.weight\"", "dimensions (valid: 1 to 4)"]);
+        rejects(
+            b.set_u32("t0_ndims", n),
+            &["\"a.weight\"", "dimensions (valid: 1 to 4)"],
+        );
     }
     rejects(b.set_u64("t0_dim1", 0), &["dimension 1 = 0"]);
     rejects(b.set_u64("t0_dim1", u64::MAX), &["dimension 1 = -1"]);
@@ -276,20 +329,38 @@ fn hostile_dimensions() {
     }
     rejects(big, &["too many elements"]);
     // A large but representable shape whose data is not in the file.
-    rejects(b.set_u64("t0_dim1", 1 << 20), &["extends past the end of the file"]);
+    rejects(
+        b.set_u64("t0_dim1", 1 << 20),
+        &["extends past the end of the file"],
+    );
     // Rows that are not whole blocks.
-    rejects(b.set_u64("t1_dim0", 33), &["not a multiple of Q8_0's block of 32"]);
+    rejects(
+        b.set_u64("t1_dim0", 33),
+        &["not a multiple of Q8_0's block of 32"],
+    );
 }
 
 #[test]
 fn hostile_offsets() {
     let b = build("a.weight");
-    rejects(b.set_u64("t1_offset", 1 << 20), &["\"b.weight\"", "extends past the end"]);
-    rejects(b.set_u64("t1_offset", (1 << 63) + 32 * 7), &["extends past the end"]);
-    rejects(b.set_u64("t1_offset", u64::MAX - 31), &["extends past the end"]);
+    rejects(
+        b.set_u64("t1_offset", 1 << 20),
+        &["\"b.weight\"", "extends past the end"],
+    );
+    rejects(
+        b.set_u64("t1_offset", (1 << 63) + 32 * 7),
+        &["extends past the end"],
+    );
+    rejects(
+        b.set_u64("t1_offset", u64::MAX - 31),
+        &["extends past the end"],
+    );
     rejects(b.set_u64("t1_offset", 0), &["overlap"]);
     rejects(b.set_u64("t1_offset", 224), &["overlap"]);
-    rejects(b.set_u64("t1_offset", 100), &["not a multiple of the alignment 32"]);
+    rejects(
+        b.set_u64("t1_offset", 100),
+        &["not a multiple of the alignment 32"],
+    );
     // A duplicated tensor name.
     let mut dup = b.bytes.clone();
     let i = b.at["t1_name"] + 8;
@@ -319,7 +390,11 @@ fn truncation_at_every_byte() {
             .unwrap() as usize;
         let step = (bytes.len() / 2000).max(1);
         for cut in (0..bytes.len()).step_by(step).chain(end - 1..bytes.len()) {
-            assert_eq!(parse(bytes[..cut].to_vec()).is_ok(), cut >= end, "{name} cut at {cut}");
+            assert_eq!(
+                parse(bytes[..cut].to_vec()).is_ok(),
+                cut >= end,
+                "{name} cut at {cut}"
+            );
         }
     }
 }
@@ -339,7 +414,10 @@ fn names_in_errors_are_short_and_escaped() {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -392,7 +470,12 @@ fn models_load_through_the_reader() {
         .err()
         .expect("an IQ4_NL tensor loaded")
         .to_string();
-    for needle in ["iq4.gguf", "blk.1.ffn_up.weight", "IQ4_NL", "supported: F32"] {
+    for needle in [
+        "iq4.gguf",
+        "blk.1.ffn_up.weight",
+        "IQ4_NL",
+        "supported: F32",
+    ] {
         assert!(err.contains(needle), "{needle:?} not in {err}");
     }
     // A hostile header through the model loader: an error, not a crash.
@@ -403,7 +486,10 @@ fn models_load_through_the_reader() {
         .err()
         .expect("a hostile header loaded")
         .to_string();
-    assert!(err.contains("iq4.gguf") && err.contains("metadata entries"), "{err}");
+    assert!(
+        err.contains("iq4.gguf") && err.contains("metadata entries"),
+        "{err}"
+    );
 
     // 3. The default model's quantized triplets are bit for bit what MLX's own GGUF reader
     //    made of them (Q4_1 layers, the Q8_0 embedding, F32 norms).
@@ -411,11 +497,17 @@ fn models_load_through_the_reader() {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap()).join(".cache/mlxi"))
         .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(default.is_file(), "the default model is missing: run ./setup");
+    assert!(
+        default.is_file(),
+        "the default model is missing: run ./setup"
+    );
     let ours = mlxi::model::gguf::Gguf::open(&default).unwrap();
     let heads = ours.head_counts().unwrap();
     let ours = ours.tensors(Some(heads)).unwrap();
-    let mlx = mlx_rs::io::GgufFile::load(&default).unwrap().arrays().unwrap();
+    let mlx = mlx_rs::io::GgufFile::load(&default)
+        .unwrap()
+        .arrays()
+        .unwrap();
     let mlx: HashMap<String, mlx_rs::Array> = mlx.into_iter().collect();
     let pairs = [
         ("blk.0.ffn_down", "model.layers.0.mlp.down_proj"),
@@ -426,8 +518,15 @@ fn models_load_through_the_reader() {
         for part in ["weight", "scales", "biases"] {
             let a = &ours[&format!("{hf}.{part}")];
             let b = &mlx[&format!("{g}.{part}")];
-            assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "{hf}.{part}");
-            assert!(a.eq_values(b).unwrap(), "{hf}.{part} differs from MLX's reader");
+            assert_eq!(
+                (a.dtype(), a.shape()),
+                (b.dtype(), b.shape()),
+                "{hf}.{part}"
+            );
+            assert!(
+                a.eq_values(b).unwrap(),
+                "{hf}.{part} differs from MLX's reader"
+            );
         }
     }
     let a = &ours["model.layers.3.input_layernorm.weight"];

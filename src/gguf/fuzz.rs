@@ -52,7 +52,8 @@ impl Seed {
     /// A seed from a GGUF file's bytes (which may be cut short: only the header is needed).
     pub fn new(bytes: Vec<u8>) -> Seed {
         let len = bytes.len();
-        let mut hot = vec![0..len.min(512)];
+        let mut hot = Vec::with_capacity(2);
+        hot.push(0..len.min(512));
         // The tensor table ends at the data section; entries are about 40 to 80 bytes.
         if let Some(data) = header_end(&bytes) {
             let data = data.min(len);

@@ -172,7 +172,11 @@ pub fn shown(s: &str) -> String {
 /// Bytes as a name for an error message when they are not valid UTF-8.
 fn shown_bytes(b: &[u8]) -> String {
     let cut = &b[..b.len().min(64)];
-    let mut out: String = cut.iter().flat_map(|&c| std::ascii::escape_default(c)).map(char::from).collect();
+    let mut out: String = cut
+        .iter()
+        .flat_map(|&c| std::ascii::escape_default(c))
+        .map(char::from)
+        .collect();
     if b.len() > 64 {
         out.push('…');
     }
@@ -276,14 +280,22 @@ impl<R: Read> Reader<R> {
             7 => match self.array::<1>(what)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                b => return Err(format!("{} is a bool with byte value {b} (not 0 or 1)", what())),
+                b => {
+                    return Err(format!(
+                        "{} is a bool with byte value {b} (not 0 or 1)",
+                        what()
+                    ))
+                }
             },
             8 => Value::String(self.string(what)?),
             9 => {
                 let ety = self.u32(&|| format!("the element type of {}", what()))?;
                 let n = self.u64(&|| format!("the length of {}", what()))?;
                 let min = min_value_size(ety).ok_or_else(|| {
-                    format!("{} has unknown element type id {ety} (valid: 0 to 12)", what())
+                    format!(
+                        "{} has unknown element type id {ety} (valid: 0 to 12)",
+                        what()
+                    )
                 })?;
                 if ety == 9 && depth >= MAX_ARRAY_DEPTH {
                     return Err(format!("{} nests arrays deeper than mlxi reads", what()));
@@ -439,7 +451,9 @@ fn parse_header<R: Read>(r: R, len: u64) -> Parse<Header> {
             n_elements = n_elements
                 .checked_mul(v)
                 .filter(|&n| n <= i64::MAX as u64)
-                .ok_or_else(|| format!("{} has too many elements (the product overflows)", what()))?;
+                .ok_or_else(|| {
+                    format!("{} has too many elements (the product overflows)", what())
+                })?;
             dims.push(v);
         }
         let ty_id = rd.u32(&|| format!("the type of {}", what()))?;
@@ -489,7 +503,10 @@ fn parse_header<R: Read>(r: R, len: u64) -> Parse<Header> {
         })?;
     let data_len = len.saturating_sub(data_offset);
     for t in &tensors {
-        if t.offset.checked_add(t.n_bytes).is_none_or(|end| end > data_len) {
+        if t.offset
+            .checked_add(t.n_bytes)
+            .is_none_or(|end| end > data_len)
+        {
             return Err(format!(
                 "tensor {} ({} bytes at data offset {}) extends past the end of the file (data section of {data_len} bytes)",
                 shown(&t.name),
@@ -530,16 +547,25 @@ impl GgufFile {
         let name = path.display().to_string();
         let h = parse_header(BufReader::with_capacity(1 << 16, f), len)
             .map_err(|m| Error::Model(format!("{name}: {m}")))?;
-        Ok(GgufFile::assemble(name, Source::File(path.to_path_buf()), len, h))
+        Ok(GgufFile::assemble(
+            name,
+            Source::File(path.to_path_buf()),
+            len,
+            h,
+        ))
     }
 
     /// Validate a GGUF file held in memory (`name` is what errors call it).
     pub fn from_bytes(name: &str, bytes: impl Into<Arc<[u8]>>) -> Result<GgufFile> {
         let bytes: Arc<[u8]> = bytes.into();
         let len = bytes.len() as u64;
-        let h = parse_header(&bytes[..], len)
-            .map_err(|m| Error::Model(format!("{name}: {m}")))?;
-        Ok(GgufFile::assemble(name.to_string(), Source::Bytes(bytes), len, h))
+        let h = parse_header(&bytes[..], len).map_err(|m| Error::Model(format!("{name}: {m}")))?;
+        Ok(GgufFile::assemble(
+            name.to_string(),
+            Source::Bytes(bytes),
+            len,
+            h,
+        ))
     }
 
     fn assemble(name: String, source: Source, len: u64, h: Header) -> GgufFile {
