@@ -438,6 +438,8 @@ fn models_load_through_the_reader() {
         let mut m = Model::load(path.to_str().unwrap(), &opts).unwrap();
         assert_eq!(m.info.n_layers, 2);
         assert_eq!(m.info.vocab, 320);
+        // Q4_0 and Q4_1 (two layers) and Q8_0 (one) arrive as MLX triplets; K-quants dense.
+        assert_eq!(m.stored_quantization, Some((4, 32)));
         for p in ["prompt0", "prompt1"] {
             let ids_t = expected.tensor(&format!("{p}_ids")).unwrap();
             let ids: Vec<u32> = ids_t

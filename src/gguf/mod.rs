@@ -388,7 +388,8 @@ fn parse_header<R: Read>(r: R, len: u64) -> Parse<Header> {
         ));
     }
 
-    let mut metadata = Vec::with_capacity(n_kv as usize);
+    // Capacities are capped too: an entry in memory is larger than its minimum on disk.
+    let mut metadata = Vec::with_capacity((n_kv as usize).min(1 << 12));
     let mut keys = HashSet::new();
     for i in 0..n_kv {
         let key = rd.string(&|| format!("metadata key {i}"))?;
@@ -421,7 +422,7 @@ fn parse_header<R: Read>(r: R, len: u64) -> Parse<Header> {
         },
     };
 
-    let mut tensors = Vec::with_capacity(n_tensors as usize);
+    let mut tensors = Vec::with_capacity((n_tensors as usize).min(1 << 12));
     let mut names = HashSet::new();
     for i in 0..n_tensors {
         let name = rd.string(&|| format!("tensor name {i}"))?;
