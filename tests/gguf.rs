@@ -480,6 +480,32 @@ fn models_load_through_the_reader() {
     ] {
         assert!(err.contains(needle), "{needle:?} not in {err}");
     }
+    // Config metadata that would divide by zero or allocate without bound: errors.
+    let set_u32 = |key: &[u8], v: u32| {
+        let mut b = std::fs::read(&path).unwrap();
+        let pat = [key, &4u32.to_le_bytes()].concat();
+        let at = b.windows(pat.len()).position(|w| w == pat).unwrap() + pat.len();
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        std::fs::write(&bad, &b).unwrap();
+        Model::load(bad.to_str().unwrap(), &LoadOptions::default())
+            .err()
+            .expect("hostile metadata loaded")
+            .to_string()
+    };
+    let err = set_u32(b"llama.attention.head_count", 0);
+    assert!(
+        err.contains("llama.attention.head_count = 0 (valid"),
+        "{err}"
+    );
+    let err = set_u32(b"llama.attention.head_count_kv", 3);
+    assert!(err.contains("not a multiple of 3"), "{err}");
+    let err = set_u32(b"llama.block_count", u32::MAX);
+    assert!(err.contains("llama.block_count = 4294967295"), "{err}");
+    let err = set_u32(b"llama.embedding_length", 0);
+    assert!(
+        err.contains("iq4.gguf: metadata llama.embedding_length = 0"),
+        "{err}"
+    );
     // A hostile header through the model loader: an error, not a crash.
     let mut h = std::fs::read(&path).unwrap();
     h[16..24].copy_from_slice(&(1u64 << 62).to_le_bytes());

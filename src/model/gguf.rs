@@ -40,38 +40,62 @@ impl Gguf {
         self.file.number(key)
     }
 
-    fn required(&self, suffix: &str) -> Result<f64> {
+    fn required<T>(&self, suffix: &str, v: Option<T>) -> Result<T> {
+        v.ok_or_else(|| {
+            self.file
+                .error(format!("GGUF metadata lacks {}", self.key(suffix)))
+        })
+    }
+
+    /// A whole number from 1 to `max` (a count or a size), so that nothing the file says can
+    /// make a division by zero, a negative shape or a huge allocation downstream.
+    fn count(&self, suffix: &str, max: i32) -> Result<Option<i32>> {
         let key = self.key(suffix);
-        self.number(&key)?
-            .ok_or_else(|| self.file.error(format!("GGUF metadata lacks {key}")))
+        match self.number(&key)? {
+            None => Ok(None),
+            Some(v) if v.fract() == 0.0 && v >= 1.0 && v <= max as f64 => Ok(Some(v as i32)),
+            Some(v) => Err(self.file.error(format!(
+                "metadata {key} = {v} (valid: a whole number from 1 to {max})"
+            ))),
+        }
+    }
+
+    /// A finite positive number (epsilons, RoPE bases).
+    fn positive(&self, suffix: &str) -> Result<Option<f64>> {
+        let key = self.key(suffix);
+        match self.number(&key)? {
+            Some(v) if !(v.is_finite() && v > 0.0) => Err(self.file.error(format!(
+                "metadata {key} = {v} (valid: a finite positive number)"
+            ))),
+            v => Ok(v),
+        }
     }
 
     /// A Llama-family config from the metadata (llama, qwen2, qwen3 and mistral GGUFs).
     pub fn llama_config(&self, tensors: &HashMap<String, Array>) -> Result<llama::Config> {
-        let heads = self.required("attention.head_count")? as i32;
-        let hidden = self.required("embedding_length")? as i32;
-        let vocab = match self.number(&self.key("vocab_size"))? {
-            Some(v) => v as i32,
+        let (heads, kv_heads) = self.head_counts()?;
+        let hidden = self.count("embedding_length", i32::MAX)?;
+        let hidden = self.required("embedding_length", hidden)?;
+        let vocab = match self.count("vocab_size", i32::MAX)? {
+            Some(v) => v,
             None => tensors
                 .get("model.embed_tokens.weight")
                 .map(|t| t.shape()[0])
-                .ok_or_else(|| Error::Model("GGUF has no token embedding".into()))?,
+                .ok_or_else(|| self.file.error("GGUF has no token embedding"))?,
         };
-        let head_dim = self
-            .number(&self.key("attention.key_length"))?
-            .map(|v| v as i32);
+        let layers = self.count("block_count", MAX_COUNT)?;
+        let ffn = self.count("feed_forward_length", i32::MAX)?;
+        let eps = self.positive("attention.layer_norm_rms_epsilon")?;
         Ok(llama::Config {
             hidden_size: hidden,
-            num_hidden_layers: self.required("block_count")? as usize,
-            intermediate_size: self.required("feed_forward_length")? as i32,
+            num_hidden_layers: self.required("block_count", layers)? as usize,
+            intermediate_size: self.required("feed_forward_length", ffn)?,
             num_attention_heads: heads,
-            num_key_value_heads: self
-                .number(&self.key("attention.head_count_kv"))?
-                .map(|v| v as i32),
-            head_dim,
-            rms_norm_eps: self.required("attention.layer_norm_rms_epsilon")? as f32,
+            num_key_value_heads: Some(kv_heads),
+            head_dim: self.count("attention.key_length", MAX_COUNT)?,
+            rms_norm_eps: self.required("attention.layer_norm_rms_epsilon", eps)? as f32,
             vocab_size: vocab,
-            rope_theta: self.number(&self.key("rope.freq_base"))?.unwrap_or(10000.0) as f32,
+            rope_theta: self.positive("rope.freq_base")?.unwrap_or(10000.0) as f32,
             rope_traditional: false,
             rope_scaling: None::<RopeScaling>,
             tie_word_embeddings: !tensors.contains_key("lm_head.weight"),
@@ -133,15 +157,24 @@ impl Gguf {
         Ok(out)
     }
 
-    /// Head counts `(heads, kv_heads)` from the metadata.
+    /// Head counts `(heads, kv_heads)` from the metadata; `heads` a multiple of `kv_heads`.
     pub fn head_counts(&self) -> Result<(i32, i32)> {
-        let heads = self.required("attention.head_count")? as i32;
+        let heads = self.count("attention.head_count", MAX_COUNT)?;
+        let heads = self.required("attention.head_count", heads)?;
         let kv = self
-            .number(&self.key("attention.head_count_kv"))?
-            .map_or(heads, |v| v as i32);
+            .count("attention.head_count_kv", MAX_COUNT)?
+            .unwrap_or(heads);
+        if heads % kv != 0 {
+            return Err(self.file.error(format!(
+                "{heads} attention heads are not a multiple of {kv} key-value heads"
+            )));
+        }
         Ok((heads, kv))
     }
 }
+
+/// The largest layer or head count (or head size) accepted from metadata.
+const MAX_COUNT: i32 = 1 << 16;
 
 /// Undo llama.cpp's Q/K row order: rows viewed as `(n_heads, head_dim/2, 2, ...)`, axes 1 and 2
 /// swapped, and reshaped back. Rows are independent, so packed weights, scales and biases permute alike.
