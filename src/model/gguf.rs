@@ -181,7 +181,7 @@ const MAX_COUNT: i32 = 1 << 16;
 fn unpermute_rows(a: &Array, n_heads: i32) -> Result<Array> {
     let shape = a.shape().to_vec();
     let rows = shape[0];
-    if rows % (2 * n_heads) != 0 {
+    if n_heads <= 0 || rows % (2 * n_heads) != 0 {
         return Err(Error::Model(format!(
             "cannot un-permute a tensor of shape {shape:?} for {n_heads} heads"
         )));
