@@ -22,6 +22,7 @@ use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value as JinjaVal
 use serde_json::{json, Map, Value as Json};
 
 use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
 
 /// A tokenizer with its special tokens and chat template, as a model folder or GGUF file defines
 /// them.
@@ -179,7 +180,7 @@ impl Tokenizer {
     /// SentencePiece's own dummy-prefix space (`tokenizer.ggml.add_space_prefix`). Tokens of
     /// type 3 (control) are special; type 4 (user-defined) are added tokens that are not special.
     /// BOS/EOS are added when `tokenizer.ggml.add_bos_token` / `add_eos_token` say so.
-    pub fn from_gguf(gguf: &mlx_rs::io::GgufFile) -> Result<Self> {
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         GgufTokenizerMeta::read(gguf)?.build()
     }
 
@@ -464,55 +465,42 @@ fn gguf_err(key: &str, err: impl std::fmt::Display) -> Error {
     Error::Tokenizer(format!("GGUF metadata {key}: {err}"))
 }
 
-fn meta_string(g: &mlx_rs::io::GgufFile, key: &str) -> Result<Option<String>> {
-    g.get_metadata_string(key).map_err(|e| gguf_err(key, e))
+fn meta_string(g: &GgufFile, key: &str) -> Result<Option<String>> {
+    Ok(g.string(key)?.map(str::to_owned))
 }
 
-fn meta_strings(g: &mlx_rs::io::GgufFile, key: &str) -> Result<Option<Vec<String>>> {
-    g.get_metadata_strings(key).map_err(|e| gguf_err(key, e))
+fn meta_strings(g: &GgufFile, key: &str) -> Result<Option<Vec<String>>> {
+    Ok(g.strings(key)?
+        .map(|v| v.into_iter().map(str::to_owned).collect()))
 }
 
-fn meta_array(g: &mlx_rs::io::GgufFile, key: &str) -> Result<Option<mlx_rs::Array>> {
-    g.get_metadata_array(key).map_err(|e| gguf_err(key, e))
+fn meta_int(g: &GgufFile, key: &str) -> Result<Option<i64>> {
+    g.int(key)
 }
 
-fn meta_int(g: &mlx_rs::io::GgufFile, key: &str) -> Result<Option<i64>> {
-    match meta_array(g, key)? {
-        None => Ok(None),
-        Some(a) if a.size() == 1 => a
-            .try_item_cast::<i64>()
-            .map(Some)
-            .map_err(|e| gguf_err(key, e)),
-        Some(a) => Err(gguf_err(
-            key,
-            format!("expected one number, found {}", a.size()),
-        )),
-    }
-}
-
-fn meta_bool(g: &mlx_rs::io::GgufFile, key: &str) -> Result<Option<bool>> {
+fn meta_bool(g: &GgufFile, key: &str) -> Result<Option<bool>> {
     Ok(meta_int(g, key)?.map(|v| v != 0))
 }
 
 impl GgufTokenizerMeta {
-    fn read(g: &mlx_rs::io::GgufFile) -> Result<Self> {
+    fn read(g: &GgufFile) -> Result<Self> {
         let model = meta_string(g, "tokenizer.ggml.model")?.ok_or_else(|| {
             Error::Tokenizer("the GGUF file has no tokenizer (no tokenizer.ggml.model)".into())
         })?;
         let tokens = meta_strings(g, "tokenizer.ggml.tokens")?
             .ok_or_else(|| Error::Tokenizer("the GGUF file has no tokenizer.ggml.tokens".into()))?;
-        let token_types = match meta_array(g, "tokenizer.ggml.token_type")? {
-            Some(a) => a
-                .to_vec_cast::<i32>()
-                .map_err(|e| gguf_err("tokenizer.ggml.token_type", e))?,
-            None => Vec::new(),
-        };
-        let scores = match meta_array(g, "tokenizer.ggml.scores")? {
-            Some(a) => a
-                .to_vec_cast::<f32>()
-                .map_err(|e| gguf_err("tokenizer.ggml.scores", e))?,
-            None => Vec::new(),
-        };
+        let token_types = g
+            .ints("tokenizer.ggml.token_type")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| i32::try_from(t).map_err(|e| gguf_err("tokenizer.ggml.token_type", e)))
+            .collect::<Result<Vec<i32>>>()?;
+        let scores = g
+            .numbers("tokenizer.ggml.scores")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s as f32)
+            .collect();
         Ok(GgufTokenizerMeta {
             pre: meta_string(g, "tokenizer.ggml.pre")?,
             merges: meta_strings(g, "tokenizer.ggml.merges")?.unwrap_or_default(),

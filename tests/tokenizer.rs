@@ -173,7 +173,7 @@ fn smollm2_from_gguf() {
         return;
     };
     let _guard = MLX.lock().unwrap_or_else(|e| e.into_inner());
-    let gguf = mlx_rs::io::GgufFile::load(&path).unwrap();
+    let gguf = mlxi::gguf::GgufFile::open(&path).unwrap();
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
     assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
     // No BOS: the file says tokenizer.ggml.add_bos_token = false.
@@ -353,7 +353,7 @@ fn gguf_without_tokenizer_is_a_clear_error() {
     file.insert_array("x", &mlx_rs::Array::from_slice(&[1.0f32], &[1]))
         .unwrap();
     file.save(&path).unwrap();
-    let gguf = mlx_rs::io::GgufFile::load(&path).unwrap();
+    let gguf = mlxi::gguf::GgufFile::open(&path).unwrap();
     let err = Tokenizer::from_gguf(&gguf).unwrap_err().to_string();
     assert!(err.contains("no tokenizer"), "{err}");
 
@@ -370,10 +370,23 @@ fn gguf_without_tokenizer_is_a_clear_error() {
     file.insert_array("x", &mlx_rs::Array::from_slice(&[1.0f32], &[1]))
         .unwrap();
     file.save(&path).unwrap();
-    let gguf = mlx_rs::io::GgufFile::load(&path).unwrap();
+    let gguf = mlxi::gguf::GgufFile::open(&path).unwrap();
     let err = Tokenizer::from_gguf(&gguf).unwrap_err().to_string();
     assert!(err.contains("not supported"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Write a GGUF container made with MLX's writer to a temporary file and read it back with
+/// mlxi's reader (as a model load would).
+fn reopen(mut g: mlx_rs::io::GgufFile, name: &str) -> mlxi::gguf::GgufFile {
+    let dir = temp_dir(name);
+    let path = dir.join("tokenizer.gguf");
+    g.insert_array("x", &mlx_rs::Array::from_slice(&[1.0f32], &[1]))
+        .unwrap();
+    g.save(&path).unwrap();
+    let read = mlxi::gguf::GgufFile::open(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    read
 }
 
 /// A GGUF container holding the `tokenizer.ggml.*` metadata that llama.cpp's converter would
@@ -479,7 +492,10 @@ fn qwen3_as_gguf_matches_tokenizer_json() {
     let Some(dir) = fetched("qwen3") else { return };
     let _guard = MLX.lock().unwrap_or_else(|e| e.into_inner());
     // pre "qwen2": NFC, then the Qwen2 split, then byte-level.
-    let gguf = gguf_like_llama_cpp(&dir, "qwen2", false, None, 151645, Some(151643));
+    let gguf = reopen(
+        gguf_like_llama_cpp(&dir, "qwen2", false, None, 151645, Some(151643)),
+        "qwen3-gguf",
+    );
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
     assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
     check_against_reference("qwen3", &tok);
@@ -490,7 +506,10 @@ fn llama3_as_gguf_matches_tokenizer_json() {
     let Some(dir) = fetched("llama3") else { return };
     let _guard = MLX.lock().unwrap_or_else(|e| e.into_inner());
     // pre "llama-bpe": the Llama 3 split; add_bos_token = true, as in Llama 3 GGUFs.
-    let gguf = gguf_like_llama_cpp(&dir, "llama-bpe", true, Some(128000), 128001, None);
+    let gguf = reopen(
+        gguf_like_llama_cpp(&dir, "llama-bpe", true, Some(128000), 128001, None),
+        "llama3-gguf",
+    );
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
     assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
     check_against_reference("llama3_bos", &tok);
@@ -552,7 +571,7 @@ fn sentencepiece_gguf_matches_sentencepiece() {
         mlx_rs::Array::from_bool(meta["add_space_prefix"].as_bool().unwrap()),
     )
     .unwrap();
-    let tok = Tokenizer::from_gguf(&g).unwrap();
+    let tok = Tokenizer::from_gguf(&reopen(g, "spm-gguf")).unwrap();
     assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
     check_against_reference("spm_tiny", &tok);
 }

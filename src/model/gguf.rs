@@ -1,16 +1,19 @@
-//! GGUF checkpoints (llama.cpp's format): tensors through MLX's GGUF reader (Q4_0, Q4_1 and Q8_0
-//! arrive as MLX affine triplets; F16/F32 as plain arrays), renamed to Hugging Face keys, and a
-//! config built from the metadata, so the same architecture code runs them.
+//! GGUF checkpoints (llama.cpp's format), read and validated by [`crate::gguf`]: Q4_0, Q4_1 and
+//! Q8_0 matrices become MLX affine triplets (4- or 8-bit, group 32, exactly), F32/F16/BF16 plain
+//! arrays, and every other supported type (Q5_0, Q5_1, Q2_K to Q6_K) is dequantized to f32. Names
+//! become Hugging Face keys and a config is built from the metadata, so the same architecture
+//! code runs them.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use mlx_rs::io::{GgufFile, GgufMetadataValue};
+use half::{bf16, f16};
 use mlx_rs::Array;
 
 use super::layers::RopeScaling;
 use super::llama;
 use crate::error::{Error, Result};
+use crate::gguf::{shown, GgmlType, GgufFile, TensorInfo};
 
 /// An opened GGUF file: its tensors (with Hugging Face names) and metadata access.
 pub struct Gguf {
@@ -20,11 +23,11 @@ pub struct Gguf {
 
 impl Gguf {
     pub fn open(path: &Path) -> Result<Gguf> {
-        check_header(path)?;
-        let file = GgufFile::load(path)
-            .map_err(|e| Error::Model(format!("{}: cannot read GGUF: {e}", path.display())))?;
-        let arch = string(&file, "general.architecture")?
-            .ok_or_else(|| Error::Model(format!("{}: no general.architecture", path.display())))?;
+        let file = GgufFile::open(path)?;
+        let arch = file
+            .string("general.architecture")?
+            .ok_or_else(|| file.error("no general.architecture"))?
+            .to_string();
         Ok(Gguf { file, arch })
     }
 
@@ -34,41 +37,65 @@ impl Gguf {
 
     /// A numeric metadata value.
     pub fn number(&self, key: &str) -> Result<Option<f64>> {
-        number(&self.file, key)
+        self.file.number(key)
     }
 
-    fn required(&self, suffix: &str) -> Result<f64> {
+    fn required<T>(&self, suffix: &str, v: Option<T>) -> Result<T> {
+        v.ok_or_else(|| {
+            self.file
+                .error(format!("GGUF metadata lacks {}", self.key(suffix)))
+        })
+    }
+
+    /// A whole number from 1 to `max` (a count or a size), so that nothing the file says can
+    /// make a division by zero, a negative shape or a huge allocation downstream.
+    fn count(&self, suffix: &str, max: i32) -> Result<Option<i32>> {
         let key = self.key(suffix);
-        self.number(&key)?
-            .ok_or_else(|| Error::Model(format!("GGUF metadata lacks {key}")))
+        match self.number(&key)? {
+            None => Ok(None),
+            Some(v) if v.fract() == 0.0 && v >= 1.0 && v <= max as f64 => Ok(Some(v as i32)),
+            Some(v) => Err(self.file.error(format!(
+                "metadata {key} = {v} (valid: a whole number from 1 to {max})"
+            ))),
+        }
+    }
+
+    /// A finite positive number (epsilons, RoPE bases).
+    fn positive(&self, suffix: &str) -> Result<Option<f64>> {
+        let key = self.key(suffix);
+        match self.number(&key)? {
+            Some(v) if !(v.is_finite() && v > 0.0) => Err(self.file.error(format!(
+                "metadata {key} = {v} (valid: a finite positive number)"
+            ))),
+            v => Ok(v),
+        }
     }
 
     /// A Llama-family config from the metadata (llama, qwen2, qwen3 and mistral GGUFs).
     pub fn llama_config(&self, tensors: &HashMap<String, Array>) -> Result<llama::Config> {
-        let heads = self.required("attention.head_count")? as i32;
-        let hidden = self.required("embedding_length")? as i32;
-        let vocab = match self.number(&self.key("vocab_size"))? {
-            Some(v) => v as i32,
+        let (heads, kv_heads) = self.head_counts()?;
+        let hidden = self.count("embedding_length", i32::MAX)?;
+        let hidden = self.required("embedding_length", hidden)?;
+        let vocab = match self.count("vocab_size", i32::MAX)? {
+            Some(v) => v,
             None => tensors
                 .get("model.embed_tokens.weight")
                 .map(|t| t.shape()[0])
-                .ok_or_else(|| Error::Model("GGUF has no token embedding".into()))?,
+                .ok_or_else(|| self.file.error("GGUF has no token embedding"))?,
         };
-        let head_dim = self
-            .number(&self.key("attention.key_length"))?
-            .map(|v| v as i32);
+        let layers = self.count("block_count", MAX_COUNT)?;
+        let ffn = self.count("feed_forward_length", i32::MAX)?;
+        let eps = self.positive("attention.layer_norm_rms_epsilon")?;
         Ok(llama::Config {
             hidden_size: hidden,
-            num_hidden_layers: self.required("block_count")? as usize,
-            intermediate_size: self.required("feed_forward_length")? as i32,
+            num_hidden_layers: self.required("block_count", layers)? as usize,
+            intermediate_size: self.required("feed_forward_length", ffn)?,
             num_attention_heads: heads,
-            num_key_value_heads: self
-                .number(&self.key("attention.head_count_kv"))?
-                .map(|v| v as i32),
-            head_dim,
-            rms_norm_eps: self.required("attention.layer_norm_rms_epsilon")? as f32,
+            num_key_value_heads: Some(kv_heads),
+            head_dim: self.count("attention.key_length", MAX_COUNT)?,
+            rms_norm_eps: self.required("attention.layer_norm_rms_epsilon", eps)? as f32,
             vocab_size: vocab,
-            rope_theta: self.number(&self.key("rope.freq_base"))?.unwrap_or(10000.0) as f32,
+            rope_theta: self.positive("rope.freq_base")?.unwrap_or(10000.0) as f32,
             rope_traditional: false,
             rope_scaling: None::<RopeScaling>,
             tie_word_embeddings: !tensors.contains_key("lm_head.weight"),
@@ -84,19 +111,30 @@ impl Gguf {
     /// All tensors, renamed to Hugging Face keys. For llama-architecture files, the Q and K
     /// projections are un-permuted (llama.cpp stores them interleaved for its RoPE).
     pub fn tensors(&self, cfg_heads: Option<(i32, i32)>) -> Result<HashMap<String, Array>> {
-        let raw = self
-            .file
-            .arrays()
-            .map_err(|e| Error::Model(format!("cannot read GGUF tensors: {e}")))?;
-        let mut out = HashMap::with_capacity(raw.len());
-        for (name, array) in raw {
-            let Some(hf) = hf_name(&name) else {
-                return Err(Error::Model(format!(
-                    "unsupported GGUF tensor {name:?} (architecture {})",
+        let mut out = HashMap::with_capacity(self.file.tensors().len());
+        for t in self.file.tensors() {
+            let Some(hf) = hf_name(&t.name) else {
+                return Err(self.file.error(format!(
+                    "unsupported GGUF tensor {} (architecture {})",
+                    shown(&t.name),
                     self.arch
                 )));
             };
-            out.insert(hf, array);
+            match self.to_arrays(t)? {
+                Stored::Dense(a) => {
+                    out.insert(hf, a);
+                }
+                Stored::Affine {
+                    weight,
+                    scales,
+                    biases,
+                } => {
+                    let stem = hf.strip_suffix(".weight").unwrap_or(&hf);
+                    out.insert(format!("{stem}.scales"), scales);
+                    out.insert(format!("{stem}.biases"), biases);
+                    out.insert(hf, weight);
+                }
+            }
         }
         if self.arch == "llama" {
             let (heads, kv_heads) = cfg_heads.ok_or_else(|| {
@@ -111,29 +149,39 @@ impl Gguf {
                 } else {
                     continue;
                 };
-                let a = out.remove(&key).expect("key listed above");
-                out.insert(key, unpermute_rows(&a, n)?);
+                if let Some(a) = out.remove(&key) {
+                    out.insert(key, unpermute_rows(&a, n)?);
+                }
             }
         }
         Ok(out)
     }
 
-    /// Head counts `(heads, kv_heads)` from the metadata.
+    /// Head counts `(heads, kv_heads)` from the metadata; `heads` a multiple of `kv_heads`.
     pub fn head_counts(&self) -> Result<(i32, i32)> {
-        let heads = self.required("attention.head_count")? as i32;
+        let heads = self.count("attention.head_count", MAX_COUNT)?;
+        let heads = self.required("attention.head_count", heads)?;
         let kv = self
-            .number(&self.key("attention.head_count_kv"))?
-            .map_or(heads, |v| v as i32);
+            .count("attention.head_count_kv", MAX_COUNT)?
+            .unwrap_or(heads);
+        if heads % kv != 0 {
+            return Err(self.file.error(format!(
+                "{heads} attention heads are not a multiple of {kv} key-value heads"
+            )));
+        }
         Ok((heads, kv))
     }
 }
+
+/// The largest layer or head count (or head size) accepted from metadata.
+const MAX_COUNT: i32 = 1 << 16;
 
 /// Undo llama.cpp's Q/K row order: rows viewed as `(n_heads, head_dim/2, 2, ...)`, axes 1 and 2
 /// swapped, and reshaped back. Rows are independent, so packed weights, scales and biases permute alike.
 fn unpermute_rows(a: &Array, n_heads: i32) -> Result<Array> {
     let shape = a.shape().to_vec();
     let rows = shape[0];
-    if rows % (2 * n_heads) != 0 {
+    if n_heads <= 0 || rows % (2 * n_heads) != 0 {
         return Err(Error::Model(format!(
             "cannot un-permute a tensor of shape {shape:?} for {n_heads} heads"
         )));
@@ -177,55 +225,105 @@ fn hf_name(name: &str) -> Option<String> {
     Some(format!("{mapped}.{suffix}"))
 }
 
-/// A cheap check before handing the file to MLX: magic, version, and a size that can hold the
-/// header, so a wrong or truncated file gets a clear message.
-fn check_header(path: &Path) -> Result<()> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut head = [0u8; 8];
-    if len < 24 || f.read_exact(&mut head).is_err() {
-        return Err(Error::Model(format!(
-            "{}: not a GGUF file (only {len} bytes)",
-            path.display()
-        )));
-    }
-    if &head[..4] != b"GGUF" {
-        return Err(Error::Model(format!(
-            "{}: not a GGUF file (bad magic {:?})",
-            path.display(),
-            String::from_utf8_lossy(&head[..4])
-        )));
-    }
-    let version = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if !(2..=3).contains(&version) {
-        return Err(Error::Model(format!(
-            "{}: unsupported GGUF version {version} (supported: 2, 3)",
-            path.display()
-        )));
-    }
-    Ok(())
+/// A tensor as MLX arrays: plain, or an affine quantized triplet.
+enum Stored {
+    Dense(Array),
+    Affine {
+        weight: Array,
+        scales: Array,
+        biases: Array,
+    },
 }
 
-/// A string metadata value.
-pub fn string(file: &GgufFile, key: &str) -> Result<Option<String>> {
-    match file.get_metadata(key) {
-        Ok(Some(GgufMetadataValue::String(s))) => Ok(Some(s)),
-        Ok(Some(_)) => Err(Error::Model(format!("GGUF metadata {key} is not a string"))),
-        Ok(None) => Ok(None),
-        Err(e) => Err(Error::Model(format!("GGUF metadata {key}: {e}"))),
-    }
-}
-
-/// A scalar numeric metadata value.
-pub fn number(file: &GgufFile, key: &str) -> Result<Option<f64>> {
-    match file.get_metadata(key) {
-        Ok(Some(GgufMetadataValue::Array(a))) if a.size() == 1 => {
-            let v = a.as_dtype(mlx_rs::Dtype::Float32)?;
-            Ok(Some(v.as_slice::<f32>()[0] as f64))
+impl Gguf {
+    /// One tensor as MLX arrays. Q4_0, Q4_1 and Q8_0 weight matrices map exactly onto MLX's affine
+    /// quantization with group 32 (Q4_0: scale d, bias -8d; Q4_1: d, m; Q8_0: q + 128, scale d,
+    /// bias -128d), with the nibbles reordered into MLX's packing; F32, F16 and BF16 stay as
+    /// they are; the other supported types are dequantized to f32.
+    fn to_arrays(&self, t: &TensorInfo) -> Result<Stored> {
+        if !t.ty.is_supported() {
+            return Err(self.file.unsupported(t));
         }
-        Ok(Some(_)) => Err(Error::Model(format!("GGUF metadata {key} is not a number"))),
-        Ok(None) => Ok(None),
-        Err(e) => Err(Error::Model(format!("GGUF metadata {key}: {e}"))),
+        let shape = t.shape();
+        let bytes = self.file.tensor_bytes(t)?;
+        let dense = |values: Vec<f32>| Stored::Dense(Array::from_slice(&values, &shape));
+        Ok(match t.ty {
+            GgmlType::F32 => dense(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            GgmlType::F16 => {
+                let v: Vec<f16> = bytes
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                Stored::Dense(Array::from_slice(&v, &shape))
+            }
+            GgmlType::BF16 => {
+                let v: Vec<bf16> = bytes
+                    .chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                Stored::Dense(Array::from_slice(&v, &shape))
+            }
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0
+                if t.name.ends_with(".weight") && shape.len() >= 2 =>
+            {
+                match affine_triplet(t.ty, &bytes, &shape) {
+                    Some(s) => s,
+                    None => dense(self.file.dequantize(t)?),
+                }
+            }
+            _ => dense(self.file.dequantize(t)?),
+        })
     }
+}
+
+/// Q4_0, Q4_1 or Q8_0 blocks as MLX affine triplets (f16 scales and biases, group 32), or None
+/// when a bias would overflow f16 (then the caller dequantizes instead).
+fn affine_triplet(ty: GgmlType, bytes: &[u8], shape: &[i32]) -> Option<Stored> {
+    let (_, size) = ty.block();
+    let n_blocks = bytes.len() / size as usize;
+    let bits = if ty == GgmlType::Q8_0 { 8 } else { 4 };
+    let mut packed: Vec<u8> = Vec::with_capacity(n_blocks * 32 * bits / 8);
+    let mut scales: Vec<f16> = Vec::with_capacity(n_blocks);
+    let mut biases: Vec<f16> = Vec::with_capacity(n_blocks);
+    let h = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]);
+    for b in bytes.chunks_exact(size as usize) {
+        let d = h(b, 0);
+        let (bias, qs) = match ty {
+            GgmlType::Q4_0 => (f16::from_f32(-8.0) * d, &b[2..18]),
+            GgmlType::Q4_1 => (h(b, 2), &b[4..20]),
+            _ => (f16::from_f32(-128.0) * d, &b[2..34]),
+        };
+        if d.is_finite() && !bias.is_finite() {
+            return None;
+        }
+        scales.push(d);
+        biases.push(bias);
+        if bits == 8 {
+            packed.extend(qs.iter().map(|&q| (q as i8 as i16 + 128) as u8));
+        } else {
+            // GGML: byte j holds element j (low nibble) and j + 16 (high nibble).
+            // MLX: byte k holds element 2k (low nibble) and 2k + 1 (high nibble).
+            let e = |i: usize| if i < 16 { qs[i] & 0xf } else { qs[i - 16] >> 4 };
+            packed.extend((0..16).map(|k| e(2 * k) | (e(2 * k + 1) << 4)));
+        }
+    }
+    let words: Vec<u32> = packed
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect();
+    let last = shape.len() - 1;
+    let mut wshape = shape.to_vec();
+    wshape[last] = shape[last] * bits as i32 / 32;
+    let mut sshape = shape.to_vec();
+    sshape[last] = shape[last] / 32;
+    Some(Stored::Affine {
+        weight: Array::from_slice(&words, &wshape),
+        scales: Array::from_slice(&scales, &sshape),
+        biases: Array::from_slice(&biases, &sshape),
+    })
 }
