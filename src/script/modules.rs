@@ -144,6 +144,12 @@ impl Resolver {
 /// (a symbolic link may lead anywhere).
 fn inside(dir: &Path, path: &Path) -> Result<PathBuf, String> {
     let real = |p: &Path| {
+        // A script named without a folder has "" as its folder: the current one.
+        let p = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
         std::path::absolute(p)
             .map_err(|e| format!("{}: {e}", p.display()))
             .and_then(|a| fsaccess::real_path(&a).map_err(|e| e.to_string()))
