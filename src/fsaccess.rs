@@ -134,7 +134,11 @@ impl Permissions {
     /// The real path of a file `verb` wants to read, if the script may read it.
     pub fn read(&self, verb: &str, path: &str) -> Result<PathBuf> {
         let p = self.resolve(path)?;
-        let granted = self.read.iter().chain(&self.write).any(|g| is_within(&p, g));
+        let granted = self
+            .read
+            .iter()
+            .chain(&self.write)
+            .any(|g| is_within(&p, g));
         if granted || is_within(&p, &self.base) || is_within(&p, &self.out) {
             return Ok(p);
         }
@@ -212,10 +216,7 @@ impl Permissions {
 
     /// One line per rule, for the REPL banner and `--help`-like listings.
     pub fn describe(&self) -> String {
-        let mut s = format!(
-            "files: reads and writes in {}",
-            self.base.display()
-        );
+        let mut s = format!("files: reads and writes in {}", self.base.display());
         if self.out != self.base {
             s.push_str(&format!(" and {}", self.out.display()));
         }
@@ -317,7 +318,10 @@ mod tests {
         std::fs::create_dir_all(root.join("a/b")).map_err(|e| Error::io("a/b", e))?;
         std::os::unix::fs::symlink("/etc", root.join("a/link")).map_err(|e| Error::io("l", e))?;
         assert_eq!(real_path(&root.join("a/b/../c"))?, root.join("a/c"));
-        assert_eq!(real_path(&root.join("a/link/x"))?, real_path(Path::new("/etc/x"))?);
+        assert_eq!(
+            real_path(&root.join("a/link/x"))?,
+            real_path(Path::new("/etc/x"))?
+        );
         // `..` after a link leaves the link's target, as the system does.
         let etc_parent = real_path(Path::new("/etc"))?
             .parent()

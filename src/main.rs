@@ -6,8 +6,8 @@ use std::rc::Rc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mlxi::script::{display, print_line, Context, Runner};
 use mlxi::fsaccess::{Grants, Permissions};
+use mlxi::script::{display, print_line, Context, Runner};
 use mlxi::{interrupt, Error};
 use rhai::{Dynamic, Map};
 
@@ -246,7 +246,9 @@ fn run_file(
     // folder), else `out/` beside the script.
     let set_out = args.get("out").map(|v| v.to_string());
     let out_dir: Option<PathBuf> = match (out, set_out) {
-        (Some(_), Some(_)) => anyhow::bail!("give the output folder once: --out DIR or --set out=DIR"),
+        (Some(_), Some(_)) => {
+            anyhow::bail!("give the output folder once: --out DIR or --set out=DIR")
+        }
         (Some(o), None) => {
             let o = std::path::absolute(&o)
                 .with_context(|| format!("{}: cannot resolve the output folder", o.display()))?;

@@ -151,10 +151,7 @@ fn absolute_parent_and_home_paths_are_refused_for_every_writer() {
                 format!(r#"plot::line([1, 2], #{{path: "{path}.svg"}})"#),
                 "plot::line",
             ),
-            (
-                format!(r#"save_library(#{{}}, "{path}")"#),
-                "save_library",
-            ),
+            (format!(r#"save_library(#{{}}, "{path}")"#), "save_library"),
         ] {
             v.refused(&code, &[&format!("{verb}: may not write"), "--allow-write"]);
         }
@@ -261,10 +258,7 @@ fn a_symlinked_output_folder_or_file_leading_outside_is_refused() {
     );
     assert!(err.contains(&real(v.outside())), "{err}");
     v.refused(r#"results("out/r.json")"#, &["may not write"]);
-    v.refused(
-        r#"save_json(1, "rc.json")"#,
-        &["may not write", ".bashrc"],
-    );
+    v.refused(r#"save_json(1, "rc.json")"#, &["may not write", ".bashrc"]);
     v.refused(r#"load_tensor("rc.json")"#, &["may not read", ".bashrc"]);
     // A link that leads nowhere is refused too (a write through it would land where it points).
     std::os::unix::fs::symlink(v.outside().join("nothing"), v.dir().join("dangling"))
@@ -291,10 +285,7 @@ fn imports_come_only_from_the_script_folder_recipes_and_stdlib() {
     );
     assert!(!err.contains("evil code ran"));
     v.refused(
-        &format!(
-            r#"import "{}" as e;"#,
-            v.outside().join("evil").display()
-        ),
+        &format!(r#"import "{}" as e;"#, v.outside().join("evil").display()),
         &["give a name relative to the script's folder"],
     );
     v.refused(r#"import "../../../../../etc/passwd" as e;"#, &["\"..\""]);
@@ -336,7 +327,11 @@ fn import_cycles_are_reported() {
         "{err}"
     );
     // A module imported twice without a cycle is fine.
-    write(v.dir(), "d.rhai", "import \"e\" as e;\nfn fd() { e::fe() + 1 }");
+    write(
+        v.dir(),
+        "d.rhai",
+        "import \"e\" as e;\nfn fd() { e::fe() + 1 }",
+    );
     write(v.dir(), "e.rhai", "fn fe() { 4 }");
     let out = v.run(
         "import \"d\" as d;\nimport \"e\" as e;\nprint(d::fd() + e::fe());",
@@ -365,7 +360,10 @@ fn a_download_needs_allow_net() {
     assert!(!err.contains("--allow-net"), "{err}");
 }
 
-const LLAMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/llama-sharded");
+const LLAMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/models/llama-sharded"
+);
 
 /// A copy of the sharded llama fixture in `dir` with `index` as its weight map's two shards.
 fn model_with_index(dir: &Path, shards: [&str; 2]) {
@@ -393,13 +391,20 @@ fn a_model_index_cannot_point_outside_its_folder() {
     let model = v.dir().join("model");
     let load = format!(r#"load("{}").n_layers"#, model.display());
     for (bad, wanted) in [
-        ("../../../../../../etc/passwd", "is not a plain relative path"),
+        (
+            "../../../../../../etc/passwd",
+            "is not a plain relative path",
+        ),
         ("/etc/passwd", "is not a plain relative path"),
         ("evil.safetensors", "leads to"),
     ] {
         model_with_index(&model, ["model-00001-of-00002.safetensors", bad]);
-        let _ = std::os::unix::fs::symlink(v.home().join(".bashrc"), model.join("evil.safetensors"));
-        let err = v.refused(&load, &[wanted, "an index may name only files inside its folder"]);
+        let _ =
+            std::os::unix::fs::symlink(v.home().join(".bashrc"), model.join("evil.safetensors"));
+        let err = v.refused(
+            &load,
+            &[wanted, "an index may name only files inside its folder"],
+        );
         assert!(!err.contains("PATH=$HOME"), "{err}");
     }
     // The fixture as it is loads.
@@ -426,15 +431,21 @@ fn a_hugging_face_snapshot_with_shards_linked_into_blobs_loads() {
     let repo = hf.join("models--test-org--sharded");
     let rev = "0123456789abcdef0123456789abcdef01234567";
     let snap = repo.join("snapshots").join(rev);
-    model_with_index(&snap, [
-        "model-00001-of-00002.safetensors",
-        "model-00002-of-00002.safetensors",
-    ]);
+    model_with_index(
+        &snap,
+        [
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ],
+    );
     std::fs::create_dir_all(repo.join("blobs")).expect("blobs");
     write(&repo, "refs/main", rev);
-    for (i, f) in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
-        .iter()
-        .enumerate()
+    for (i, f) in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
+    .iter()
+    .enumerate()
     {
         let blob = repo.join("blobs").join(format!("blob{i}"));
         std::fs::rename(snap.join(f), &blob).expect("move");
@@ -488,21 +499,34 @@ fn out_and_allow_flags_widen_what_a_script_may_touch() {
     assert!(v.outside().join("set/x.json").is_file());
     // Both at once is ambiguous.
     let run = v.run(code, &["--out", &other_s, "--set", &set]);
-    assert!(run.failed().contains("give the output folder once"), "{}", run.stderr);
+    assert!(
+        run.failed().contains("give the output folder once"),
+        "{}",
+        run.stderr
+    );
     // --allow-read PATH.
     let t = v.outside().join("t.safetensors");
     let t_s = t.display().to_string();
-    v.run(&format!(r#"save(tensor([3.0]), "{t_s}");"#), &["--allow-write", &t_s])
-        .ok();
+    v.run(
+        &format!(r#"save(tensor([3.0]), "{t_s}");"#),
+        &["--allow-write", &t_s],
+    )
+    .ok();
     let load = format!(r#"print(to_array(load_tensor("{t_s}")));"#);
     v.run(&load, &[]).failed();
     assert_eq!(v.run(&load, &["--allow-read", &t_s]).ok(), "[3.0]");
     // --allow-write a folder, given with ~.
-    let run = v.run(r#"save_json(1, "~/.bashrc");"#, &["--allow-write", "~/.ssh"]);
+    let run = v.run(
+        r#"save_json(1, "~/.bashrc");"#,
+        &["--allow-write", "~/.ssh"],
+    );
     assert!(run.failed().contains("may not write"), "{}", run.stderr);
     v.run(
         r#"save_json(1, "~/.ssh/extra.json");"#,
-        &["--allow-write", &v.home().join(".ssh").display().to_string()],
+        &[
+            "--allow-write",
+            &v.home().join(".ssh").display().to_string(),
+        ],
     )
     .ok();
     assert!(v.home().join(".ssh/extra.json").is_file());

@@ -143,7 +143,10 @@ fn download(repo_id: &str) -> std::result::Result<PathBuf, String> {
     );
     let mut dir = None;
     for (name, bytes) in &files {
-        eprintln!("downloading {repo_id}/{name} ({:.1} MB)", *bytes as f64 / 1e6);
+        eprintln!(
+            "downloading {repo_id}/{name} ({:.1} MB)",
+            *bytes as f64 / 1e6
+        );
         let p = repo.get(name).map_err(|e| e.to_string())?;
         if name == "config.json" {
             dir = p.parent().map(Path::to_path_buf);
