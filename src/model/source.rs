@@ -442,6 +442,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_download_lists_the_files_load_needs_with_their_sizes() {
+        let info = r#"{"sha": "abc", "siblings": [
+            {"rfilename": "config.json", "size": 700},
+            {"rfilename": "model-00001-of-00002.safetensors", "size": 4000000000},
+            {"rfilename": "model-00002-of-00002.safetensors", "size": 1000000000},
+            {"rfilename": "README.md", "size": 5000},
+            {"rfilename": "pytorch_model.bin", "size": 9000000000},
+            {"rfilename": "tokenizer.json"}
+        ]}"#;
+        let files = download_list(info).expect("a file list");
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "config.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors",
+                "tokenizer.json"
+            ]
+        );
+        assert_eq!(files.iter().map(|(_, b)| b).sum::<u64>(), 5_000_000_700);
+        assert!(download_list("{}").is_err());
+        assert!(download_list("not json").is_err());
+    }
+
+    #[test]
     fn repo_ids_are_recognised() {
         assert!(looks_like_repo_id("mlx-community/Qwen3-8B-4bit"));
         assert!(!looks_like_repo_id("./models/x"));
