@@ -192,7 +192,10 @@ fn check_safetensors(path: &Path) -> Result<()> {
     let header_len = u64::from_le_bytes(n);
     if header_len > 100_000_000 || 8 + header_len > size {
         return Err(bad(format!(
-            "not a safetensors file or truncated (header of {header_len} bytes, file of {size})"
+            // Not the header length itself: for a file that is not safetensors, those are
+            // its first 8 bytes.
+            "not a safetensors file or truncated (the header length does not fit the file of \
+             {size} bytes)"
         )));
     }
     let mut header = vec![0u8; header_len as usize];
