@@ -27,6 +27,10 @@ pub enum Error {
     /// Bad arguments from a script or the command line.
     #[error("{0}")]
     Invalid(String),
+    /// A script tried to touch a file or the network it has no permission for (see
+    /// `fsaccess`); the message says which flag allows it.
+    #[error("{0}")]
+    Denied(String),
     /// A script failed: the full report (`FILE:LINE:COL: message`, the line, the call trail).
     #[error("{0}")]
     Script(String),

@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::rc::Rc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use mlxi::fsaccess::{Grants, Permissions};
 use mlxi::script::{display, print_line, Context, Runner};
 use mlxi::{interrupt, Error};
 use rhai::{Dynamic, Map};
@@ -19,8 +21,37 @@ struct Cli {
     #[arg(short = 'e', long = "eval", value_name = "CODE")]
     eval: Option<String>,
 
+    #[command(flatten)]
+    access: Access,
+
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// What a script may touch beyond its defaults (see docs/SHELL.md, "Permissions").
+#[derive(clap::Args, Clone, Default)]
+struct Access {
+    /// Also let the script read PATH (a file or a folder); repeatable
+    #[arg(long = "allow-read", value_name = "PATH")]
+    read: Vec<PathBuf>,
+    /// Also let the script write PATH (a file or a folder), replacing existing files, and read
+    /// it; repeatable
+    #[arg(long = "allow-write", value_name = "PATH")]
+    write: Vec<PathBuf>,
+    /// Let the script use the network (downloading a model that is not in the Hugging Face
+    /// cache)
+    #[arg(long = "allow-net")]
+    net: bool,
+}
+
+impl Access {
+    fn grants(&self) -> Grants {
+        Grants {
+            read: self.read.clone(),
+            write: self.write.clone(),
+            net: self.net,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -33,6 +64,13 @@ enum Command {
         /// become numbers and booleans, anything else a string
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
+        /// The output folder, where the script may write and replace files (default: `out/`
+        /// in the script's folder); the script sees it as `args.out`. `--set out=DIR` does
+        /// the same with DIR relative to the script's folder
+        #[arg(long = "out", value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        access: Access,
     },
     /// List the models found locally: the default model and the Hugging Face cache
     Models {
@@ -145,7 +183,7 @@ fn main_inner() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(code) = cli.eval {
         interrupt::install_handler(true)?;
-        let runner = Runner::new(Context::in_current_dir());
+        let runner = Runner::new(interactive_context(&cli.access)?);
         let value = runner.eval_code("<-e>", &code)?;
         if let Some(text) = display::show(&value) {
             print_line(&text);
@@ -153,7 +191,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     match cli.command {
-        Some(Command::Run { file, set }) => run_file(&file, set),
+        Some(Command::Run {
+            file,
+            set,
+            out,
+            access,
+        }) => run_file(&file, set, out, &access),
         Some(Command::Models { json }) => models(json),
         Some(Command::Bench {
             source,
@@ -173,11 +216,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             keep_quantized,
             json,
         ),
-        None => Ok(mlxi::repl::Repl::new().run()?),
+        None => Ok(mlxi::repl::Repl::with_context(interactive_context(&cli.access)?).run()?),
     }
 }
 
-fn run_file(file: &Path, set: Vec<(String, String)>) -> anyhow::Result<()> {
+/// The REPL's and `-e`'s context: the current folder, the network, and the grants.
+fn interactive_context(access: &Access) -> anyhow::Result<Rc<Context>> {
+    let cwd = std::env::current_dir().context("cannot open the current folder")?;
+    Ok(Context::with_permissions(Permissions::interactive(
+        &cwd,
+        &access.grants(),
+    )?))
+}
+
+fn run_file(
+    file: &Path,
+    set: Vec<(String, String)>,
+    out: Option<PathBuf>,
+    access: &Access,
+) -> anyhow::Result<()> {
     if !file.is_file() {
         anyhow::bail!("{}: no such script file", file.display());
     }
@@ -189,11 +246,29 @@ fn run_file(file: &Path, set: Vec<(String, String)>) -> anyhow::Result<()> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("{}: cannot open its folder", file.display()))?;
-    let args: Map = set
+    let mut args: Map = set
         .into_iter()
         .map(|(k, v)| (k.into(), arg_value(&v)))
         .collect();
-    let runner = Runner::new(Context::new(dir));
+    // The output folder: `--out DIR` (relative to the current folder, passed to the script as
+    // an absolute `args.out`), else `--set out=DIR` as the script reads it (relative to its
+    // folder), else `out/` beside the script.
+    let set_out = args.get("out").map(|v| v.to_string());
+    let out_dir: Option<PathBuf> = match (out, set_out) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("give the output folder once: --out DIR or --set out=DIR")
+        }
+        (Some(o), None) => {
+            let o = std::path::absolute(&o)
+                .with_context(|| format!("{}: cannot resolve the output folder", o.display()))?;
+            args.insert("out".into(), Dynamic::from(o.display().to_string()));
+            Some(o)
+        }
+        (None, Some(v)) => Some(PathBuf::from(v)),
+        (None, None) => None,
+    };
+    let perms = Permissions::script(&dir, out_dir.as_deref(), &access.grants())?;
+    let runner = Runner::new(Context::with_permissions(perms));
     let _ = runner.run_file(file, args)?;
     Ok(())
 }

@@ -212,8 +212,15 @@ pub struct Repl {
 }
 
 impl Repl {
+    /// A shell in the current folder with the default permissions (see
+    /// [`crate::fsaccess::Permissions::interactive`]).
     pub fn new() -> Self {
-        let runner = Runner::new(Context::in_current_dir());
+        Repl::with_context(Context::in_current_dir())
+    }
+
+    /// A shell whose code runs in `ctx` (its folder and permissions).
+    pub fn with_context(ctx: Rc<Context>) -> Self {
+        let runner = Runner::new(ctx);
         let help = help::Index::build(&runner.engine);
         let repl = Repl {
             runner,
@@ -248,6 +255,10 @@ impl Repl {
         print_line(&format!(
             "mlxi {}: type :help for help, Ctrl-D to leave.",
             env!("CARGO_PKG_VERSION")
+        ));
+        print_line(&format!(
+            "{} (--allow-read, --allow-write, --allow-net widen it)",
+            self.runner.ctx.permissions().describe()
         ));
         let mut pending = String::new();
         let mut interrupted_once = false;

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use mlx_rs::{ops, Array, Dtype};
 use mlxi::capture::{capture, Captured, Positions};
+use mlxi::fsaccess::{Grants, Permissions};
 use mlxi::hooks::HookName;
 use mlxi::model::layers::Rope;
 use mlxi::model::{LoadOptions, Model, Net};
@@ -26,7 +27,15 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// Evaluates a script (with `let m = load();` in front) and returns its value.
 fn eval(code: &str) -> Result<Dynamic, String> {
-    let runner = Runner::new(Context::in_current_dir());
+    // These tests write their files in the system's temporary folder, outside the current
+    // folder: allowed as `--allow-write` would.
+    let grants = Grants {
+        write: vec![std::env::temp_dir()],
+        ..Grants::default()
+    };
+    let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+    let perms = Permissions::interactive(&cwd, &grants).map_err(|e| e.to_string())?;
+    let runner = Runner::new(Context::with_permissions(perms));
     let code = format!("let m = load();\n{code}");
     runner.eval_code("<test>", &code).map_err(|e| e.to_string())
 }

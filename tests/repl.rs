@@ -124,3 +124,33 @@ fn load_runs_a_file_into_the_session() {
     p.send_line(":quit").expect("send");
     p.exp_eof().expect("exits");
 }
+
+#[test]
+fn the_banner_states_what_the_session_may_touch() {
+    let home = scratch();
+    let dir = scratch();
+    let extra = scratch();
+    let real = |p: &std::path::Path| p.canonicalize().expect("exists").display().to_string();
+    let mut cmd = mlxi(home.path());
+    cmd.env("TERM", "xterm")
+        .current_dir(dir.path())
+        .arg("--allow-read")
+        .arg(extra.path());
+    let mut p = spawn_command(cmd, Some(20_000)).expect("mlxi starts in a pty");
+    p.exp_string(&format!(
+        "files: reads and writes in {}; reads {}; network: allowed",
+        real(dir.path()),
+        real(extra.path())
+    ))
+    .expect("the banner names the folders and the network");
+    p.exp_string(PROMPT).expect("a prompt");
+    // Outside them, a write is refused with the flag that allows it.
+    expect_after(
+        &mut p,
+        &format!("save_json(1, \"{}/x.json\")", real(extra.path())),
+        "--allow-write",
+    );
+    p.send_line(":quit").expect("send");
+    p.exp_eof().expect("exits");
+    assert!(!extra.path().join("x.json").exists());
+}

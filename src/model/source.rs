@@ -80,14 +80,24 @@ pub fn resolve(source: &str) -> Result<PathBuf> {
     )))
 }
 
+/// Whether loading `source` would download it: a Hugging Face repo id that is neither a local
+/// file or folder nor in the Hugging Face cache. Scripts need `--allow-net` for that.
+pub fn needs_download(source: &str) -> bool {
+    let path = Path::new(source);
+    !path.exists() && looks_like_repo_id(source) && cached(source).is_none()
+}
+
+/// The cached snapshot folder of a repo id.
+fn cached(repo_id: &str) -> Option<PathBuf> {
+    let cache = hf_hub::Cache::new(hf_cache_dir());
+    let config = cache.model(repo_id.to_string()).get("config.json")?;
+    config.parent().map(Path::to_path_buf)
+}
+
 /// A repo id: the cached snapshot if there is one, else a download (unless offline).
 fn from_hub(repo_id: &str) -> Result<PathBuf> {
-    let cache = hf_hub::Cache::new(hf_cache_dir());
-    let repo = cache.model(repo_id.to_string());
-    if let Some(config) = repo.get("config.json") {
-        if let Some(dir) = config.parent() {
-            return Ok(dir.to_path_buf());
-        }
+    if let Some(dir) = cached(repo_id) {
+        return Ok(dir);
     }
     let offline = ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"]
         .iter()
@@ -115,22 +125,59 @@ fn download(repo_id: &str) -> std::result::Result<PathBuf, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let repo = api.model(repo_id.to_string());
-    let info = repo.info().map_err(|e| e.to_string())?;
+    // The file list with sizes (`blobs=true`), so the download states its size first.
+    let text = repo
+        .info_request()
+        .query("blobs", "true")
+        .call()
+        .map_err(|e| e.to_string())?
+        .into_string()
+        .map_err(|e| e.to_string())?;
+    let files = download_list(&text)?;
+    let total: u64 = files.iter().map(|(_, n)| n).sum();
+    eprintln!(
+        "downloading {repo_id}: {} files, {:.1} MB, into {}",
+        files.len(),
+        total as f64 / 1e6,
+        hf_cache_dir().display()
+    );
+    let mut dir = None;
+    for (name, bytes) in &files {
+        eprintln!(
+            "downloading {repo_id}/{name} ({:.1} MB)",
+            *bytes as f64 / 1e6
+        );
+        let p = repo.get(name).map_err(|e| e.to_string())?;
+        if name == "config.json" {
+            dir = p.parent().map(Path::to_path_buf);
+        }
+    }
+    dir.ok_or_else(|| format!("{repo_id} has no config.json"))
+}
+
+/// The files of a repo that `load` needs, with their sizes, from the hub's answer to
+/// `/api/models/REPO?blobs=true`.
+fn download_list(info: &str) -> std::result::Result<Vec<(String, u64)>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(info).map_err(|e| format!("the hub's answer is not JSON: {e}"))?;
+    let siblings = v
+        .get("siblings")
+        .and_then(|s| s.as_array())
+        .ok_or("the hub's answer lists no files")?;
     let wanted = |f: &str| {
         f.ends_with(".safetensors")
             || f.ends_with(".json")
             || f.ends_with(".jinja")
             || f == "tokenizer.model"
     };
-    let mut dir = None;
-    for s in info.siblings.iter().filter(|s| wanted(&s.rfilename)) {
-        eprintln!("downloading {repo_id}/{}", s.rfilename);
-        let p = repo.get(&s.rfilename).map_err(|e| e.to_string())?;
-        if s.rfilename == "config.json" {
-            dir = p.parent().map(Path::to_path_buf);
-        }
-    }
-    dir.ok_or_else(|| format!("{repo_id} has no config.json"))
+    Ok(siblings
+        .iter()
+        .filter_map(|s| {
+            let name = s.get("rfilename")?.as_str()?;
+            let size = s.get("size").and_then(|n| n.as_u64()).unwrap_or(0);
+            wanted(name).then(|| (name.to_string(), size))
+        })
+        .collect())
 }
 
 /// Check a safetensors file's header and size before MLX reads it, so a truncated or
@@ -145,7 +192,10 @@ fn check_safetensors(path: &Path) -> Result<()> {
     let header_len = u64::from_le_bytes(n);
     if header_len > 100_000_000 || 8 + header_len > size {
         return Err(bad(format!(
-            "not a safetensors file or truncated (header of {header_len} bytes, file of {size})"
+            // Not the header length itself: for a file that is not safetensors, those are
+            // its first 8 bytes.
+            "not a safetensors file or truncated (the header length does not fit the file of \
+             {size} bytes)"
         )));
     }
     let mut header = vec![0u8; header_len as usize];
@@ -173,6 +223,44 @@ fn check_safetensors(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The file a `model.safetensors.index.json` names, if it lies inside the model folder: the
+/// name must be a plain relative path (no absolute path, no `..`), and where the file is a
+/// symbolic link it must lead inside the folder, or, for a Hugging Face cache snapshot
+/// (`.../snapshots/REV`), into that repo's `blobs` folder where the cache keeps the files.
+fn shard_path(dir: &Path, index: &Path, name: &str) -> Result<PathBuf> {
+    let outside = |why: &str| {
+        Error::Model(format!(
+            "{}: the shard \"{name}\" {why}: an index may name only files inside its folder",
+            index.display()
+        ))
+    };
+    let plain = !name.is_empty()
+        && Path::new(name)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return Err(outside("is not a plain relative path"));
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        // Reported as a missing shard by the caller.
+        return Ok(path);
+    }
+    let real = |p: &Path| p.canonicalize().map_err(|e| Error::io(p, e));
+    let (root, file) = (real(dir)?, real(&path)?);
+    let blobs = root
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(Path::parent)
+        .map(|repo| repo.join("blobs"));
+    let inside = file.starts_with(&root) || blobs.is_some_and(|b| file.starts_with(b));
+    if inside {
+        Ok(path)
+    } else {
+        Err(outside(&format!("leads to {}", file.display())))
+    }
+}
+
 /// Every tensor of the checkpoint in `dir`: the shards named by
 /// `model.safetensors.index.json` if present, else the `model*.safetensors` files.
 pub fn load_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
@@ -193,7 +281,10 @@ pub fn load_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
             .collect();
         names.sort();
         names.dedup();
-        names.into_iter().map(|n| dir.join(n)).collect()
+        names
+            .iter()
+            .map(|n| shard_path(dir, &index, n))
+            .collect::<Result<Vec<_>>>()?
     } else {
         // Like mlx-lm, the weights are `model*.safetensors`; other safetensors files in the
         // folder (a `consolidated.safetensors` duplicate, test goldens) are not weights. A folder
@@ -352,6 +443,32 @@ pub fn list_local() -> Vec<LocalModel> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_download_lists_the_files_load_needs_with_their_sizes() {
+        let info = r#"{"sha": "abc", "siblings": [
+            {"rfilename": "config.json", "size": 700},
+            {"rfilename": "model-00001-of-00002.safetensors", "size": 4000000000},
+            {"rfilename": "model-00002-of-00002.safetensors", "size": 1000000000},
+            {"rfilename": "README.md", "size": 5000},
+            {"rfilename": "pytorch_model.bin", "size": 9000000000},
+            {"rfilename": "tokenizer.json"}
+        ]}"#;
+        let files = download_list(info).expect("a file list");
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "config.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors",
+                "tokenizer.json"
+            ]
+        );
+        assert_eq!(files.iter().map(|(_, b)| b).sum::<u64>(), 5_000_000_700);
+        assert!(download_list("{}").is_err());
+        assert!(download_list("not json").is_err());
+    }
 
     #[test]
     fn repo_ids_are_recognised() {

@@ -306,7 +306,7 @@ mod capture_functions {
     /// Example: `save(c, "acts.safetensors")`
     #[rhai_fn(name = "save", return_raw)]
     pub fn save(ctx: NativeCallContext, c: Cache, path: &str) -> RhaiResult<()> {
-        let path = context(&ctx).resolve_path(path);
+        let path = context(&ctx).write_path("save", path)?;
         Ok(save_impl(&c, &path)?)
     }
 
@@ -315,7 +315,7 @@ mod capture_functions {
     /// Example: `let c = load_cache("acts.safetensors");`
     #[rhai_fn(return_raw)]
     pub fn load_cache(ctx: NativeCallContext, path: &str) -> RhaiResult<Cache> {
-        let path = context(&ctx).resolve_path(path);
+        let path = context(&ctx).read_path("load_cache", path)?;
         Ok(load_impl(&path)?)
     }
 

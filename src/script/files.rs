@@ -1,7 +1,9 @@
 //! Writing result files from scripts: atomic writes and `save_json`.
 //!
 //! Scripts reach the file system only through the listed save/load functions and `import`;
-//! relative paths resolve against the script's folder (see [`super::Context::resolve_path`]).
+//! every path is resolved and checked by [`crate::fsaccess`] (through
+//! [`super::Context::write_path`] and [`super::Context::read_path`]): relative paths resolve
+//! against the script's folder.
 
 use std::io::Write;
 use std::path::Path;
@@ -134,7 +136,7 @@ mod file_functions {
         let mut text = serde_json::to_string_pretty(&json)
             .map_err(|e| Error::Invalid(format!("save_json: {e}")))?;
         text.push('\n');
-        let path = context(&ctx).resolve_path(path);
+        let path = context(&ctx).write_path("save_json", path)?;
         Ok(write_atomic(&path, text.as_bytes())?)
     }
 }

@@ -39,6 +39,7 @@ use rhai::{
     Dynamic, Engine, EvalAltResult, Map, Module, NativeCallContext, Position, Scope, Shared, AST,
 };
 
+use crate::fsaccess::{Grants, Permissions};
 use crate::{interrupt, Error};
 
 pub use options::Options;
@@ -86,60 +87,109 @@ pub fn located<T>(ctx: &NativeCallContext, r: crate::Result<T>) -> RhaiResult<T>
     })
 }
 
-/// Where a script runs: the folder its relative paths resolve against, the recipe folders
-/// `import` searches, and the sources seen so far (for error messages).
+/// Where a script runs: what it may touch (its folder, which relative paths resolve against,
+/// its output folder, granted paths and the network; see [`crate::fsaccess`]), the recipe
+/// folders `import` searches, the modules being imported (to report cycles), and the sources
+/// seen so far (for error messages).
 pub struct Context {
-    base_dir: PathBuf,
+    perms: Permissions,
     recipe_dirs: Vec<PathBuf>,
     sources: RefCell<HashMap<String, Rc<str>>>,
     modules: RefCell<HashMap<String, CachedModule>>,
+    /// The script and the modules being evaluated, outermost first: (real path or library
+    /// name, name in messages).
+    importing: RefCell<Vec<(String, String)>>,
 }
 
 impl Context {
-    /// A context whose relative paths resolve against `base_dir`; recipe folders are
-    /// `$MLXI_HOME/recipes` and the paths in `MLXI_RECIPES`.
+    /// A context for a script in `base_dir` with the default permissions (its folder and
+    /// `base_dir/out`, no network); recipe folders are `$MLXI_HOME/recipes` and the paths in
+    /// `MLXI_RECIPES`.
     pub fn new(base_dir: impl Into<PathBuf>) -> Rc<Self> {
+        let base: PathBuf = base_dir.into();
+        let perms = Permissions::script(&base, None, &Grants::default())
+            .unwrap_or_else(|_| Permissions::unresolved(&base));
+        Context::with_permissions(perms)
+    }
+
+    /// A context with the given permissions; relative paths resolve against `perms.base()`.
+    pub fn with_permissions(perms: Permissions) -> Rc<Self> {
         let mut recipe_dirs: Vec<PathBuf> = Vec::new();
         if let Some(paths) = std::env::var_os("MLXI_RECIPES") {
             recipe_dirs.extend(std::env::split_paths(&paths).filter(|p| !p.as_os_str().is_empty()));
         }
         recipe_dirs.push(mlxi_home().join("recipes"));
         Rc::new(Context {
-            base_dir: base_dir.into(),
+            perms,
             recipe_dirs,
             sources: RefCell::default(),
             modules: RefCell::default(),
+            importing: RefCell::default(),
         })
     }
 
-    /// A context for code typed at the REPL or given with `-e`: paths relative to the current
-    /// folder.
+    /// A context for code typed at the REPL or given with `-e`: the current folder is the
+    /// script folder and the output folder, and the network is allowed.
     pub fn in_current_dir() -> Rc<Self> {
-        Context::new(std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")))
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let perms = Permissions::interactive(&cwd, &Grants::default())
+            .unwrap_or_else(|_| Permissions::unresolved(&cwd));
+        Context::with_permissions(perms)
     }
 
     pub fn base_dir(&self) -> &Path {
-        &self.base_dir
+        self.perms.base()
+    }
+
+    pub fn permissions(&self) -> &Permissions {
+        &self.perms
     }
 
     pub fn recipe_dirs(&self) -> &[PathBuf] {
         &self.recipe_dirs
     }
 
-    /// A path from a script: `~/` is the home folder, a relative path is relative to the base
-    /// folder.
+    /// A path from a script, resolved but not checked: `~/` is the home folder, a relative
+    /// path is relative to the base folder, links and `..` followed (for the REPL's `:load`,
+    /// which the person at the prompt types).
     pub fn resolve_path(&self, path: &str) -> PathBuf {
-        if let Some(rest) = path.strip_prefix("~/") {
-            if let Some(home) = std::env::var_os("HOME") {
-                return PathBuf::from(home).join(rest);
-            }
+        self.perms
+            .resolve(path)
+            .unwrap_or_else(|_| self.base_dir().join(path))
+    }
+
+    /// The real path of a file `verb` reads, if the script may read it.
+    pub fn read_path(&self, verb: &str, path: &str) -> crate::Result<PathBuf> {
+        self.perms.read(verb, path)
+    }
+
+    /// The real path of a file `verb` writes, if the script may write it.
+    pub fn write_path(&self, verb: &str, path: &str) -> crate::Result<PathBuf> {
+        self.perms.write(verb, path)
+    }
+
+    /// Starts evaluating the module `key` (a real path or a library name); an error naming the
+    /// chain when it is already being evaluated (A imports B imports A).
+    pub fn enter_module(&self, key: &str, name: &str) -> crate::Result<()> {
+        let mut stack = self.importing.borrow_mut();
+        if let Some(i) = stack.iter().position(|(k, _)| k == key) {
+            let chain: Vec<&str> = stack[i..]
+                .iter()
+                .map(|(_, n)| n.as_str())
+                .chain([name])
+                .collect();
+            return Err(Error::Invalid(format!(
+                "import cycle: {}",
+                chain.join(" imports ")
+            )));
         }
-        let p = Path::new(path);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
+        stack.push((key.to_string(), name.to_string()));
+        Ok(())
+    }
+
+    /// Ends the evaluation of the innermost module.
+    pub fn leave_module(&self) {
+        self.importing.borrow_mut().pop();
     }
 
     /// Remembers a source text for error messages.
@@ -318,7 +368,14 @@ impl Runner {
         let mut scope = Scope::new();
         scope.push("args", args);
         let ast = self.compile(&name, &code, &scope)?;
-        self.eval(&name, &ast, &mut scope)
+        let key = std::path::absolute(path)
+            .map_err(|e| Error::io(path, e))
+            .and_then(|p| crate::fsaccess::real_path(&p))
+            .map_or_else(|_| name.clone(), |p| p.display().to_string());
+        self.ctx.enter_module(&key, &name)?;
+        let r = self.eval(&name, &ast, &mut scope);
+        self.ctx.leave_module();
+        r
     }
 
     /// Evaluates a snippet (`mlxi -e`).

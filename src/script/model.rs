@@ -13,7 +13,7 @@ use rhai::{Array as RhaiArray, Dynamic, Engine, Map, FLOAT, INT};
 use super::hooks::with_call;
 use super::options::Options;
 use super::tensor::Tensor;
-use super::RhaiResult;
+use super::{context, RhaiResult};
 use crate::generate::{GenerateOptions, Sink};
 use crate::hooks::HookName;
 use crate::model::{parse_dtype, LoadOptions, Model};
@@ -126,7 +126,7 @@ fn check_vocab(m: &Model, rows: &[Vec<u32>], verb: &str) -> Result<()> {
     Ok(())
 }
 
-fn load_impl(source: Option<&str>, opts: &Map) -> Result<ModelHandle> {
+fn load_impl(ctx: &NativeCallContext, source: Option<&str>, opts: &Map) -> Result<ModelHandle> {
     let o = Options::parse("load", opts, &["dtype", "dequantize"])?;
     let lo = LoadOptions {
         dtype: o.string("dtype")?.map(|s| parse_dtype(&s)).transpose()?,
@@ -137,7 +137,15 @@ fn load_impl(source: Option<&str>, opts: &Map) -> Result<ModelHandle> {
     };
     let m = match source {
         None | Some("default") => Model::load_default(&lo)?,
-        Some(s) => Model::load(s, &lo)?,
+        Some(s) => {
+            if crate::model::source::needs_download(s) {
+                context(ctx).permissions().net(&format!(
+                    "load(\"{s}\"): {s} is not in the Hugging Face cache ({}), and downloading it",
+                    crate::model::source::hf_cache_dir().display()
+                ))?;
+            }
+            Model::load(s, &lo)?
+        }
     };
     Ok(ModelHandle(Rc::new(RefCell::new(m))))
 }
@@ -363,8 +371,8 @@ mod model_functions {
     ///
     /// Example: `let m = load();`
     #[rhai_fn(name = "load", return_raw)]
-    pub fn load_default() -> RhaiResult<Model> {
-        Ok(load_impl(None, &Map::new())?)
+    pub fn load_default(ctx: NativeCallContext) -> RhaiResult<Model> {
+        Ok(load_impl(&ctx, None, &Map::new())?)
     }
 
     /// A model from a folder (Hugging Face or mlx-community layout), a `.gguf` file, or a
@@ -372,8 +380,8 @@ mod model_functions {
     ///
     /// Example: `let m = load("mlx-community/Qwen3-0.6B-4bit");`
     #[rhai_fn(name = "load", return_raw)]
-    pub fn load_source(source: &str) -> RhaiResult<Model> {
-        Ok(load_impl(Some(source), &Map::new())?)
+    pub fn load_source(ctx: NativeCallContext, source: &str) -> RhaiResult<Model> {
+        Ok(load_impl(&ctx, Some(source), &Map::new())?)
     }
 
     /// `load` with options: `dtype` ("f32", "f16", "bf16"), `dequantize` (bool; default true on
@@ -381,8 +389,8 @@ mod model_functions {
     ///
     /// Example: `let m = load("models/qwen3", #{dtype: "bf16"});`
     #[rhai_fn(name = "load", return_raw)]
-    pub fn load_with(source: &str, opts: Map) -> RhaiResult<Model> {
-        Ok(load_impl(Some(source), &opts)?)
+    pub fn load_with(ctx: NativeCallContext, source: &str, opts: Map) -> RhaiResult<Model> {
+        Ok(load_impl(&ctx, Some(source), &opts)?)
     }
 
     /// A map describing the model: name, arch, n_layers, d_model, n_heads, n_kv_heads, d_head,

@@ -1,7 +1,10 @@
 //! `import "NAME" as x;`: NAME.rhai from the script's folder, then the user's recipe folders,
-//! then the standard library embedded in the binary. Nothing else is read.
+//! then the standard library embedded in the binary. Nothing else is read: a name cannot leave
+//! the folder it is looked up in (no absolute names, no `..`), and a module file that is a
+//! symbolic link leading outside that folder is refused (see [`crate::fsaccess`]). A module
+//! that imports itself, directly or through others, is an import cycle and an error.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 use std::time::SystemTime;
 
@@ -9,6 +12,7 @@ use include_dir::{include_dir, Dir};
 use rhai::{Engine, EvalAltResult, Module, ModuleResolver, Position, Scope, Shared};
 
 use super::Context;
+use crate::fsaccess;
 
 /// The recipe library shipped inside the binary.
 static STDLIB: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/stdlib");
@@ -36,6 +40,8 @@ pub fn stdlib_source(file: &str) -> Option<&'static str> {
 
 /// A module's text and the name it goes by in messages (its path, or `<stdlib>/NAME.rhai`).
 struct Found {
+    /// Its real path, or its name for the embedded library: what import cycles compare.
+    key: String,
     name: String,
     text: Rc<str>,
     modified: Option<SystemTime>,
@@ -60,6 +66,15 @@ impl Resolver {
         if Path::new(&file).is_absolute() {
             return Err(format!(
                 "import \"{name}\": give a name relative to the script's folder or a recipe folder"
+            ));
+        }
+        if Path::new(&file)
+            .components()
+            .any(|c| matches!(c, Component::ParentDir))
+        {
+            return Err(format!(
+                "import \"{name}\": a module name cannot contain \"..\": modules come only from \
+                 the script's folder, the recipe folders and the standard library"
             ));
         }
         let mut searched: Vec<String> = Vec::new();
@@ -100,10 +115,12 @@ impl Resolver {
         for dir in own_dir.iter().chain(self.ctx.recipe_dirs()) {
             let path = dir.join(&file);
             if path.is_file() && path.canonicalize().ok() != importer {
-                let text = std::fs::read_to_string(&path)
+                let real = inside(dir, &path).map_err(|why| format!("import \"{name}\": {why}"))?;
+                let text = std::fs::read_to_string(&real)
                     .map_err(|e| format!("import \"{name}\": {}: {e}", path.display()))?;
-                let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                let modified = std::fs::metadata(&real).and_then(|m| m.modified()).ok();
                 return Ok(Found {
+                    key: real.display().to_string(),
                     name: path.display().to_string(),
                     text: text.into(),
                     modified,
@@ -123,9 +140,39 @@ impl Resolver {
     }
 }
 
+/// The real path of `path`, a module file found in `dir`, if it really lies inside `dir`
+/// (a symbolic link may lead anywhere).
+fn inside(dir: &Path, path: &Path) -> Result<PathBuf, String> {
+    let real = |p: &Path| {
+        // A script named without a folder has "" as its folder: the current one.
+        let p = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
+        std::path::absolute(p)
+            .map_err(|e| format!("{}: {e}", p.display()))
+            .and_then(|a| fsaccess::real_path(&a).map_err(|e| e.to_string()))
+    };
+    let (root, file) = (real(dir)?, real(path)?);
+    if fsaccess::is_within(&file, &root) {
+        Ok(file)
+    } else {
+        Err(format!(
+            "{} leads to {}, outside {}: modules are read only from the script's folder, the \
+             recipe folders and the standard library",
+            path.display(),
+            file.display(),
+            root.display()
+        ))
+    }
+}
+
 fn stdlib_found(file: &str, text: &'static str) -> Found {
+    let name = format!("{STDLIB_PREFIX}{file}");
     Found {
-        name: format!("{STDLIB_PREFIX}{file}"),
+        key: name.clone(),
+        name,
         text: text.into(),
         modified: None,
     }
@@ -153,7 +200,12 @@ impl ModuleResolver for Resolver {
             .compile(&*found.text)
             .map_err(|e| in_module(e.into()))?;
         ast.set_source(found.name.as_str());
-        let mut module = Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(in_module)?;
+        self.ctx
+            .enter_module(&found.key, &found.name)
+            .map_err(|e| EvalAltResult::ErrorRuntime(e.to_string().into(), pos))?;
+        let module = Module::eval_ast_as_new(Scope::new(), &ast, engine);
+        self.ctx.leave_module();
+        let mut module = module.map_err(in_module)?;
         module.set_id(found.name.as_str());
         module.build_index();
         let shared: Shared<Module> = module.into();

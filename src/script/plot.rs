@@ -176,7 +176,7 @@ fn write_svg(ctx: &NativeCallContext, o: &Options, verb: &str, svg: &str) -> Res
             format!("charts are written as SVG: give a path ending in .svg, got \"{path}\""),
         ));
     }
-    let resolved = context(ctx).resolve_path(&path);
+    let resolved = context(ctx).write_path(verb, &path)?;
     write_atomic(&resolved, svg.as_bytes())?;
     Ok(resolved.display().to_string())
 }

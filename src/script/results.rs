@@ -39,11 +39,15 @@ impl ResultsFile {
                         path.display()
                     )))
                 }
+                // The parser's position only: its message could quote the file.
                 Err(e) => {
-                    return Err(Error::Json {
-                        path: path.to_path_buf(),
-                        source: e,
-                    })
+                    return Err(Error::Invalid(format!(
+                        "results: {} is not valid JSON (line {}, column {}), so it cannot be \
+                         resumed",
+                        path.display(),
+                        e.line(),
+                        e.column()
+                    )))
                 }
             }
         } else {
@@ -147,7 +151,7 @@ impl Results {
 fn open(ctx: &NativeCallContext, path: &str, opts: &Map) -> Result<Results> {
     let o = Options::parse("results", opts, &["resume"])?;
     let resume = o.bool("resume", false)?;
-    let path = context(ctx).resolve_path(path);
+    let path = context(ctx).write_path("results", path)?;
     Ok(Results(Rc::new(RefCell::new(ResultsFile::create(
         &path, resume,
     )?))))

@@ -850,7 +850,7 @@ mod steer_functions {
     /// Example: `save(d, "happy.safetensors")`
     #[rhai_fn(name = "save", return_raw)]
     pub fn save(ctx: NativeCallContext, d: Direction, path: &str) -> RhaiResult<()> {
-        let path = context(&ctx).resolve_path(path);
+        let path = context(&ctx).write_path("save", path)?;
         Ok(save_impl(&d, &path)?)
     }
 
@@ -859,7 +859,7 @@ mod steer_functions {
     /// Example: `let d = load_direction("happy.safetensors");`
     #[rhai_fn(return_raw)]
     pub fn load_direction(ctx: NativeCallContext, path: &str) -> RhaiResult<Direction> {
-        let path = context(&ctx).resolve_path(path);
+        let path = context(&ctx).read_path("load_direction", path)?;
         Ok(load_impl(&path)?)
     }
 
@@ -869,7 +869,7 @@ mod steer_functions {
     /// Example: `save_library(#{happy: d1, formal: d2}, "concepts.safetensors")`
     #[rhai_fn(return_raw)]
     pub fn save_library(ctx: NativeCallContext, lib: Map, path: &str) -> RhaiResult<()> {
-        let path = context(&ctx).resolve_path(path);
+        let path = context(&ctx).write_path("save_library", path)?;
         Ok(save_library_impl(&lib, &path)?)
     }
 
@@ -878,7 +878,7 @@ mod steer_functions {
     /// Example: `let lib = load_library("concepts.safetensors"); steer(m, lib.happy)`
     #[rhai_fn(return_raw)]
     pub fn load_library(ctx: NativeCallContext, path: &str) -> RhaiResult<Map> {
-        let path = context(&ctx).resolve_path(path);
+        let path = context(&ctx).read_path("load_library", path)?;
         Ok(load_library_impl(&path)?)
     }
 
@@ -887,7 +887,7 @@ mod steer_functions {
     /// Example: `export_control_vector(d, "happy.gguf")`
     #[rhai_fn(name = "export_control_vector", return_raw)]
     pub fn export_one(ctx: NativeCallContext, d: Direction, path: &str) -> RhaiResult<()> {
-        let path = context(&ctx).resolve_path(path);
+        let path = context(&ctx).write_path("export_control_vector", path)?;
         Ok(super::export_control_vector(&[d], &path)?)
     }
 
@@ -905,7 +905,7 @@ mod steer_functions {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let path = context(&ctx).resolve_path(path);
+        let path = context(&ctx).write_path("export_control_vector", path)?;
         Ok(super::export_control_vector(&ds, &path)?)
     }
 

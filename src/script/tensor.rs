@@ -540,6 +540,30 @@ pub fn write_safetensors(
     super::files::write_atomic(path, &bytes)
 }
 
+/// What is wrong with a file that is not safetensors, in words that never quote the file: a
+/// script may point `load_tensor` at any file it can read, and its text must not end up in
+/// an error message (the JSON parser's messages can quote the header, tensor names are
+/// quoted by others).
+fn header_problem(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::InvalidHeader(_) => "the header is not UTF-8 text".into(),
+        E::InvalidHeaderDeserialization(j) | E::JsonError(j) => format!(
+            "the header is not safetensors JSON (line {}, column {})",
+            j.line(),
+            j.column()
+        ),
+        E::HeaderTooLarge | E::HeaderTooSmall | E::InvalidHeaderLength => {
+            "the header length does not fit the file".into()
+        }
+        E::TensorNotFound(_) | E::InvalidOffset(_) | E::TensorInvalidInfo => {
+            "a tensor's offsets, shape or type are invalid".into()
+        }
+        E::IoError(io) => format!("cannot read it ({})", io.kind()),
+        _ => "the header does not describe the data".into(),
+    }
+}
+
 /// Reads every tensor of a safetensors file, with its metadata.
 #[allow(clippy::type_complexity)]
 pub fn read_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
@@ -547,8 +571,9 @@ pub fn read_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<S
     let invalid = |e: &dyn std::fmt::Display| {
         Error::Invalid(format!("{}: not a safetensors file: {e}", path.display()))
     };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(&e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| invalid(&e))?;
+    let unsafe_invalid = |e: safetensors::SafeTensorError| invalid(&header_problem(&e));
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(unsafe_invalid)?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(unsafe_invalid)?;
     let mut tensors = Vec::new();
     for (name, view) in st.iter() {
         let array = Array::try_from(view).map_err(|e| invalid(&e))?;
@@ -832,7 +857,7 @@ mod tensor_functions {
     /// Example: `save(v, "direction.safetensors")`
     #[rhai_fn(name = "save", return_raw)]
     pub fn save(ctx: NativeCallContext, t: Tensor, path: &str) -> RhaiResult<()> {
-        let path = context(&ctx).resolve_path(path);
+        let path = context(&ctx).write_path("save", path)?;
         Ok(write_safetensors(&path, &[("tensor", &t)], None)?)
     }
 
@@ -842,7 +867,7 @@ mod tensor_functions {
     /// Example: `let v = load_tensor("direction.safetensors");`
     #[rhai_fn(return_raw)]
     pub fn load_tensor(ctx: NativeCallContext, path: &str) -> RhaiResult<Tensor> {
-        let full = context(&ctx).resolve_path(path);
+        let full = context(&ctx).read_path("load_tensor", path)?;
         let (mut tensors, _) = read_safetensors(&full)?;
         if let Some(i) = tensors.iter().position(|(n, _)| n == "tensor") {
             return Ok(tensors.swap_remove(i).1);
