@@ -11,7 +11,11 @@ pub fn mlxi(home: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.env("MLXI_HOME", home)
         .env_remove("MLXI_RECIPES")
-        .env_remove("MLXI_MAX_OPERATIONS");
+        .env_remove("MLXI_MAX_OPERATIONS")
+        .env_remove("MLXI_MAX_STRING_SIZE")
+        .env_remove("MLXI_MAX_ARRAY_SIZE")
+        .env_remove("MLXI_MAX_MAP_SIZE")
+        .env_remove("MLXI_MAX_TENSOR_BYTES");
     c
 }
 
