@@ -8,6 +8,7 @@ pub mod bench;
 pub mod capture;
 pub mod directions;
 pub mod error;
+pub mod fuzz;
 pub mod generate;
 pub mod hooks;
 pub mod interrupt;
