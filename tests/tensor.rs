@@ -258,7 +258,7 @@ fn tensors_too_large_for_memory_are_errors_not_crashes() {
     // 2^32 elements: within memory on many machines, but past what MLX's kernels index.
     let err = error("zeros([65536, 65536])");
     assert!(err.contains("has more than 2147483647 elements"), "{err}");
-    let dims = format!("zeros([{}])", vec!["65536"; 12].join(", "));
+    let dims = format!("zeros([{}])", ["65536"; 12].join(", "));
     assert!(error(&dims).contains("has more than 2147483647 elements"));
 }
 
