@@ -7,7 +7,8 @@
 //! script position. Verbs with an options map check it with [`options::Options`].
 //!
 //! MLX arrays are not thread safe, so Rhai's `sync` feature stays off and everything runs on
-//! the main thread; shared engine state (a loaded model) is held as `Rc<RefCell<_>>`.
+//! one thread (the engine thread that `main.rs` starts); shared engine state (a loaded model)
+//! is held as `Rc<RefCell<_>>`.
 
 pub mod analysis;
 pub mod capture;
