@@ -278,8 +278,9 @@ fn tensor_byte_limit() -> Option<(u128, &'static str)> {
     physical_memory().map(|p| (p.saturating_sub(held), "this machine's free memory"))
 }
 
-/// The most elements one tensor may have: MLX's kernels index elements with 32-bit integers
-/// in places, and a tensor past that crashes them instead of failing cleanly.
+/// The most elements one tensor made by a script may have (8 GiB of float32): a fixed cap, so
+/// that an accidental shape such as `zeros([65536, 65536])` is refused on every machine and
+/// backend, whatever its memory, rather than left to the allocator.
 pub const MAX_ELEMENTS: u128 = i32::MAX as u128;
 
 /// Refuses a result that cannot be made, before MLX tries to allocate it (MLX's CPU
