@@ -21,6 +21,14 @@ pub enum Error {
     /// A model file or folder that cannot be used as it is.
     #[error("{0}")]
     Model(String),
+    /// A config value that no model can have, found before anything is allocated; the loader
+    /// adds the file it came from ([`Error::in_file`]).
+    #[error("{key} = {value}: {why}")]
+    Config {
+        key: String,
+        value: String,
+        why: String,
+    },
     /// A tokenizer or chat template problem.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -46,6 +54,15 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// A [`Error::Config`] as a model error naming the file the config came from; other
+    /// errors unchanged.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            Error::Config { .. } => Error::Model(format!("{}: {self}", path.display())),
+            e => e,
         }
     }
 }

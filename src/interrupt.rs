@@ -37,6 +37,19 @@ pub fn check() -> crate::Result<()> {
     }
 }
 
+/// Ends the process now with status 130: no destructors, no waiting for the MLX computation in
+/// progress (`std::process::exit` runs C `atexit` handlers, which wait for MLX's and OpenBLAS's
+/// worker threads, i.e. for the running computation to finish).
+fn exit_at_once() -> ! {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "interrupted (second Ctrl-C: mlxi stopped at once)");
+    let _ = err.flush();
+    let _ = std::io::stdout().flush();
+    // SAFETY: _exit ends the process without running any handler; nothing is left to flush.
+    unsafe { libc::_exit(130) }
+}
+
 /// Installs the Ctrl-C (SIGINT) handler that sets the flag. With `exit_on_second`, a Ctrl-C that
 /// arrives while the flag is still set ends the process with status 130, for work that does not
 /// reach a check. Calling it again only changes `exit_on_second`.
@@ -48,7 +61,7 @@ pub fn install_handler(exit_on_second: bool) -> crate::Result<()> {
     }
     ctrlc::set_handler(|| {
         if REQUESTED.swap(true, Ordering::SeqCst) && EXIT_ON_SECOND.load(Ordering::Relaxed) {
-            std::process::exit(130);
+            exit_at_once();
         }
     })
     .map_err(|e| crate::Error::Invalid(format!("cannot install the Ctrl-C handler: {e}")))

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod directions;
 pub mod error;
 pub mod fsaccess;
+pub mod fuzz;
 pub mod generate;
 pub mod gguf;
 pub mod hooks;

@@ -139,13 +139,22 @@ fn arg_value(v: &str) -> Dynamic {
     }
 }
 
+/// Runs mlxi on one thread with a large stack ([`mlxi::script::ENGINE_STACK_SIZE`]), so that
+/// the script engine's depth limits fire before the stack overflows. Everything, MLX included,
+/// runs on that thread; the main thread only waits for it.
 fn main() {
-    let code = if main_inner() == ExitCode::SUCCESS {
-        0
-    } else {
-        1
+    let worker = std::thread::Builder::new()
+        .name("mlxi".into())
+        .stack_size(mlxi::script::ENGINE_STACK_SIZE)
+        .spawn(main_inner);
+    let status = match worker {
+        Ok(handle) => handle.join().unwrap_or(ExitCode::FAILURE),
+        Err(e) => {
+            eprintln!("mlxi: cannot start the engine thread: {e}");
+            ExitCode::FAILURE
+        }
     };
-    exit_now(code)
+    exit_now(if status == ExitCode::SUCCESS { 0 } else { 1 })
 }
 
 /// Leaves the process without running shared libraries' destructors: OpenBLAS 0.3.21's (Debian

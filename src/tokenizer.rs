@@ -99,8 +99,7 @@ impl Tokenizer {
             return Err(Error::Tokenizer(msg));
         }
         let bytes = std::fs::read(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| tok_err(tokenizer_path.display(), e))?;
+        let inner = tokenizer_from_json(&tokenizer_path, &bytes)?;
 
         let config = read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
         let special_map =
@@ -838,6 +837,32 @@ impl Object for OrderedMap {
     }
 }
 
+/// The most instructions a chat template may run (MiniJinja's fuel): real templates use a few
+/// hundred per message, so this is over ten thousand messages' worth, yet a runaway template
+/// (nested loops over `range`) stops within about a second.
+pub const CHAT_TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// A tokenizer.json through the tokenizers library, which panics on some malformed files
+/// (0.22 `expect`s its `decoder` section to deserialize): the JSON's syntax is checked first,
+/// and a panic left inside the library becomes an error naming the file.
+fn tokenizer_from_json(path: &Path, bytes: &[u8]) -> Result<tokenizers::Tokenizer> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let loaded = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes));
+    std::panic::set_hook(quiet);
+    match loaded {
+        Ok(r) => r.map_err(|e| tok_err(path.display(), e)),
+        Err(_) => Err(Error::Tokenizer(format!(
+            "{}: malformed tokenizer.json (the tokenizers library cannot read it)",
+            path.display()
+        ))),
+    }
+}
+
 fn render_chat_template(
     source: &str,
     messages: &[ChatMessage],
@@ -852,6 +877,7 @@ fn render_chat_template(
         .build()
         .map_err(|e| Error::Tokenizer(format!("chat template: {e}")))?;
     env.set_syntax(syntax);
+    env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     minijinja_contrib::add_to_environment(&mut env);
     env.add_function("raise_exception", raise_exception);
@@ -887,6 +913,11 @@ fn render_chat_template(
 
 /// A MiniJinja error with its causes, on one line.
 fn jinja_error(err: &minijinja::Error) -> String {
+    if err.kind() == minijinja::ErrorKind::OutOfFuel {
+        return format!(
+            "stopped after {CHAT_TEMPLATE_FUEL} steps (a runaway loop in the template?)"
+        );
+    }
     let mut msg = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
@@ -1451,6 +1482,32 @@ mod tests {
             render("{{ messages[1] | tojson }}", &msgs, true).unwrap(),
             r#"{"role": "user", "content": "Hi, you"}"#
         );
+    }
+
+    #[test]
+    fn tokenizer_runaway_template_stops() {
+        // Nested loops of 10^15 iterations (range itself stops at 100000 items): without a
+        // step limit this never returns.
+        let src = "{% for i in range(100000) %}{% for j in range(100000) %}\
+                   {% for k in range(100000) %}{% endfor %}{% endfor %}{% endfor %}";
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(render(src, &[ChatMessage::user("hi")], true));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the template stops within 30 s");
+        let err = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("chat template: stopped after 20000000 steps"),
+            "{err}"
+        );
+        // An ordinary long conversation stays well inside the limit.
+        let msgs: Vec<ChatMessage> = (0..2000)
+            .map(|i| ChatMessage::user(format!("m{i}")))
+            .collect();
+        let src = "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}{% endfor %}";
+        assert!(render(src, &msgs, true).is_ok());
     }
 
     #[test]

@@ -105,3 +105,144 @@ fn ctrl_c_stops_a_script() {
     assert_eq!(code, Some(130), "{stderr}");
     assert_eq!(stderr.trim(), "interrupted");
 }
+
+#[test]
+fn a_string_doubling_forever_is_stopped() {
+    let err = eval("let s = \"x\";\nloop { s += s; }")
+        .failed()
+        .to_string();
+    assert!(
+        err.starts_with(
+            "<-e>:2:10: a string would grow past the limit of 67108864 bytes; set \
+             MLXI_MAX_STRING_SIZE to change it, 0 for none"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_huge_array_is_refused_in_one_operation() {
+    let started = Instant::now();
+    let err = eval("[].pad(100000000000, 0)").failed().to_string();
+    assert!(
+        err.starts_with("<-e>:1:4: an array would grow past the limit of 16777216 elements"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn size_limits_follow_the_environment() {
+    let run = |var: &str, value: &str, code: &str| -> Run {
+        let home = scratch();
+        mlxi(home.path())
+            .env(var, value)
+            .args(["-e", code])
+            .output()
+            .expect("runs")
+            .into()
+    };
+    assert_eq!(
+        run(
+            "MLXI_MAX_ARRAY_SIZE",
+            "100",
+            "let a = []; a.pad(100, 0); a.len()"
+        )
+        .ok(),
+        "100"
+    );
+    let err = run(
+        "MLXI_MAX_ARRAY_SIZE",
+        "100",
+        "let a = []; a.pad(101, 0); a.len()",
+    );
+    assert!(err
+        .failed()
+        .contains("limit of 100 elements; set MLXI_MAX_ARRAY_SIZE"));
+    let code = "let m = #{}; for i in 0..4 { m[`k${i}`] = i; } m.len()";
+    assert_eq!(run("MLXI_MAX_MAP_SIZE", "4", code).ok(), "4");
+    let err = run("MLXI_MAX_MAP_SIZE", "3", code);
+    assert!(err
+        .failed()
+        .contains("a map would grow past the limit of 3 entries"));
+    let err = run(
+        "MLXI_MAX_STRING_SIZE",
+        "10",
+        "let s = \"0123456789\"; s += \"x\"; s",
+    );
+    assert!(err
+        .failed()
+        .contains("limit of 10 bytes; set MLXI_MAX_STRING_SIZE"));
+    assert_eq!(
+        run("MLXI_MAX_STRING_SIZE", "0", "\"ab\" + \"cd\"").ok(),
+        "abcd"
+    );
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    let dir = scratch();
+    for (open, close) in [("(", ")"), ("[", "]"), ("{", "}"), ("#{a: ", "}")] {
+        let deep = format!("{}1{}", open.repeat(100_000), close.repeat(100_000));
+        write(dir.path(), "deep.rhai", &deep);
+        let err = run_in(dir.path(), &["deep.rhai"]).failed().to_string();
+        assert!(
+            err.starts_with("deep.rhai:1:")
+                && err.contains("Expression exceeds maximum complexity"),
+            "{open}: {}",
+            &err[..err.len().min(200)]
+        );
+    }
+    // Data nested at run time, printed and dropped.
+    let code = "let a = []; for i in 0..3000 { a = [a]; } print(a); a.len()";
+    let out = eval(code);
+    assert!(out.ok().starts_with("[[[[") && out.ok().ends_with("]]]]\n1"));
+}
+
+#[test]
+fn a_second_ctrl_c_ends_a_long_computation_at_once() {
+    let home = scratch();
+    // One MLX call of about 10^12 operations: no check between steps can see the first Ctrl-C.
+    let mut child = mlxi(home.path())
+        .args([
+            "-e",
+            "let a = randn([8000, 8000], 1);\nlet b = a.dot(a);\nb.sum()",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    std::thread::sleep(Duration::from_millis(1500));
+    let sigint = || {
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    };
+    sigint();
+    std::thread::sleep(Duration::from_millis(300));
+    sigint();
+    let sent = Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s.code();
+        }
+        if sent.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("mlxi did not stop on the second SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = sent.elapsed();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted (second Ctrl-C: mlxi stopped at once)"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}

@@ -245,13 +245,50 @@ fn save_json_writes_values_atomically() {
 fn tensors_too_large_for_memory_are_errors_not_crashes() {
     let err = error("zeros([100000000, 100000000])");
     assert!(
-        err.starts_with("<-e>:1:1: a float32 tensor of shape [100000000, 100000000] needs "),
+        err.starts_with(
+            "<-e>:1:1: a tensor of shape [100000000, 100000000] has more than 2147483647 \
+             elements, the most mlxi creates"
+        ),
         "{err}"
     );
     let err = error("zeros([100000000, 1]) * zeros([1, 100000000])");
-    assert!(err.contains("more than this machine's"), "{err}");
+    assert!(err.contains("has more than 2147483647 elements"), "{err}");
     let err = error("randn([2147483647, 2147483647], 1)");
-    assert!(err.contains("more than this machine's"), "{err}");
+    assert!(err.contains("has more than 2147483647 elements"), "{err}");
+    // 2^32 elements: refused on every machine, whatever its memory.
+    let err = error("zeros([65536, 65536])");
+    assert!(err.contains("has more than 2147483647 elements"), "{err}");
+    let dims = format!("zeros([{}])", ["65536"; 12].join(", "));
+    assert!(error(&dims).contains("has more than 2147483647 elements"));
+}
+
+#[test]
+fn tensor_memory_is_counted_against_the_limit() {
+    let home = scratch();
+    let run = |code: &str| -> Run {
+        mlxi(home.path())
+            .env("MLXI_MAX_TENSOR_BYTES", "1000000")
+            .args(["-e", code])
+            .output()
+            .expect("runs")
+            .into()
+    };
+    assert_eq!(run("zeros([500, 500]).shape").ok(), "[500, 500]");
+    let err = run("zeros([600, 500])");
+    assert!(
+        err.failed().starts_with(
+            "<-e>:1:1: a float32 tensor of shape [600, 500] needs 1.2 MB, more than the \
+             MLXI_MAX_TENSOR_BYTES limit (1.0 MB)"
+        ),
+        "{}",
+        err.stderr
+    );
+    assert!(run("randn([1000, 1000], 1)")
+        .failed()
+        .contains("MLXI_MAX_TENSOR_BYTES"));
+    assert!(run("zeros([1000, 1]) + zeros([1, 1000])")
+        .failed()
+        .contains("MLXI_MAX_TENSOR_BYTES"));
 }
 
 #[test]

@@ -13,6 +13,7 @@ use mlx_rs::{nn, Array};
 use serde::Deserialize;
 
 use super::layers::{attend, soft_cap, Embedding, KvCache, Linear, Mask, RmsNorm, Rope, Step};
+use super::validate;
 use super::weights::Weights;
 use crate::error::Result;
 use crate::hooks::HookName;
@@ -66,6 +67,31 @@ impl Config {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
+    /// Checks every number before anything is allocated ([`Gemma2::load`] calls it).
+    pub fn validate(&self) -> Result<()> {
+        validate::Attention {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            kv_heads: self.n_kv_heads(),
+            head_dim: Some(self.head_dim),
+        }
+        .check()?;
+        validate::common(
+            self.num_hidden_layers,
+            self.intermediate_size,
+            self.vocab_size,
+            self.rms_norm_eps,
+            self.rope_theta,
+        )?;
+        validate::positive("query_pre_attn_scalar", self.query_pre_attn_scalar)?;
+        validate::positive_opt("attn_logit_softcapping", self.attn_logit_softcapping)?;
+        validate::positive_opt("final_logit_softcapping", self.final_logit_softcapping)?;
+        if let Some(w) = self.sliding_window {
+            validate::count("sliding_window", w, i32::MAX.into())?;
+        }
+        Ok(())
+    }
+
     /// Whether layer `i` attends through the sliding window.
     fn is_sliding(&self, i: usize) -> bool {
         match &self.layer_types {
@@ -109,6 +135,8 @@ pub struct Gemma2 {
 
 impl Gemma2 {
     pub fn load(cfg: Config, w: &mut Weights) -> Result<Gemma2> {
+        cfg.validate()?;
+        w.check_layers(cfg.num_hidden_layers)?;
         let (d, h, kv, hd, ff) = (
             cfg.hidden_size,
             cfg.num_attention_heads,

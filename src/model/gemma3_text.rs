@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::layers::{
     attend, soft_cap, Embedding, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step,
 };
+use super::validate;
 use super::weights::Weights;
 use crate::error::Result;
 use crate::hooks::HookName;
@@ -77,6 +78,30 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks every number before anything is allocated ([`Gemma3Text::load`] calls it).
+    pub fn validate(&self) -> Result<()> {
+        validate::Attention {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            kv_heads: self.num_key_value_heads,
+            head_dim: Some(self.head_dim),
+        }
+        .check()?;
+        validate::common(
+            self.num_hidden_layers,
+            self.intermediate_size,
+            self.vocab_size,
+            self.rms_norm_eps,
+            self.rope_theta,
+        )?;
+        validate::positive("rope_local_base_freq", self.rope_local_base_freq)?;
+        validate::rope_scaling(self.rope_scaling.as_ref())?;
+        validate::positive("query_pre_attn_scalar", self.query_pre_attn_scalar)?;
+        validate::positive_opt("attn_logit_softcapping", self.attn_logit_softcapping)?;
+        validate::positive_opt("final_logit_softcapping", self.final_logit_softcapping)?;
+        validate::count("sliding_window", self.sliding_window, i32::MAX.into())
+    }
+
     /// Whether layer `i` is a local (sliding-window) layer.
     fn is_sliding(&self, i: usize) -> bool {
         match &self.layer_types {
@@ -138,6 +163,8 @@ pub struct Gemma3Text {
 
 impl Gemma3Text {
     pub fn load(cfg: Config, w: &mut Weights) -> Result<Gemma3Text> {
+        cfg.validate()?;
+        w.check_layers(cfg.num_hidden_layers)?;
         let (d, h, kv, hd, ff) = (
             cfg.hidden_size,
             cfg.num_attention_heads,

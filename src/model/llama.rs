@@ -8,6 +8,7 @@ use mlx_rs::{nn, Array};
 use serde::Deserialize;
 
 use super::layers::{attend, Embedding, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step};
+use super::validate;
 use super::weights::Weights;
 use crate::error::Result;
 use crate::hooks::HookName;
@@ -60,7 +61,31 @@ impl Config {
     }
     pub fn head_dim(&self) -> i32 {
         self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Checks every number before anything is allocated. [`Llama::load`] calls it, so configs
+    /// from config.json (llama, mistral, qwen2, qwen3) and from GGUF metadata pass it alike.
+    pub fn validate(&self) -> Result<()> {
+        validate::Attention {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            kv_heads: self.n_kv_heads(),
+            head_dim: self.head_dim,
+        }
+        .check()?;
+        validate::common(
+            self.num_hidden_layers,
+            self.intermediate_size,
+            self.vocab_size,
+            self.rms_norm_eps,
+            self.rope_theta,
+        )?;
+        validate::rope_scaling(self.rope_scaling.as_ref())?;
+        if let Some(w) = self.sliding_window {
+            validate::count("sliding_window", w, i32::MAX.into())?;
+        }
+        Ok(())
     }
 }
 
@@ -92,6 +117,8 @@ pub struct Llama {
 
 impl Llama {
     pub fn load(cfg: Config, w: &mut Weights) -> Result<Llama> {
+        cfg.validate()?;
+        w.check_layers(cfg.num_hidden_layers)?;
         let (d, h, kv, hd) = (
             cfg.hidden_size,
             cfg.num_attention_heads,

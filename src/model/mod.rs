@@ -12,6 +12,7 @@ pub mod qwen2;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod source;
+pub mod validate;
 pub mod weights;
 
 use std::collections::HashMap;
@@ -102,6 +103,69 @@ impl Net {
     }
     fn quantization(&self) -> Option<(i32, i32)> {
         each_net!(self, m => m.quantization())
+    }
+}
+
+/// A config.json read for its architecture and validated: what loading a folder checks before
+/// it reads any weights (the fuzz harness drives the same function).
+pub enum ArchConfig {
+    /// Llama, Mistral, Qwen2 and Qwen3 (converted to the Llama config).
+    Llama(llama::Config),
+    Gemma2(gemma2::Config),
+    Gemma3Text(gemma3_text::Config),
+    Phi3(phi3::Config),
+    Qwen3Moe(qwen3_moe::Config),
+}
+
+impl ArchConfig {
+    /// The `model_type` (or the type of `architectures[0]`) and its validated config, from the
+    /// config.json at `path` (named in errors).
+    pub fn from_json(config: &serde_json::Value, path: &Path) -> Result<(String, ArchConfig)> {
+        let model_type = config
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .or_else(|| {
+                config
+                    .get("architectures")
+                    .and_then(|a| a.get(0))
+                    .and_then(|v| v.as_str())
+                    .map(model_type_of_architecture)
+            })
+            .ok_or_else(|| Error::Model(format!("{}: no model_type", path.display())))?;
+        let de = |e: serde_json::Error| Error::Json {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let arch = match canonical(&model_type) {
+            "llama" => ArchConfig::Llama(parse(config).map_err(de)?),
+            "qwen2" => ArchConfig::Llama(parse::<qwen2::Config>(config).map_err(de)?.into()),
+            "qwen3" => ArchConfig::Llama(parse::<qwen3::Config>(config).map_err(de)?.into()),
+            "qwen3_moe" => ArchConfig::Qwen3Moe(parse(config).map_err(de)?),
+            "gemma2" => ArchConfig::Gemma2(parse(config).map_err(de)?),
+            "gemma3_text" => ArchConfig::Gemma3Text(parse(config).map_err(de)?),
+            "phi3" => ArchConfig::Phi3(parse(config).map_err(de)?),
+            other => {
+                return Err(Error::Model(format!(
+                    "{}: model_type {other:?} is not supported (supported: {})",
+                    path.display(),
+                    SUPPORTED.join(", ")
+                )))
+            }
+        };
+        arch.validate().map_err(|e| e.in_file(path))?;
+        Ok((model_type, arch))
+    }
+
+    /// The architecture's own checks ([`llama::Config::validate`] and the others).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ArchConfig::Llama(c) => c.validate(),
+            ArchConfig::Gemma2(c) => c.validate(),
+            ArchConfig::Gemma3Text(c) => c.validate(),
+            ArchConfig::Phi3(c) => c.validate(),
+            ArchConfig::Qwen3Moe(c) => c.validate(),
+        }
     }
 }
 
@@ -262,7 +326,7 @@ impl Model {
         let stored = stored_dtype(&tensors);
         let (dtype, dequantize) = Model::resolve_opts(opts, stored);
         let mut w = Weights::new(tensors, None, dequantize, dtype);
-        let net = Net::Llama(llama::Llama::load(cfg, &mut w)?);
+        let net = Net::Llama(llama::Llama::load(cfg, &mut w).map_err(|e| e.in_file(path))?);
         let (stored, params, bytes) = (w.stored_quantization(), w.params, w.param_bytes());
         let parameters = std::mem::take(&mut w.parameters);
         let tokenizer = Tokenizer::from_gguf(&g.file)?;
@@ -298,18 +362,7 @@ impl Model {
             path: config_path.clone(),
             source: e,
         })?;
-        let model_type = config
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-            .or_else(|| {
-                config
-                    .get("architectures")
-                    .and_then(|a| a.get(0))
-                    .and_then(|v| v.as_str())
-                    .map(model_type_of_architecture)
-            })
-            .ok_or_else(|| Error::Model(format!("{}: no model_type", config_path.display())))?;
+        let (model_type, arch) = ArchConfig::from_json(&config, &config_path)?;
         let quant = match config
             .get("quantization")
             .or_else(|| config.get("quantization_config"))
@@ -317,41 +370,21 @@ impl Model {
             Some(q) => QuantConfig::from_json(q)?,
             None => None,
         };
-        let tensors = source::load_safetensors_dir(dir)?;
+        let (tensors, origins) = source::load_safetensors_dir(dir)?;
         let stored = stored_dtype(&tensors);
         let (dtype, dequantize) = Model::resolve_opts(opts, stored);
         let mut w = Weights::new(tensors, quant, dequantize, dtype);
-        let de = |e: serde_json::Error| Error::Json {
-            path: config_path.clone(),
-            source: e,
-        };
-        let net = match canonical(&model_type) {
-            "llama" => Net::Llama(llama::Llama::load(parse(&config).map_err(de)?, &mut w)?),
-            "qwen2" => {
-                let cfg: qwen2::Config = parse(&config).map_err(de)?;
-                Net::Llama(llama::Llama::load(cfg.into(), &mut w)?)
+        w.set_origins(origins);
+        let net = match arch {
+            ArchConfig::Llama(c) => llama::Llama::load(c, &mut w).map(Net::Llama),
+            ArchConfig::Gemma2(c) => gemma2::Gemma2::load(c, &mut w).map(Net::Gemma2),
+            ArchConfig::Gemma3Text(c) => {
+                gemma3_text::Gemma3Text::load(c, &mut w).map(Net::Gemma3Text)
             }
-            "qwen3" => {
-                let cfg: qwen3::Config = parse(&config).map_err(de)?;
-                Net::Llama(llama::Llama::load(cfg.into(), &mut w)?)
-            }
-            "qwen3_moe" => Net::Qwen3Moe(qwen3_moe::Qwen3Moe::load(
-                parse(&config).map_err(de)?,
-                &mut w,
-            )?),
-            "gemma2" => Net::Gemma2(gemma2::Gemma2::load(parse(&config).map_err(de)?, &mut w)?),
-            "gemma3_text" => Net::Gemma3Text(gemma3_text::Gemma3Text::load(
-                parse(&config).map_err(de)?,
-                &mut w,
-            )?),
-            "phi3" => Net::Phi3(phi3::Phi3::load(parse(&config).map_err(de)?, &mut w)?),
-            other => {
-                return Err(Error::Model(format!(
-                    "model_type {other:?} is not supported (supported: {})",
-                    SUPPORTED.join(", ")
-                )))
-            }
-        };
+            ArchConfig::Phi3(c) => phi3::Phi3::load(c, &mut w).map(Net::Phi3),
+            ArchConfig::Qwen3Moe(c) => qwen3_moe::Qwen3Moe::load(c, &mut w).map(Net::Qwen3Moe),
+        }
+        .map_err(|e| e.in_file(&config_path))?;
         let (stored, params, bytes) = (w.stored_quantization(), w.params, w.param_bytes());
         let parameters = std::mem::take(&mut w.parameters);
         w.finish()?;

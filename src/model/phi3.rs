@@ -11,6 +11,7 @@ use mlx_rs::{nn, ops, Array};
 use serde::Deserialize;
 
 use super::layers::{attend, Embedding, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step};
+use super::validate;
 use super::weights::Weights;
 use crate::error::Result;
 use crate::hooks::HookName;
@@ -58,7 +59,38 @@ impl Config {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
     pub fn head_dim(&self) -> i32 {
-        self.hidden_size / self.num_attention_heads
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// Checks every number before anything is allocated ([`Phi3::load`] calls it).
+    pub fn validate(&self) -> Result<()> {
+        validate::Attention {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            kv_heads: self.n_kv_heads(),
+            head_dim: None,
+        }
+        .check()?;
+        validate::common(
+            self.num_hidden_layers,
+            self.intermediate_size,
+            self.vocab_size,
+            self.rms_norm_eps,
+            self.rope_theta,
+        )?;
+        validate::rope_scaling(self.rope_scaling.as_ref())?;
+        if !(self.partial_rotary_factor > 0.0 && self.partial_rotary_factor <= 1.0) {
+            return Err(crate::Error::Config {
+                key: "partial_rotary_factor".into(),
+                value: self.partial_rotary_factor.to_string(),
+                why: "must be above 0 and at most 1".into(),
+            });
+        }
+        validate::positive("max_position_embeddings", self.max_position_embeddings)?;
+        validate::positive(
+            "original_max_position_embeddings",
+            self.original_max_position_embeddings,
+        )
     }
 
     fn rope(&self) -> Result<Rope> {
@@ -99,6 +131,8 @@ pub struct Phi3 {
 
 impl Phi3 {
     pub fn load(cfg: Config, w: &mut Weights) -> Result<Phi3> {
+        cfg.validate()?;
+        w.check_layers(cfg.num_hidden_layers)?;
         let (d, h, kv, hd, ff) = (
             cfg.hidden_size,
             cfg.num_attention_heads,

@@ -21,6 +21,7 @@ use mlx_rs::{nn, ops, Array};
 use serde::Deserialize;
 
 use super::layers::{attend, Embedding, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step};
+use super::validate;
 use super::weights::Weights;
 use crate::error::{Error, Result};
 use crate::hooks::HookName;
@@ -66,7 +67,42 @@ impl Config {
     }
     pub fn head_dim(&self) -> i32 {
         self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Checks every number before anything is allocated ([`Qwen3Moe::load`] calls it).
+    pub fn validate(&self) -> Result<()> {
+        validate::Attention {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            kv_heads: self.n_kv_heads(),
+            head_dim: self.head_dim,
+        }
+        .check()?;
+        validate::common(
+            self.num_hidden_layers,
+            self.intermediate_size,
+            self.vocab_size,
+            self.rms_norm_eps,
+            self.rope_theta,
+        )?;
+        validate::rope_scaling(self.rope_scaling.as_ref())?;
+        if self.num_experts > 0 {
+            validate::count("num_experts", self.num_experts, validate::MAX_EXPERTS)?;
+            validate::count(
+                "num_experts_per_tok",
+                self.num_experts_per_tok,
+                self.num_experts.into(),
+            )?;
+            validate::count(
+                "moe_intermediate_size",
+                self.moe_intermediate_size,
+                validate::MAX_DIM,
+            )?;
+        } else if self.num_experts < 0 {
+            validate::count("num_experts", self.num_experts, validate::MAX_EXPERTS)?;
+        }
+        Ok(())
     }
     /// Whether layer `i` has the sparse (mixture-of-experts) MLP.
     pub fn is_sparse(&self, i: usize) -> bool {
@@ -161,6 +197,8 @@ pub struct Qwen3Moe {
 
 impl Qwen3Moe {
     pub fn load(cfg: Config, w: &mut Weights) -> Result<Qwen3Moe> {
+        cfg.validate()?;
+        w.check_layers(cfg.num_hidden_layers)?;
         let (d, h, kv, hd) = (
             cfg.hidden_size,
             cfg.num_attention_heads,

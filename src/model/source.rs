@@ -180,47 +180,83 @@ fn download_list(info: &str) -> std::result::Result<Vec<(String, u64)>, String> 
         .collect())
 }
 
-/// Check a safetensors file's header and size before MLX reads it, so a truncated or
-/// malformed file is reported clearly.
-fn check_safetensors(path: &Path) -> Result<()> {
+/// The largest safetensors header accepted (the `safetensors` crate's own limit).
+const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+/// Checks a safetensors file's header before MLX reads it (see [`check_safetensors_start`]).
+/// A bad file is reported with its path, never with its content. Returns the tensor names.
+pub fn check_safetensors(path: &Path) -> Result<Vec<String>> {
     let bad = |why: String| Error::Model(format!("{}: {why}", path.display()));
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n)
-        .map_err(|_| bad(format!("not a safetensors file ({size} bytes)")))?;
-    let header_len = u64::from_le_bytes(n);
-    if header_len > 100_000_000 || 8 + header_len > size {
-        return Err(bad(format!(
+    let mut start = Vec::new();
+    let mut f = f.take(8);
+    f.read_to_end(&mut start).map_err(|e| Error::io(path, e))?;
+    let header_len = header_length(&start, size).map_err(bad)?;
+    let mut f = f.into_inner().take(header_len);
+    f.read_to_end(&mut start).map_err(|e| Error::io(path, e))?;
+    check_safetensors_start(&start, size).map_err(bad)
+}
+
+/// The header length a safetensors file declares in its first 8 bytes, checked against the
+/// crate's limit and the file's size.
+fn header_length(start: &[u8], file_size: u64) -> Result<u64, String> {
+    let Some(n) = start.get(..8) else {
+        return Err(format!("not a safetensors file ({file_size} bytes)"));
+    };
+    let mut len = [0u8; 8];
+    len.copy_from_slice(n);
+    let header_len = u64::from_le_bytes(len);
+    if header_len > MAX_SAFETENSORS_HEADER || header_len > file_size.saturating_sub(8) {
+        return Err(format!(
             // Not the header length itself: for a file that is not safetensors, those are
             // its first 8 bytes.
             "not a safetensors file or truncated (the header length does not fit the file of \
-             {size} bytes)"
-        )));
+             {file_size} bytes)"
+        ));
     }
-    let mut header = vec![0u8; header_len as usize];
-    f.read_exact(&mut header)
-        .map_err(|e| bad(format!("cannot read header: {e}")))?;
-    let json: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("malformed safetensors header: {e}")))?;
-    let end = json
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter(|(k, _)| k.as_str() != "__metadata__")
-                .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
-                .max()
-                .unwrap_or(0)
-        })
-        .ok_or_else(|| bad("malformed safetensors header".into()))?;
-    if 8 + header_len + end > size {
-        return Err(bad(format!(
-            "truncated: the header describes {} bytes of data, the file holds {}",
-            end,
-            size - 8 - header_len
-        )));
+    Ok(header_len)
+}
+
+/// Validates the start of a safetensors file (the 8-byte header length and the JSON header)
+/// against the file's size: the length is within the `safetensors` crate's limit and the file;
+/// through the crate's `Metadata`, every tensor's byte range matches its shape and dtype, the
+/// ranges are contiguous from 0 (no overlaps, no gaps) and sizes do not overflow; and the data
+/// the header describes is exactly what follows it. Returns the tensor names, or why the file
+/// is unusable.
+pub fn check_safetensors_start(start: &[u8], file_size: u64) -> Result<Vec<String>, String> {
+    let header_len = header_length(start, file_size)?;
+    let header = start.get(8..8 + header_len as usize).ok_or_else(|| {
+        format!(
+            "truncated header ({} of {header_len} bytes)",
+            start.len() - 8
+        )
+    })?;
+    let meta: safetensors::tensor::Metadata =
+        serde_json::from_slice(header).map_err(|e| {
+            // serde's message can quote the header (an unknown dtype, a key): give the place only.
+            format!(
+                "malformed safetensors header ({:?} error at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })?;
+    let data_bytes = file_size - 8 - header_len;
+    let described = meta.data_len() as u64;
+    if described > data_bytes {
+        return Err(format!(
+            "truncated: the header describes {described} bytes of data, the file holds \
+             {data_bytes}"
+        ));
     }
-    Ok(())
+    if described < data_bytes {
+        return Err(format!(
+            "the header describes {described} bytes of data, but the file holds {data_bytes} \
+             (not a safetensors file written by a known tool)"
+        ));
+    }
+    Ok(meta.offset_keys())
 }
 
 /// The file a `model.safetensors.index.json` names, if it lies inside the model folder: the
@@ -263,7 +299,8 @@ fn shard_path(dir: &Path, index: &Path, name: &str) -> Result<PathBuf> {
 
 /// Every tensor of the checkpoint in `dir`: the shards named by
 /// `model.safetensors.index.json` if present, else the `model*.safetensors` files.
-pub fn load_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
+/// Also returns the file each tensor came from.
+pub fn load_safetensors_dir(dir: &Path) -> Result<Checkpoint> {
     let index = dir.join("model.safetensors.index.json");
     let mut files: Vec<PathBuf> = if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
@@ -317,6 +354,7 @@ pub fn load_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
         )));
     }
     let mut all = HashMap::new();
+    let mut origins = HashMap::new();
     for f in &files {
         if !f.is_file() {
             return Err(Error::Model(format!(
@@ -324,19 +362,32 @@ pub fn load_safetensors_dir(dir: &Path) -> Result<HashMap<String, Array>> {
                 f.display()
             )));
         }
-        check_safetensors(f)?;
+        let names = check_safetensors(f)?;
         let tensors = Array::load_safetensors(f)
             .map_err(|e| Error::Model(format!("{}: {e}", f.display())))?;
+        if tensors.len() != names.len() {
+            return Err(Error::Model(format!(
+                "{}: MLX read {} tensors, the header lists {}",
+                f.display(),
+                tensors.len(),
+                names.len()
+            )));
+        }
         for (k, v) in tensors {
             if all.insert(k.clone(), v).is_some() {
                 return Err(Error::Model(format!(
-                    "tensor {k} appears in more than one shard"
+                    "{}: tensor {k} appears in more than one shard",
+                    f.display()
                 )));
             }
+            origins.insert(k, f.clone());
         }
     }
-    Ok(all)
+    Ok((all, origins))
 }
+
+/// A checkpoint's tensors by name, and the file each came from.
+pub type Checkpoint = (HashMap<String, Array>, HashMap<String, PathBuf>);
 
 /// A model found on this machine, for `mlxi models`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -443,6 +494,52 @@ pub fn list_local() -> Vec<LocalModel> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A safetensors file start (length + header) for `header`, and the file's size with
+    /// `data` bytes of data.
+    fn start(header: &str, data: u64) -> (Vec<u8>, u64) {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend(header.as_bytes());
+        let size = b.len() as u64 + data;
+        (b, size)
+    }
+
+    #[test]
+    fn safetensors_headers_are_validated() {
+        let check = |h: &str, data: u64| {
+            let (b, size) = start(h, data);
+            check_safetensors_start(&b, size)
+        };
+        let two = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F16","shape":[2],"data_offsets":[8,12]}}"#;
+        assert_eq!(check(two, 12), Ok(vec!["a".to_string(), "b".to_string()]));
+        let err = |h: &str, data: u64| check(h, data).err().unwrap_or_default();
+        // Overlapping, gapped, and mis-sized ranges.
+        let overlap = two.replace("[8,12]", "[4,8]");
+        assert!(
+            err(&overlap, 12).contains("invalid offset"),
+            "{}",
+            err(&overlap, 12)
+        );
+        let gap = two.replace("[8,12]", "[9,13]");
+        assert!(err(&gap, 13).contains("invalid offset"));
+        let size = two.replace(
+            "\"shape\":[2],\"data_offsets\":[0,8]",
+            "\"shape\":[3],\"data_offsets\":[0,8]",
+        );
+        assert!(err(&size, 12).contains("invalid shape, data type, or offset"));
+        // Ranges past the end of the file, or short of it.
+        assert!(err(two, 11).starts_with("truncated: the header describes 12 bytes"));
+        assert!(err(two, 13).contains("describes 12 bytes of data, but the file holds 13"));
+        // Overflowing sizes.
+        let huge = r#"{"a":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,8]}}"#;
+        assert!(err(huge, 8).contains("overflow"));
+        // Header lengths: huge, past the file, or missing.
+        let (mut b, size) = start(two, 12);
+        b[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(check_safetensors_start(&b, size).is_err());
+        assert!(check_safetensors_start(&b[..5], 5).is_err());
+        assert!(check_safetensors_start(&b[..20], size).is_err());
+    }
 
     #[test]
     fn a_download_lists_the_files_load_needs_with_their_sizes() {

@@ -4,6 +4,7 @@
 //! config.json's `quantization` (including per-layer overrides).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
 use mlx_rs::{ops, Array, Dtype};
 
@@ -78,6 +79,16 @@ pub struct Weights {
     loaded: Vec<Array>,
     /// Every parameter tensor handed out, for `weights(m)`.
     pub parameters: Vec<ParamInfo>,
+    /// The file each tensor came from, for error messages (empty when unknown).
+    origins: HashMap<String, PathBuf>,
+}
+
+/// True for the float dtypes a parameter may be stored in.
+fn is_float(d: Dtype) -> bool {
+    matches!(
+        d,
+        Dtype::Float16 | Dtype::Bfloat16 | Dtype::Float32 | Dtype::Float64
+    )
 }
 
 impl Weights {
@@ -96,7 +107,64 @@ impl Weights {
             params: 0,
             loaded: Vec::new(),
             parameters: Vec::new(),
+            origins: HashMap::new(),
         }
+    }
+
+    /// Records the file each tensor came from, so errors about a tensor name its file.
+    pub fn set_origins(&mut self, origins: HashMap<String, PathBuf>) {
+        self.origins = origins;
+    }
+
+    /// `FILE: ` for a tensor whose file is known, else nothing.
+    fn origin(&self, key: &str) -> String {
+        self.origins
+            .get(key)
+            .map(|p| format!("{}: ", p.display()))
+            .unwrap_or_default()
+    }
+
+    /// How many numbered layers the checkpoint holds: the highest `N` in `model.layers.N.*`,
+    /// plus one.
+    pub fn layers_present(&self) -> usize {
+        self.map
+            .keys()
+            .filter_map(|k| {
+                k.strip_prefix("model.layers.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |n| n + 1)
+    }
+
+    /// Checks `num_hidden_layers` against the layers the checkpoint holds, before any layer is
+    /// built (a config asking for more layers than exist fails here, not after allocating
+    /// them; fewer than exist is a leftover-tensor error at [`Weights::finish`]).
+    pub fn check_layers(&self, n: usize) -> Result<()> {
+        let have = self.layers_present();
+        if n > have {
+            return Err(Error::Config {
+                key: "num_hidden_layers".into(),
+                value: n.to_string(),
+                why: format!("the checkpoint holds {have} layer(s)"),
+            });
+        }
+        Ok(())
+    }
+
+    /// A float tensor, or an error naming its key, file and stored type.
+    fn expect_float(&self, key: &str, a: &Array) -> Result<()> {
+        if is_float(a.dtype()) {
+            return Ok(());
+        }
+        Err(Error::Model(format!(
+            "{}tensor {key} is stored as {}, but a float type is expected",
+            self.origin(key),
+            dtype_label(a.dtype())
+        )))
     }
 
     /// The quantization most layers were stored with, `(bits, group_size)`, if any.
@@ -162,10 +230,12 @@ impl Weights {
         let a = self.take_raw(key)?;
         if a.shape() != shape {
             return Err(Error::Model(format!(
-                "tensor {key} has shape {:?}, expected {shape:?}",
+                "{}tensor {key} has shape {:?}, expected {shape:?}",
+                self.origin(key),
                 a.shape()
             )));
         }
+        self.expect_float(key, &a)?;
         self.params += a.size() as u64;
         let stored = dtype_label(a.dtype());
         let a = self.keep(a.as_dtype(self.dtype)?);
@@ -250,11 +320,18 @@ impl Weights {
             return Err(bad("unexpected packed weight"));
         }
         let (wcols, scols) = (ws[n + 1], ss[n + 1]);
-        if ss[n] != out_dim || scols == 0 || in_dim % scols != 0 || (wcols * 32) % in_dim != 0 {
+        let packed_bits = i64::from(wcols) * 32;
+        if ss[n] != out_dim
+            || scols <= 0
+            || in_dim <= 0
+            || in_dim % scols != 0
+            || packed_bits % i64::from(in_dim) != 0
+            || !(1..=8).contains(&(packed_bits / i64::from(in_dim)))
+        {
             return Err(bad("shapes do not match the layer"));
         }
         let group_size = in_dim / scols;
-        let bits = wcols * 32 / in_dim;
+        let bits = (packed_bits / i64::from(in_dim)) as i32;
         if let Some(q) = &self.quant {
             let (g, b) = q.for_module(prefix);
             if (g, b) != (group_size, bits) {
@@ -266,6 +343,8 @@ impl Weights {
         if biases.shape() != scales.shape() {
             return Err(bad("biases and scales differ in shape"));
         }
+        self.expect_float(&skey, &scales)?;
+        self.expect_float(&format!("{prefix}.biases"), &biases)?;
         *self.quant_seen.entry((bits, group_size)).or_default() += 1;
         let params = scales.size() as u64 * group_size as u64;
         self.params += params;

@@ -16,6 +16,60 @@ use super::tensor::{f32_to_f64, Tensor};
 use super::{context, RhaiResult};
 use crate::{Error, Result};
 
+/// Temporaries of [`write_atomic`] are `.mlxi-PID-RANDOM.tmp`, next to the file they replace.
+pub const TEMP_PREFIX: &str = ".mlxi-";
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// A temporary older than this whose writer is unknown counts as stale.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Whether process `pid` is still running.
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Removes the temporaries that a killed run left in `dir`: those whose writing process is no
+/// longer running, and those of an unknown writer not touched for ten minutes. Returns how
+/// many were removed. Errors are ignored (another process may remove the same file).
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(middle) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+            .and_then(|n| n.strip_suffix(TEMP_SUFFIX))
+        else {
+            continue;
+        };
+        let pid = middle
+            .split_once('-')
+            .and_then(|(p, _)| p.parse::<i32>().ok())
+            .filter(|&p| p > 0);
+        let stale = match pid {
+            Some(pid) => pid != std::process::id() as i32 && !process_alive(pid),
+            None => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_AFTER),
+        };
+        if stale
+            && entry.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so the
 /// file is either the old one or the complete new one. Missing parent folders are created.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -25,8 +79,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     };
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".mlxi-")
-        .suffix(".tmp")
+        .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
+        .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
@@ -161,6 +215,33 @@ mod tests {
             .map(|d| d.count())
             .unwrap_or(0);
         assert_eq!(leftovers, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn only_stale_temporaries_are_removed() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let put = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, b"x")
+                .map(|_| p)
+                .map_err(|e| Error::io(name, e))
+        };
+        // No process has this id (above every system's pid limit).
+        let dead = put(".mlxi-999999999-abc.tmp")?;
+        let mine = put(&format!(".mlxi-{}-abc.tmp", std::process::id()))?;
+        let fresh_unknown = put(".mlxi-abc.tmp")?;
+        let old_unknown = put(".mlxi-def.tmp")?;
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&old_unknown)
+            .and_then(|f| f.set_modified(hour_ago))
+            .map_err(|e| Error::io(&old_unknown, e))?;
+        let other = put("data.tmp")?;
+        assert_eq!(remove_stale_temporaries(dir.path()), 2);
+        assert!(!dead.exists() && !old_unknown.exists());
+        assert!(mine.exists() && fresh_unknown.exists() && other.exists());
         Ok(())
     }
 }

@@ -7,7 +7,8 @@
 //! script position. Verbs with an options map check it with [`options::Options`].
 //!
 //! MLX arrays are not thread safe, so Rhai's `sync` feature stays off and everything runs on
-//! the main thread; shared engine state (a loaded model) is held as `Rc<RefCell<_>>`.
+//! one thread (the engine thread that `main.rs` starts); shared engine state (a loaded model)
+//! is held as `Rc<RefCell<_>>`.
 
 pub mod analysis;
 pub mod capture;
@@ -56,6 +57,24 @@ pub const MAX_CALL_LEVELS: usize = 200;
 /// experiment's scripting needs (the heavy work happens inside MLX, in one operation per call).
 /// `MLXI_MAX_OPERATIONS` overrides it; 0 removes it. Ctrl-C stops a script at any time.
 pub const DEFAULT_MAX_OPERATIONS: u64 = 1_000_000_000;
+
+/// Default size limits on script values, so that one operation (`s += s` in a loop,
+/// `[].pad(n, 0)`) cannot exhaust memory: strings of 64 MiB, arrays (and BLOBs) of 16M
+/// elements, maps of 16M entries. `MLXI_MAX_STRING_SIZE`, `MLXI_MAX_ARRAY_SIZE` and
+/// `MLXI_MAX_MAP_SIZE` override them; 0 removes them. Tensors are not script arrays and have
+/// their own check (memory).
+pub const DEFAULT_MAX_STRING_SIZE: usize = 64 << 20;
+pub const DEFAULT_MAX_ARRAY_SIZE: usize = 16 << 20;
+pub const DEFAULT_MAX_MAP_SIZE: usize = 16 << 20;
+
+/// Nesting depth of expressions at the top level and inside functions: the same in debug and
+/// release builds, and far from the parser's stack limits (see [`ENGINE_STACK_SIZE`]).
+pub const MAX_EXPR_DEPTH: usize = 128;
+pub const MAX_FUNCTION_EXPR_DEPTH: usize = 64;
+
+/// The stack of the thread that runs scripts (and all MLX work): large enough that Rhai's
+/// depth limits and mlxi's own nesting checks fire long before the stack would overflow.
+pub const ENGINE_STACK_SIZE: usize = 256 << 20;
 
 impl From<Error> for Box<EvalAltResult> {
     fn from(e: Error) -> Self {
@@ -252,12 +271,17 @@ pub fn print_text(s: &str) {
     let _ = out.flush();
 }
 
-/// The operation limit in force: `MLXI_MAX_OPERATIONS`, or [`DEFAULT_MAX_OPERATIONS`].
-fn max_operations() -> u64 {
-    std::env::var("MLXI_MAX_OPERATIONS")
+/// A limit from the environment variable `var` (digits, `_` allowed), else `default`.
+fn limit_from_env<T: std::str::FromStr>(var: &str, default: T) -> T {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.trim().replace('_', "").parse().ok())
-        .unwrap_or(DEFAULT_MAX_OPERATIONS)
+        .unwrap_or(default)
+}
+
+/// The operation limit in force: `MLXI_MAX_OPERATIONS`, or [`DEFAULT_MAX_OPERATIONS`].
+fn max_operations() -> u64 {
+    limit_from_env("MLXI_MAX_OPERATIONS", DEFAULT_MAX_OPERATIONS)
 }
 
 /// An engine with every mlxi binding, the safety limits, Ctrl-C checks, printing to stdout,
@@ -265,10 +289,17 @@ fn max_operations() -> u64 {
 pub fn new_engine(ctx: Rc<Context>) -> Engine {
     let mut engine = Engine::new();
     engine.set_max_call_levels(MAX_CALL_LEVELS);
-    // Nesting depth of expressions (top level, inside functions): the same in debug and
-    // release builds, and far from the parser's stack limits.
-    engine.set_max_expr_depths(128, 64);
+    engine.set_max_expr_depths(MAX_EXPR_DEPTH, MAX_FUNCTION_EXPR_DEPTH);
     engine.set_max_operations(max_operations());
+    engine.set_max_string_size(limit_from_env(
+        "MLXI_MAX_STRING_SIZE",
+        DEFAULT_MAX_STRING_SIZE,
+    ));
+    engine.set_max_array_size(limit_from_env(
+        "MLXI_MAX_ARRAY_SIZE",
+        DEFAULT_MAX_ARRAY_SIZE,
+    ));
+    engine.set_max_map_size(limit_from_env("MLXI_MAX_MAP_SIZE", DEFAULT_MAX_MAP_SIZE));
     engine.on_progress(|_| interrupt::requested().then(|| Dynamic::from("interrupted")));
     engine.on_print(print_line);
     engine.on_debug(|s, src, pos| match (src, pos.line()) {

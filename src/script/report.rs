@@ -73,6 +73,35 @@ pub fn message(err: &EvalAltResult, engine: &Engine) -> String {
             "more than {} nested function calls (runaway recursion?)",
             engine.max_call_levels()
         ),
+        EvalAltResult::ErrorDataTooLarge(what, _) => {
+            let what = what.to_lowercase();
+            let (kind, max, unit, var) = if what.contains("string") {
+                (
+                    "a string",
+                    engine.max_string_size(),
+                    "bytes",
+                    "MLXI_MAX_STRING_SIZE",
+                )
+            } else if what.contains("map") {
+                (
+                    "a map",
+                    engine.max_map_size(),
+                    "entries",
+                    "MLXI_MAX_MAP_SIZE",
+                )
+            } else {
+                (
+                    "an array",
+                    engine.max_array_size(),
+                    "elements",
+                    "MLXI_MAX_ARRAY_SIZE",
+                )
+            };
+            format!(
+                "{kind} would grow past the limit of {max} {unit}; set {var} to change it, 0 \
+                 for none"
+            )
+        }
         EvalAltResult::ErrorParsing(p, _) => p.to_string(),
         other => {
             let text = other.to_string();

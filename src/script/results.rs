@@ -4,31 +4,122 @@
 //!
 //! Values are converted to JSON when they are stored (Tensors as nested arrays, non-finite
 //! numbers as null, as `save_json` does); `get` reads them back as script values.
+//!
+//! One writer per file: opening a results file takes an advisory lock (`flock`) on a lock file
+//! next to it (`.NAME.mlxi-lock`), held while the Results value lives, so a second process
+//! writing the same file gets an error instead of silently losing rows. Within one process a
+//! file may be opened again (the REPL re-running `let r = results(..)`); the handles share the
+//! lock. Opening also removes temporaries that a killed run left in the folder.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, Engine, Map, INT};
 use serde_json::Value;
 
-use super::files::{to_json, write_atomic};
+use super::files::{remove_stale_temporaries, to_json, write_atomic};
 use super::options::Options;
 use super::{context, RhaiResult};
 use crate::{Error, Result};
+
+/// An exclusive advisory lock on a results file, released when the last handle is dropped.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: File,
+}
+
+thread_local! {
+    /// The locks this process holds, by the lock file's path.
+    static HELD: RefCell<HashMap<PathBuf, Weak<WriterLock>>> = RefCell::default();
+}
+
+/// The lock file of the results file at `path`: `.NAME.mlxi-lock` in the same folder.
+fn lock_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.mlxi-lock"))
+}
+
+/// Takes the writer lock for the results file at `path` (its folder must exist), or shares
+/// the one this process already holds; another process holding it is an error naming the
+/// file and that process.
+pub fn lock_for_writing(path: &Path) -> Result<Rc<WriterLock>> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::io::AsRawFd;
+    let lock = lock_path(path);
+    let key = lock
+        .parent()
+        .and_then(|d| d.canonicalize().ok())
+        .map(|d| d.join(lock.file_name().unwrap_or_default()))
+        .unwrap_or_else(|| lock.clone());
+    if let Some(held) = HELD.with(|h| h.borrow().get(&key).and_then(Weak::upgrade)) {
+        return Ok(held);
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(|e| Error::io(&lock, e))?;
+    // SAFETY: flock on a file descriptor this function owns.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(Error::io(&lock, err));
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder
+            .trim()
+            .parse::<u32>()
+            .map(|pid| format!(" (process {pid})"))
+            .unwrap_or_default();
+        return Err(Error::Invalid(format!(
+            "results: {} is being written by another mlxi{holder}; two writers would lose each \
+             other's rows, so use another file or wait for that run to end",
+            path.display()
+        )));
+    }
+    // Record the holder for the error message above; the lock is what counts.
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = writeln!(file, "{}", std::process::id());
+    let held = Rc::new(WriterLock { _file: file });
+    HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        h.retain(|_, w| w.strong_count() > 0);
+        h.insert(key, Rc::downgrade(&held));
+    });
+    Ok(held)
+}
 
 /// The file and everything stored in it so far.
 #[derive(Debug)]
 pub struct ResultsFile {
     path: PathBuf,
     data: serde_json::Map<String, Value>,
+    _lock: Rc<WriterLock>,
 }
 
 impl ResultsFile {
     /// Starts the file at `path`: empty (replacing an old file), or with what an old file
     /// holds when `resume` is set. Writes it at once.
     pub fn create(path: &Path, resume: bool) -> Result<Self> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let lock = lock_for_writing(path)?;
+        remove_stale_temporaries(dir);
         let data = if resume && path.is_file() {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
             match serde_json::from_str(&text) {
@@ -56,6 +147,7 @@ impl ResultsFile {
         let f = ResultsFile {
             path: path.to_path_buf(),
             data,
+            _lock: lock,
         };
         f.write()?;
         Ok(f)

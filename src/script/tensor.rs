@@ -264,21 +264,63 @@ fn physical_memory() -> Option<u128> {
     (pages > 0 && page > 0).then(|| pages as u128 * page as u128)
 }
 
-/// Refuses a result that cannot fit in memory, before MLX tries to allocate it (MLX's CPU
-/// allocator does not survive a failed allocation). Call it before creating a tensor whose
-/// shape a script chose.
+/// The most bytes a new tensor may take: `MLXI_MAX_TENSOR_BYTES` when set, else the
+/// machine's physical memory less what MLX already holds. None when unknown.
+fn tensor_byte_limit() -> Option<(u128, &'static str)> {
+    if let Some(n) = std::env::var("MLXI_MAX_TENSOR_BYTES")
+        .ok()
+        .and_then(|v| v.trim().replace('_', "").parse::<u128>().ok())
+        .filter(|&n| n > 0)
+    {
+        return Some((n, "the MLXI_MAX_TENSOR_BYTES limit"));
+    }
+    let held = mlx_rs::memory::active_memory().unwrap_or(0) as u128;
+    physical_memory().map(|p| (p.saturating_sub(held), "this machine's free memory"))
+}
+
+/// The most elements one tensor made by a script may have (8 GiB of float32): a fixed cap, so
+/// that an accidental shape such as `zeros([65536, 65536])` is refused on every machine and
+/// backend, whatever its memory, rather than left to the allocator.
+pub const MAX_ELEMENTS: u128 = i32::MAX as u128;
+
+/// Refuses a result that cannot be made, before MLX tries to allocate it (MLX's CPU
+/// allocator does not survive a failed allocation): more than [`MAX_ELEMENTS`] elements, or
+/// more bytes than memory holds (physical memory less what MLX already uses, or
+/// `MLXI_MAX_TENSOR_BYTES`). Call it before creating a tensor whose shape a script chose.
 pub fn check_fits(shape: &[i32], dtype: Dtype) -> Result<()> {
-    let elements: u128 = shape.iter().map(|&d| d.max(0) as u128).product();
-    let bytes = elements.saturating_mul(dtype_bytes(dtype));
-    match physical_memory() {
-        Some(limit) if bytes > limit => Err(Error::Invalid(format!(
-            "a {} tensor of shape {} needs {:.1} GB, more than this machine's {:.1} GB of memory",
+    let elements = shape
+        .iter()
+        .try_fold(1u128, |n, &d| n.checked_mul(d.max(0) as u128));
+    let too_many = || {
+        Error::Invalid(format!(
+            "a tensor of shape {} has more than {MAX_ELEMENTS} elements, the most mlxi creates",
+            fmt_shape(shape)
+        ))
+    };
+    let elements = elements.ok_or_else(too_many)?;
+    if elements > MAX_ELEMENTS {
+        return Err(too_many());
+    }
+    let bytes = elements * dtype_bytes(dtype);
+    match tensor_byte_limit() {
+        Some((limit, what)) if bytes > limit => Err(Error::Invalid(format!(
+            "a {} tensor of shape {} needs {}, more than {what} ({})",
             dtype_name(dtype),
             fmt_shape(shape),
-            bytes as f64 / 1e9,
-            limit as f64 / 1e9
+            fmt_bytes(bytes),
+            fmt_bytes(limit)
         ))),
         _ => Ok(()),
+    }
+}
+
+/// Bytes for people: `17.2 GB`, `512.0 MB`, `96 bytes`.
+fn fmt_bytes(b: u128) -> String {
+    match b {
+        b if b >= 1_000_000_000 => format!("{:.1} GB", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b if b >= 1_000 => format!("{:.1} kB", b as f64 / 1e3),
+        b => format!("{b} bytes"),
     }
 }
 

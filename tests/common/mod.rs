@@ -12,6 +12,10 @@ pub fn mlxi(home: &Path) -> Command {
     c.env("MLXI_HOME", home)
         .env_remove("MLXI_RECIPES")
         .env_remove("MLXI_MAX_OPERATIONS")
+        .env_remove("MLXI_MAX_STRING_SIZE")
+        .env_remove("MLXI_MAX_ARRAY_SIZE")
+        .env_remove("MLXI_MAX_MAP_SIZE")
+        .env_remove("MLXI_MAX_TENSOR_BYTES")
         // Expected values were computed in full f32 on a CPU; MLX uses TF32 for f32 matmuls on
         // NVIDIA GPUs and M5-class Macs unless told otherwise.
         .env("MLX_ENABLE_TF32", "0");
