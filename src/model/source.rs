@@ -232,16 +232,15 @@ pub fn check_safetensors_start(start: &[u8], file_size: u64) -> Result<Vec<Strin
             start.len() - 8
         )
     })?;
-    let meta: safetensors::tensor::Metadata =
-        serde_json::from_slice(header).map_err(|e| {
-            // serde's message can quote the header (an unknown dtype, a key): give the place only.
-            format!(
-                "malformed safetensors header ({:?} error at line {}, column {})",
-                e.classify(),
-                e.line(),
-                e.column()
-            )
-        })?;
+    let meta: safetensors::tensor::Metadata = serde_json::from_slice(header).map_err(|e| {
+        // serde's message can quote the header (an unknown dtype, a key): give the place only.
+        format!(
+            "malformed safetensors header ({:?} error at line {}, column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    })?;
     let data_bytes = file_size - 8 - header_len;
     let described = meta.data_len() as u64;
     if described > data_bytes {
