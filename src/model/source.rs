@@ -233,13 +233,20 @@ pub fn check_safetensors_start(start: &[u8], file_size: u64) -> Result<Vec<Strin
         )
     })?;
     let meta: safetensors::tensor::Metadata = serde_json::from_slice(header).map_err(|e| {
-        // serde's message can quote the header (an unknown dtype, a key): give the place only.
-        format!(
-            "malformed safetensors header ({:?} error at line {}, column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        )
+        // serde's and the crate's messages can quote the header (an unknown dtype, a tensor
+        // name): name the kind of fault and the place only.
+        if e.to_string().starts_with("invalid offset") {
+            "malformed safetensors header: invalid offset (tensors overlap, leave gaps or do not \
+             match their shapes)"
+                .to_string()
+        } else {
+            format!(
+                "malformed safetensors header ({:?} error at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        }
     })?;
     let data_bytes = file_size - 8 - header_len;
     let described = meta.data_len() as u64;
