@@ -15,7 +15,9 @@ fn holder(home: &Path, path: &Path) -> Child {
         "let r = results({:?});\nr.push(\"rows\", 1);\nloop {{}}",
         path.display().to_string()
     );
+    // `-e` reads and writes in its current folder: run it where the file is.
     mlxi(home)
+        .current_dir(path.parent().expect("a folder"))
         .args(["-e", &code])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -47,6 +49,7 @@ fn a_second_writer_is_refused() {
         path.display().to_string()
     );
     let second: Run = mlxi(home.path())
+        .current_dir(dir.path())
         .args(["-e", &code])
         .output()
         .expect("runs")
@@ -81,7 +84,14 @@ fn one_process_may_reopen_its_own_file() {
         "let r = results({p:?}); r.set(\"a\", 1);\nlet r = results({p:?}); r.set(\"b\", 2); keys(r)",
         p = path.display().to_string()
     );
-    assert_eq!(eval(&code).ok(), "[\"b\"]");
+    let home = scratch();
+    let run: Run = mlxi(home.path())
+        .current_dir(dir.path())
+        .args(["-e", &code])
+        .output()
+        .expect("runs")
+        .into();
+    assert_eq!(run.ok(), "[\"b\"]");
 }
 
 #[test]
@@ -105,7 +115,13 @@ fn stale_temporaries_are_removed() {
     let other = dir.path().join("notes.tmp");
     std::fs::write(&other, b"mine").expect("write");
     let code = format!("results({:?}).path", path.display().to_string());
-    eval(&code).ok();
+    let run: Run = mlxi(home.path())
+        .current_dir(dir.path())
+        .args(["-e", &code])
+        .output()
+        .expect("runs")
+        .into();
+    run.ok();
     assert!(!stale.exists(), "the stale temporary is still there");
     assert!(live.exists() && other.exists());
 }

@@ -163,7 +163,7 @@ fn dry_run(mac: &Mac, prepare: impl FnOnce(&Path)) -> DryRun {
     // A few real tools; nothing else of this Linux machine is on PATH.
     for tool in [
         "bash", "sed", "cut", "mkdir", "rm", "ln", "cat", "dirname", "id", "mktemp", "tar", "cp",
-        "mv", "grep", "chmod", "basename", "readlink",
+        "mv", "grep", "chmod", "basename", "readlink", "touch",
     ] {
         let real = ["/usr/bin", "/bin"]
             .iter()
@@ -265,8 +265,21 @@ esac
 
     prepare(&home);
 
+    // A copy of the checkout's scripts, so what setup does to its own folder (it touches
+    // crates/mlx-sys/build.rs when MLX moves) stays in the sandbox.
+    let repo = dir.path().join("repo");
+    fs::create_dir_all(repo.join("crates/mlx-sys")).unwrap();
+    fs::create_dir_all(repo.join("tests/reference")).unwrap();
+    fs::copy(Path::new(ROOT).join("setup"), repo.join("setup")).unwrap();
+    fs::write(repo.join("crates/mlx-sys/build.rs"), "").unwrap();
+    fs::copy(
+        Path::new(ROOT).join("tests/reference/fetch_tokenizers.sh"),
+        repo.join("tests/reference/fetch_tokenizers.sh"),
+    )
+    .unwrap();
+
     let out = Command::new(bin.join("bash"))
-        .arg(Path::new(ROOT).join("setup"))
+        .arg(repo.join("setup"))
         .env_clear()
         .env("PATH", format!("{}:{}", bin.display(), brew_bin.display()))
         .env("HOME", &home)

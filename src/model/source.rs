@@ -234,19 +234,17 @@ pub fn check_safetensors_start(start: &[u8], file_size: u64) -> Result<Vec<Strin
     })?;
     let meta: safetensors::tensor::Metadata = serde_json::from_slice(header).map_err(|e| {
         // serde's and the crate's messages can quote the header (an unknown dtype, a tensor
-        // name): name the kind of fault and the place only.
-        if e.to_string().starts_with("invalid offset") {
-            "malformed safetensors header: invalid offset (tensors overlap, leave gaps or do not \
-             match their shapes)"
-                .to_string()
-        } else {
-            format!(
-                "malformed safetensors header ({:?} error at line {}, column {})",
-                e.classify(),
-                e.line(),
-                e.column()
-            )
-        }
+        // name): keep the kind of fault, drop anything quoted, and give the place.
+        let msg = e.to_string();
+        let kind = msg.split(" at line").next().unwrap_or_default();
+        let kind = kind.split(" for tensor").next().unwrap_or_default();
+        let kind = kind.split('`').next().unwrap_or_default();
+        let kind = kind.trim_end_matches([' ', ',', ':']);
+        format!(
+            "malformed safetensors header: {kind} (line {}, column {})",
+            e.line(),
+            e.column()
+        )
     })?;
     let data_bytes = file_size - 8 - header_len;
     let described = meta.data_len() as u64;
