@@ -73,7 +73,13 @@ fn a_second_writer_is_refused() {
         "let r = results({:?}, #{{resume: true}});\nr.push(\"rows\", 3)",
         path.display().to_string()
     );
-    assert_eq!(eval(&code).ok(), "2");
+    let third: Run = mlxi(home.path())
+        .current_dir(dir.path())
+        .args(["-e", &code])
+        .output()
+        .expect("runs")
+        .into();
+    assert_eq!(third.ok(), "2");
 }
 
 #[test]
