@@ -328,8 +328,12 @@ impl Rope {
             scaled = if self.dims >= d {
                 x.multiply(&m)?
             } else {
+                // Contiguous parts: MLX's CUDA backend mishandles strided split views (phi3.rs).
                 let parts = ops::split_at_indices(x, &[self.dims], -1)?;
-                ops::concatenate(&[parts[0].multiply(&m)?, parts[1].clone()], -1)?
+                ops::concatenate(
+                    &[parts[0].contiguous()?.multiply(&m)?, parts[1].contiguous()?],
+                    -1,
+                )?
             };
             &scaled
         };

@@ -205,7 +205,7 @@ impl Phi3 {
             let x = layer.input_norm.forward(&h)?;
             let qkv = layer.qkv_proj.forward(&x)?;
             let split = [h_heads * hd, (h_heads + kv_heads) * hd];
-            let qkv = ops::split_at_indices(&qkv, &split, -1)?;
+            let qkv = split_last(&qkv, &split)?;
             let q = qkv[0].reshape(&[b, t, h_heads, hd])?;
             let k = qkv[1].reshape(&[b, t, kv_heads, hd])?;
             let v = qkv[2].reshape(&[b, t, kv_heads, hd])?;
@@ -222,7 +222,7 @@ impl Phi3 {
             h = step.hook(HookName::ResidMid(i), h.add(&attn_out)?)?;
             let x = layer.post_attn_norm.forward(&h)?;
             let gate_up = layer.gate_up_proj.forward(&x)?;
-            let parts = ops::split_at_indices(&gate_up, &[ff], -1)?;
+            let parts = split_last(&gate_up, &[ff])?;
             let post = nn::silu(&parts[0])?.multiply(&parts[1])?;
             let post = step.hook(HookName::MlpPost(i), post)?;
             let mlp_out = step.hook(HookName::MlpOut(i), layer.down_proj.forward(&post)?)?;
@@ -252,4 +252,15 @@ impl Phi3 {
     pub fn quantization(&self) -> Option<(i32, i32)> {
         self.layers.first().and_then(|l| l.qkv_proj.quantization())
     }
+}
+
+/// The fused projections' outputs split along the last axis, each part made contiguous. MLX's
+/// CUDA backend computes wrong values from these strided views (phi3 on an H200: logits off by
+/// ~2 against the CPU, for mlx-lm's phi3 too, and an illegal memory access in cached decoding;
+/// contiguous parts agree to 2e-6). On the CPU and Metal the copy is cheap.
+fn split_last(x: &Array, at: &[i32]) -> Result<Vec<Array>> {
+    ops::split_at_indices(x, at, -1)?
+        .iter()
+        .map(|p| Ok(p.contiguous()?))
+        .collect()
 }
