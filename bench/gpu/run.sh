@@ -67,9 +67,10 @@ J="$OUT/json"
 mkdir -p "$OUT" "$J"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
 step "unpack" unpack
-# The CUDA runtime headers for NVRTC: the pip package's (what a venv from setup has), else the toolkit's.
+# The CUDA runtime headers for NVRTC: a toolkit's (the pip package's lack crt/mma.h, which the
+# quantized f32 kernels include: seen on the H200, 2026-12-01), else the pip package's.
 if [ -z "${CUDA_HOME:-}" ]; then
-    for c in "$SITE/nvidia/cu13" /usr/local/cuda; do
+    for c in /usr/local/cuda "$SITE/nvidia/cu13"; do
         if [ -f "$c/include/cuda_runtime.h" ]; then export CUDA_HOME="$c"; break; fi
     done
 fi
