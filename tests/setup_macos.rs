@@ -478,6 +478,8 @@ fn setup_is_shellcheck_clean_and_bash_3_2_compatible() {
         "tests/reference/fetch_tokenizers.sh",
         "bench/run.sh",
         "bench/probe.sh",
+        "bench/gpu/pack.sh",
+        "bench/gpu/run.sh",
     ];
     let out = Command::new("shellcheck")
         .args(scripts)
