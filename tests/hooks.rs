@@ -25,7 +25,8 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
     MLX.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Evaluates a script (with `let m = load();` in front) and returns its value.
+/// Evaluates a script (with `let m = load(...)`, the default model in f32, in front) and returns
+/// its value.
 fn eval(code: &str) -> Result<Dynamic, String> {
     // These tests write their files in the system's temporary folder, outside the current
     // folder: allowed as `--allow-write` would.
@@ -36,7 +37,10 @@ fn eval(code: &str) -> Result<Dynamic, String> {
     let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
     let perms = Permissions::interactive(&cwd, &grants).map_err(|e| e.to_string())?;
     let runner = Runner::new(Context::with_permissions(perms));
-    let code = format!("let m = load();\n{code}");
+    // The expected values are full-f32 CPU results: load f32, dequantized, with no TF32 matmuls
+    // (a GPU would otherwise keep f16 weights, and NVIDIA GPUs and M5 Macs use TF32).
+    std::env::set_var("MLX_ENABLE_TF32", "0");
+    let code = format!("let m = load(\"default\", #{{dtype: \"f32\", dequantize: true}});\n{code}");
     runner.eval_code("<test>", &code).map_err(|e| e.to_string())
 }
 
@@ -467,7 +471,12 @@ fn logit_lens_reads_paris_from_the_residual_stream() {
 #[test]
 fn attention_patterns_match_an_independent_computation() {
     let _mlx = lock();
-    let mut model = Model::load_default(&LoadOptions::default()).unwrap();
+    std::env::set_var("MLX_ENABLE_TF32", "0");
+    let opts = LoadOptions {
+        dtype: Some(mlx_rs::Dtype::Float32),
+        dequantize: Some(true),
+    };
+    let mut model = Model::load_default(&opts).unwrap();
     let cfg = match &model.net {
         Net::Llama(l) => l.cfg.clone(),
         _ => unreachable!("the default model is a Llama"),
