@@ -8,6 +8,9 @@
 //! MLX is not thread safe and cargo runs the tests of a file on several threads: every test
 //! holds `MLX` while it runs.
 
+mod common;
+use common::full_f32;
+
 use std::sync::Mutex;
 
 use mlx_rs::{ops, Array, Dtype};
@@ -39,7 +42,7 @@ fn eval(code: &str) -> Result<Dynamic, String> {
     let runner = Runner::new(Context::with_permissions(perms));
     // The expected values are full-f32 CPU results: load f32, dequantized, with no TF32 matmuls
     // (a GPU would otherwise keep f16 weights, and NVIDIA GPUs and M5 Macs use TF32).
-    std::env::set_var("MLX_ENABLE_TF32", "0");
+    full_f32();
     let code = format!("let m = load(\"default\", #{{dtype: \"f32\", dequantize: true}});\n{code}");
     runner.eval_code("<test>", &code).map_err(|e| e.to_string())
 }
@@ -471,7 +474,7 @@ fn logit_lens_reads_paris_from_the_residual_stream() {
 #[test]
 fn attention_patterns_match_an_independent_computation() {
     let _mlx = lock();
-    std::env::set_var("MLX_ENABLE_TF32", "0");
+    full_f32();
     let opts = LoadOptions {
         dtype: Some(mlx_rs::Dtype::Float32),
         dequantize: Some(true),

@@ -7,6 +7,9 @@
 //! MLX is not thread safe and cargo runs the tests of a file on several threads: every test
 //! holds `MLX` while it runs.
 
+mod common;
+use common::full_f32;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -375,10 +378,4 @@ fn broken_checkpoints_are_clear_errors() {
     });
     let e = s.load_err();
     assert!(e.contains("missing tensor") && e.contains(expert), "{e}");
-}
-
-/// The goldens are full-f32 CPU results: keep MLX from using TF32 for f32 matmuls (its default on
-/// NVIDIA GPUs and M5-class Macs). Called first in every test, before MLX reads the variable.
-fn full_f32() {
-    std::env::set_var("MLX_ENABLE_TF32", "0");
 }

@@ -2,6 +2,9 @@
 //! (tests/fixtures/golden/smollm2, produced by tests/reference/golden_default.py): next-token
 //! logits for several prompts, and greedy continuations token for token.
 
+mod common;
+use common::full_f32;
+
 use mlx_rs::{Array, Dtype};
 use mlxi::generate::{generate, GenerateOptions};
 use mlxi::model::{LoadOptions, Model};
@@ -126,10 +129,4 @@ fn left_padding_does_not_change_logits() {
     let da = max_abs_diff(&row(0, la), &alone_a);
     let db = max_abs_diff(&row(1, lb), &alone_b);
     assert!(da < 1e-3 && db < 1e-3, "padding changed logits: {da}, {db}");
-}
-
-/// The goldens are full-f32 CPU results: keep MLX from using TF32 for f32 matmuls (its default on
-/// NVIDIA GPUs and M5-class Macs). Called first in every test, before MLX reads the variable.
-fn full_f32() {
-    std::env::set_var("MLX_ENABLE_TF32", "0");
 }

@@ -48,12 +48,7 @@ fn a_second_writer_is_refused() {
         "let r = results({:?});\nr.push(\"rows\", 2);",
         path.display().to_string()
     );
-    let second: Run = mlxi(home.path())
-        .current_dir(dir.path())
-        .args(["-e", &code])
-        .output()
-        .expect("runs")
-        .into();
+    let second = eval_in(home.path(), dir.path(), &code);
     let _ = first.kill();
     let _ = first.wait();
     let err = second.failed();
@@ -73,13 +68,7 @@ fn a_second_writer_is_refused() {
         "let r = results({:?}, #{{resume: true}});\nr.push(\"rows\", 3)",
         path.display().to_string()
     );
-    let third: Run = mlxi(home.path())
-        .current_dir(dir.path())
-        .args(["-e", &code])
-        .output()
-        .expect("runs")
-        .into();
-    assert_eq!(third.ok(), "2");
+    assert_eq!(eval_in(home.path(), dir.path(), &code).ok(), "2");
 }
 
 #[test]
@@ -91,13 +80,7 @@ fn one_process_may_reopen_its_own_file() {
         p = path.display().to_string()
     );
     let home = scratch();
-    let run: Run = mlxi(home.path())
-        .current_dir(dir.path())
-        .args(["-e", &code])
-        .output()
-        .expect("runs")
-        .into();
-    assert_eq!(run.ok(), "[\"b\"]");
+    assert_eq!(eval_in(home.path(), dir.path(), &code).ok(), "[\"b\"]");
 }
 
 #[test]
@@ -121,13 +104,7 @@ fn stale_temporaries_are_removed() {
     let other = dir.path().join("notes.tmp");
     std::fs::write(&other, b"mine").expect("write");
     let code = format!("results({:?}).path", path.display().to_string());
-    let run: Run = mlxi(home.path())
-        .current_dir(dir.path())
-        .args(["-e", &code])
-        .output()
-        .expect("runs")
-        .into();
-    run.ok();
+    eval_in(home.path(), dir.path(), &code).ok();
     assert!(!stale.exists(), "the stale temporary is still there");
     assert!(live.exists() && other.exists());
 }

@@ -16,10 +16,18 @@ pub fn mlxi(home: &Path) -> Command {
         .env_remove("MLXI_MAX_ARRAY_SIZE")
         .env_remove("MLXI_MAX_MAP_SIZE")
         .env_remove("MLXI_MAX_TENSOR_BYTES")
-        // Expected values were computed in full f32 on a CPU; MLX uses TF32 for f32 matmuls on
-        // NVIDIA GPUs and M5-class Macs unless told otherwise.
-        .env("MLX_ENABLE_TF32", "0");
+        // Expected values were computed in full f32 on a CPU (see `full_f32`).
+        .env(TF32_VAR, "0");
     c
+}
+
+/// MLX's switch for TF32 matmuls, its default for f32 on NVIDIA GPUs and M5-class Macs.
+const TF32_VAR: &str = "MLX_ENABLE_TF32";
+
+/// Keeps this test process's f32 matmuls in full f32, as the CPU-made expected values were: call
+/// it first in a test, before MLX reads the variable.
+pub fn full_f32() {
+    std::env::set_var(TF32_VAR, "0");
 }
 
 /// The result of a run: exit code, stdout, stderr.
@@ -76,6 +84,16 @@ pub fn eval(code: &str) -> Run {
     mlxi(home.path())
         .arg("-e")
         .arg(code)
+        .output()
+        .expect("mlxi runs")
+        .into()
+}
+
+/// `mlxi -e CODE` in `dir` (the folder `-e` may read and write) with its own MLXI_HOME `home`.
+pub fn eval_in(home: &Path, dir: &Path, code: &str) -> Run {
+    mlxi(home)
+        .current_dir(dir)
+        .args(["-e", code])
         .output()
         .expect("mlxi runs")
         .into()
