@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use mlx_rs::{ops, Array, Dtype};
+use mlx_rs::{ops, ops::indexing::TryIndexOp, Array, Dtype};
 
 use crate::error::{Error, Result};
 use crate::hooks::{HookCtx, HookName, Reducer};
@@ -249,11 +249,18 @@ pub fn capture(
             if positions == Positions::All {
                 for (r, _) in chunk.iter().enumerate() {
                     let pad = pads.get(r).copied().unwrap_or(0);
-                    let row = a.take_axis(Array::from_int(r as i32), 0)?;
-                    let keep = Array::from_iter(pad..t, &[t - pad]);
+                    let r = r as i32;
+                    // Slices, not gathers: a row of a `[batch, pos, ...]` activation is a view
+                    // of the batch's buffer (no copy, no kernel launch on a GPU, still row
+                    // contiguous). A pattern's rows are cut on two axes, so they are copied.
                     let row = match p {
-                        HookName::Pattern(_) => row.take_axis(&keep, 1)?.take_axis(&keep, 2)?,
-                        _ => row.take_axis(&keep, 0)?,
+                        HookName::Pattern(_) => {
+                            let keep = Array::from_iter(pad..t, &[t - pad]);
+                            a.take_axis(Array::from_int(r), 0)?
+                                .take_axis(&keep, 1)?
+                                .take_axis(&keep, 2)?
+                        }
+                        _ => a.try_index((r..r + 1, pad..t))?.squeeze_axes(&[0])?,
                     };
                     fresh.push(row.clone());
                     per_input.entry(*p).or_default().push(row);
