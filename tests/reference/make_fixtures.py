@@ -496,8 +496,17 @@ def write_json(path, obj):
 
 
 def write_tokenizer(folder, tok_text, tok_cfg):
-    (folder / "tokenizer.json").write_text(tok_text)
-    write_json(folder / "tokenizer_config.json", tok_cfg)
+    """Every fixture shares one tokenizer: written once in models/../tokenizer/, linked from
+    each model folder (relative symlinks, as in a Hugging Face cache snapshot)."""
+    shared = folder.parent.parent / "tokenizer"
+    shared.mkdir(exist_ok=True)
+    (shared / "tokenizer.json").write_text(tok_text)
+    write_json(shared / "tokenizer_config.json", tok_cfg)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        link = folder / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path("..") / ".." / "tokenizer" / name)
 
 
 def write_float_case(folder, cfg, weights, tok_text, tok_cfg):
