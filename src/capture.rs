@@ -246,6 +246,8 @@ pub fn capture(
                 .and_then(|v| v.last())
                 .cloned()
                 .ok_or_else(|| Error::Invalid(format!("capture: {p} was not reached")))?;
+            // The batch's activation is computed here; its rows are views, made when first read.
+            fresh.push(a.clone());
             if positions == Positions::All {
                 for (r, _) in chunk.iter().enumerate() {
                     let pad = pads.get(r).copied().unwrap_or(0);
@@ -256,17 +258,19 @@ pub fn capture(
                     let row = match p {
                         HookName::Pattern(_) => {
                             let keep = Array::from_iter(pad..t, &[t - pad]);
-                            a.take_axis(Array::from_int(r), 0)?
+                            let row = a
+                                .take_axis(Array::from_int(r), 0)?
                                 .take_axis(&keep, 1)?
-                                .take_axis(&keep, 2)?
+                                .take_axis(&keep, 2)?;
+                            // Copied now, so that the batch's patterns can be freed.
+                            fresh.push(row.clone());
+                            row
                         }
                         _ => a.try_index((r..r + 1, pad..t))?.squeeze_axes(&[0])?,
                     };
-                    fresh.push(row.clone());
                     per_input.entry(*p).or_default().push(row);
                 }
             } else {
-                fresh.push(a.clone());
                 stacked.entry(*p).or_default().push(a);
             }
         }

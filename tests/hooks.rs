@@ -9,9 +9,7 @@
 //! holds `MLX` while it runs.
 
 mod common;
-use common::full_f32;
-
-use std::sync::Mutex;
+use common::{expect_err, expect_ok, floats, full_f32, mlx_lock as lock};
 
 use mlx_rs::{ops, Array, Dtype};
 use mlxi::capture::{capture, Captured, Positions};
@@ -19,14 +17,8 @@ use mlxi::fsaccess::{Grants, Permissions};
 use mlxi::hooks::HookName;
 use mlxi::model::layers::Rope;
 use mlxi::model::{LoadOptions, Model, Net};
-use mlxi::script::{Context, Runner};
+use mlxi::script::Context;
 use rhai::Dynamic;
-
-static MLX: Mutex<()> = Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    MLX.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Evaluates a script (with `let m = load(...)`, the default model in f32, in front) and returns
 /// its value.
@@ -39,38 +31,21 @@ fn eval(code: &str) -> Result<Dynamic, String> {
     };
     let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
     let perms = Permissions::interactive(&cwd, &grants).map_err(|e| e.to_string())?;
-    let runner = Runner::new(Context::with_permissions(perms));
     // The expected values are full-f32 CPU results: load f32, dequantized, with no TF32 matmuls
     // (a GPU would otherwise keep f16 weights, and NVIDIA GPUs and M5 Macs use TF32).
     full_f32();
     let code = format!("let m = load(\"default\", #{{dtype: \"f32\", dequantize: true}});\n{code}");
-    runner.eval_code("<test>", &code).map_err(|e| e.to_string())
+    common::script(Context::with_permissions(perms), &code)
 }
 
 #[track_caller]
 fn ok(code: &str) -> Dynamic {
-    eval(code).unwrap_or_else(|e| panic!("script failed: {e}"))
+    expect_ok(eval(code))
 }
 
 #[track_caller]
 fn err(code: &str) -> String {
-    match eval(code) {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e,
-    }
-}
-
-fn floats(v: &Dynamic) -> Vec<f64> {
-    v.clone()
-        .into_array()
-        .expect("an array")
-        .iter()
-        .map(|x| {
-            x.as_float()
-                .or_else(|_| x.as_int().map(|i| i as f64))
-                .expect("a number")
-        })
-        .collect()
+    expect_err(eval(code))
 }
 
 fn float(v: &Dynamic) -> f64 {

@@ -5,7 +5,8 @@
 //! MLX is not thread safe and cargo runs the tests of a file on several threads: every test
 //! holds `MLX` while it runs.
 
-use std::sync::Mutex;
+mod common;
+use common::{max_abs_diff, mlx_lock as lock, FIXTURES};
 
 use mlx_rs::{ops, Array, Dtype};
 use mlxi::capture::{capture, Captured, Positions};
@@ -14,13 +15,6 @@ use mlxi::hooks::{Hook, HookName};
 use mlxi::interventions::{Intervention, Op, PatchSource, Window};
 use mlxi::model::{LoadOptions, Model};
 
-static MLX: Mutex<()> = Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    MLX.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
 const CASES: [&str; 7] = [
     "llama",
     "qwen2",
@@ -42,20 +36,6 @@ fn load(case: &str) -> Model {
 /// Two rows of different lengths (the second is left-padded in a batch).
 fn rows() -> Vec<Vec<u32>> {
     vec![vec![5, 9, 14, 3, 7, 22, 11], vec![8, 4, 17]]
-}
-
-fn max_abs_diff(a: &Array, b: &Array) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    let d = a
-        .as_dtype(Dtype::Float32)
-        .unwrap()
-        .subtract(b.as_dtype(Dtype::Float32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(None)
-        .unwrap();
-    d.as_slice::<f32>()[0]
 }
 
 fn attach(model: &mut Model, iv: Intervention) {

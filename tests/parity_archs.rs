@@ -8,24 +8,15 @@
 //! holds `MLX` while it runs.
 
 mod common;
-use common::full_f32;
+use common::{full_f32, max_abs_diff, mlx_lock as lock, FIXTURES};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use mlx_rs::{Array, Dtype};
 use mlxi::hooks::HookName;
 use mlxi::model::layers::KvCache;
 use mlxi::model::{LoadOptions, Model};
-
-static MLX: Mutex<()> = Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    MLX.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
 
 /// Every fixture case, in a fixed order.
 fn cases() -> Vec<String> {
@@ -47,21 +38,6 @@ fn rows(input_ids: &Array) -> Vec<Vec<u32>> {
     flat.chunks(shape[1] as usize)
         .map(|r| r.iter().map(|&x| x as u32).collect())
         .collect()
-}
-
-fn max_abs_diff(a: &Array, b: &Array) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    let a = a.as_dtype(Dtype::Float32).unwrap();
-    let b = b.as_dtype(Dtype::Float32).unwrap();
-    a.as_slice::<f32>()
-        .iter()
-        .zip(b.as_slice::<f32>())
-        .map(|(x, y)| (x - y).abs())
-        // NaN counts as the largest difference (f32::max would drop it).
-        .fold(
-            0.0,
-            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-        )
 }
 
 fn is_quantized(case: &str) -> bool {

@@ -3,7 +3,7 @@
 //! logits for several prompts, and greedy continuations token for token.
 
 mod common;
-use common::full_f32;
+use common::{full_f32, max_abs_diff};
 
 use mlx_rs::{Array, Dtype};
 use mlxi::generate::{generate, GenerateOptions};
@@ -23,17 +23,6 @@ fn ids(v: &Value) -> Vec<u32> {
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
-}
-
-fn max_abs_diff(a: &Array, b: &Array) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    let a = a.as_dtype(Dtype::Float32).unwrap();
-    let b = b.as_dtype(Dtype::Float32).unwrap();
-    a.as_slice::<f32>()
-        .iter()
-        .zip(b.as_slice::<f32>())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 // One test function: the model is loaded once and MLX stays on one thread.

@@ -7,37 +7,24 @@
 //! holds `MLX` while it runs.
 
 mod common;
+use common::{expect_err, expect_ok, floats, mlx_lock as lock};
 
-use std::sync::Mutex;
-
-use mlxi::script::{Context, Runner};
+use mlxi::script::Context;
 use rhai::{Dynamic, Map};
 
-static MLX: Mutex<()> = Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    MLX.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn eval(code: &str) -> Result<Dynamic, String> {
-    let runner = Runner::new(Context::in_current_dir());
     let code = format!("import \"datasets\" as data;\nlet m = load();\n{code}");
-    runner.eval_code("<test>", &code).map_err(|e| e.to_string())
+    common::script(Context::in_current_dir(), &code)
 }
 
 #[track_caller]
 fn ok(code: &str) -> Map {
-    eval(code)
-        .unwrap_or_else(|e| panic!("script failed: {e}"))
-        .cast::<Map>()
+    expect_ok(eval(code)).cast::<Map>()
 }
 
 #[track_caller]
 fn err(code: &str) -> String {
-    match eval(code) {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e,
-    }
+    expect_err(eval(code))
 }
 
 fn f(m: &Map, k: &str) -> f64 {
@@ -45,19 +32,6 @@ fn f(m: &Map, k: &str) -> f64 {
     v.as_float()
         .or_else(|_| v.as_int().map(|i| i as f64))
         .unwrap_or_else(|_| panic!("{k} is not a number: {v:?}"))
-}
-
-fn floats(v: &Dynamic) -> Vec<f64> {
-    v.clone()
-        .into_array()
-        .expect("array")
-        .iter()
-        .map(|x| {
-            x.as_float()
-                .or_else(|_| x.as_int().map(|i| i as f64))
-                .unwrap()
-        })
-        .collect()
 }
 
 #[test]

@@ -7,14 +7,13 @@
 //! `$MLXI_HOME` (default `~/.cache/mlxi`), both fetched by `./setup`. A test whose data is
 //! missing fails and says how to get it.
 
+mod common;
+use common::mlx_lock;
+
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use mlxi::tokenizer::{ChatMessage, Tokenizer};
 use serde_json::Value;
-
-/// MLX is not thread safe: tests that touch it take this lock.
-static MLX: Mutex<()> = Mutex::new(());
 
 fn mlxi_home() -> PathBuf {
     match std::env::var_os("MLXI_HOME") {
@@ -172,7 +171,7 @@ fn smollm2_from_gguf() {
     ) else {
         return;
     };
-    let _guard = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = mlx_lock();
     let gguf = mlxi::gguf::GgufFile::open(&path).unwrap();
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
     assert!(tok.warnings().is_empty(), "{:?}", tok.warnings());
@@ -344,7 +343,7 @@ fn missing_and_malformed_files_are_clear_errors() {
 
 #[test]
 fn gguf_without_tokenizer_is_a_clear_error() {
-    let _guard = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = mlx_lock();
     let dir = temp_dir("gguf");
     let path = dir.join("empty.gguf");
     let mut file = mlx_rs::io::GgufFile::new().unwrap();
@@ -490,7 +489,7 @@ fn gguf_like_llama_cpp(
 #[test]
 fn qwen3_as_gguf_matches_tokenizer_json() {
     let Some(dir) = fetched("qwen3") else { return };
-    let _guard = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = mlx_lock();
     // pre "qwen2": NFC, then the Qwen2 split, then byte-level.
     let gguf = reopen(
         gguf_like_llama_cpp(&dir, "qwen2", false, None, 151645, Some(151643)),
@@ -504,7 +503,7 @@ fn qwen3_as_gguf_matches_tokenizer_json() {
 #[test]
 fn llama3_as_gguf_matches_tokenizer_json() {
     let Some(dir) = fetched("llama3") else { return };
-    let _guard = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = mlx_lock();
     // pre "llama-bpe": the Llama 3 split; add_bos_token = true, as in Llama 3 GGUFs.
     let gguf = reopen(
         gguf_like_llama_cpp(&dir, "llama-bpe", true, Some(128000), 128001, None),
@@ -546,7 +545,7 @@ fn sentencepiece_gguf_matches_sentencepiece() {
         .collect();
     let id = |key: &str| mlx_rs::Array::from_int(meta[key].as_i64().unwrap() as i32);
 
-    let _guard = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = mlx_lock();
     let mut g = mlx_rs::io::GgufFile::new().unwrap();
     g.insert_metadata("tokenizer.ggml.model", "llama").unwrap();
     g.insert_metadata("tokenizer.ggml.tokens", tokens).unwrap();

@@ -31,6 +31,11 @@ mkdir -p "$W/x" "$W/py312"
 [ -f "$W/x/mlx/lib/libmlx.so" ] || (cd "$W/x" && "$PY" -m zipfile -e "$W"/mlx_cuda_13-0.32.2-*.whl .)
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_35_x86_64 mlx==0.32.2 mlx-lm==0.32.2 -d "$W/py312"
+# crt/mma.h for NVRTC (setup installs nvidia-cuda-crt beside mlx-cuda-13; the GPU machine's
+# Python has CUDA 13.0 packages without it).
+mkdir -p "$W/crt"
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_35_x86_64 "nvidia-cuda-crt==13.0.*" -d "$W/crt"
 
 echo "==> build against the CUDA wheel"
 [ -d "$TARGET" ] || { [ -d "$ROOT/target" ] && cp -a "$ROOT/target" "$TARGET"; } || true
@@ -53,7 +58,7 @@ readelf -d "$TARGET/release/mlxi" | grep -E "NEEDED|RUNPATH"
 echo "==> payload"
 P="$W/payload"
 rm -rf "$P" "$DEST"
-mkdir -p "$P/wheels" "$P/tokenizer" "$DEST"
+mkdir -p "$P/wheels" "$P/tokenizer" "$P/crt" "$DEST"
 stage="$(mktemp -d)"
 mkdir -p "$stage/tests"
 strip -o "$stage/mlxi" "$TARGET/release/mlxi"
@@ -65,6 +70,7 @@ tar -cf - -C "$W/x" mlx_cuda_13.libs | xz -9 -T2 >"$P/mlx_cuda_13.libs.tar.xz"
 # mlx/include (CCCL, CUTLASS's cute), which MLX looks for beside its library folder.
 tar -cf - -C "$W/x" mlx/include | xz -6 -T2 >"$P/include.tar.xz"
 cp "$W"/py312/*.whl "$P/wheels/"
+cp "$W"/crt/*.whl "$P/crt/"
 # The default model's tokenizer, for the random-weight checkpoints.
 tok="$MLXI_HOME/reference/smollm2-f32"
 [ -f "$tok/tokenizer.json" ] || "$PY" "$ROOT/tests/reference/gguf_to_hf.py" \

@@ -6,9 +6,10 @@
 #   bench/gpu/run.sh PARK OUT
 #
 # PARK holds: libmlx.so.xz (the mlx-cuda-13 wheel's libmlx.so), mlx_cuda_13.libs.tar.xz,
-# model.gguf.xz (the default model), bins.tar.xz (mlxi and test binaries built against
-# the CUDA wheel, with the build machine's paths baked in), wheels/ (mlx and mlx-lm for Python
-# 3.12), include.tar.xz (the wheel's mlx/include), tokenizer/ (the default model's tokenizer as tests/reference/gguf_to_hf.py writes it).
+# model.gguf.xz (the default model), bins.tar.xz (mlxi and test binaries built against the CUDA
+# wheel, with the build machine's paths baked in), wheels/ (mlx and mlx-lm for Python 3.12),
+# crt/ (the nvidia-cuda-crt wheel), include.tar.xz (the wheel's mlx/include), tokenizer/ (the
+# default model's tokenizer as tests/reference/gguf_to_hf.py writes it).
 # Figures and logs go to OUT (gpu.txt, log.txt, table.txt, status.txt, and json.tar with each
 # tool's JSON). Each step runs even if an earlier one failed; status.txt says how each ended.
 set -uo pipefail
@@ -48,7 +49,21 @@ unpack() {
     # machine's Python (CUDA 13 runtime, cuBLAS, cuDNN, cuFFT, NVRTC, NCCL).
     local nv
     nv="$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')" || return 1
-    ln -sfn "$nv" "$SITE/nvidia"
+    if [ -f "$nv/cu13/include/crt/mma.h" ]; then
+        ln -sfn "$nv" "$SITE/nvidia"
+    else
+        # No nvidia-cuda-crt there (setup installs it): NVRTC fails on crt/mma.h for the
+        # quantized matmuls. A tree of links to the machine's packages, plus its headers.
+        rm -rf "$SITE/nvidia" "$SITE/crt-x"
+        cp -rs "$nv" "$SITE/nvidia" || return 1
+        python3 -m zipfile -e "$PARK"/crt/nvidia_cuda_crt-*.whl "$SITE/crt-x" || return 1
+        cp -rn "$SITE/crt-x/nvidia/." "$SITE/nvidia/" || return 1
+        ls "$SITE/nvidia/cu13/include/crt/mma.h"
+    fi
+    python3 -c 'import importlib.metadata as m
+for p in ("nvidia-cuda-runtime", "nvidia-cuda-nvrtc", "nvidia-cuda-crt"):
+    try: print(p, m.version(p))
+    except m.PackageNotFoundError: print(p, "absent")'
     ls "$nv"
     # The tests read fixtures from the checkout they were built in.
     if [ ! -e "$BUILT_ROOT" ]; then mkdir -p "$(dirname "$BUILT_ROOT")" && ln -sfn "$ROOT" "$BUILT_ROOT"; fi
@@ -67,8 +82,9 @@ J="$OUT/json"
 mkdir -p "$OUT" "$J"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/gpu.txt" 2>&1
 step "unpack" unpack
-# The CUDA runtime headers for NVRTC: a toolkit's (the pip package's lack crt/mma.h, which the
-# quantized f32 kernels include: seen on the H200, 2026-12-01), else the pip package's.
+# The CUDA headers for NVRTC: MLX looks beside its library first (nvidia/cu13/include, completed
+# with nvidia-cuda-crt above: without crt/mma.h the quantized f32 kernels failed to compile on
+# the H200, 2026-12-01, whatever CUDA_HOME said); CUDA_HOME is its fallback.
 if [ -z "${CUDA_HOME:-}" ]; then
     for c in /usr/local/cuda "$SITE/nvidia/cu13"; do
         if [ -f "$c/include/cuda_runtime.h" ]; then export CUDA_HOME="$c"; break; fi

@@ -152,3 +152,70 @@ pub fn run_with_models(dir: &Path, args: &[&str]) -> Run {
         .expect("mlxi runs")
         .into()
 }
+
+/// MLX is not thread safe and cargo runs the tests of a file on several threads: a test that
+/// touches MLX holds this lock while it runs.
+pub fn mlx_lock() -> std::sync::MutexGuard<'static, ()> {
+    static MLX: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    MLX.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The committed random-weight checkpoints (tests/reference/FIXTURES.md).
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
+
+/// The largest `|a - b|` of two arrays of one shape, in f32; a NaN on either side counts as
+/// infinitely far.
+#[track_caller]
+pub fn max_abs_diff(a: &mlx_rs::Array, b: &mlx_rs::Array) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    let a = a.as_dtype(mlx_rs::Dtype::Float32).unwrap();
+    let b = b.as_dtype(mlx_rs::Dtype::Float32).unwrap();
+    a.as_slice::<f32>()
+        .iter()
+        .zip(b.as_slice::<f32>())
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0.0,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
+}
+
+/// Runs a script in this process with `ctx`: its value, or the error as the user sees it.
+pub fn script(
+    ctx: std::rc::Rc<mlxi::script::Context>,
+    code: &str,
+) -> Result<rhai::Dynamic, String> {
+    mlxi::script::Runner::new(ctx)
+        .eval_code("<test>", code)
+        .map_err(|e| e.to_string())
+}
+
+/// The value of a script that must succeed.
+#[track_caller]
+pub fn expect_ok(run: Result<rhai::Dynamic, String>) -> rhai::Dynamic {
+    run.unwrap_or_else(|e| panic!("script failed: {e}"))
+}
+
+/// The error of a script that must fail.
+#[track_caller]
+pub fn expect_err(run: Result<rhai::Dynamic, String>) -> String {
+    match run {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e,
+    }
+}
+
+/// A script's array of numbers (ints or floats) as f64.
+#[track_caller]
+pub fn floats(v: &rhai::Dynamic) -> Vec<f64> {
+    v.clone()
+        .into_array()
+        .expect("an array")
+        .iter()
+        .map(|x| {
+            x.as_float()
+                .or_else(|_| x.as_int().map(|i| i as f64))
+                .expect("a number")
+        })
+        .collect()
+}
