@@ -35,7 +35,7 @@ mkdir -p "$W/x" "$W/py312"
 # Python has CUDA 13.0 packages without it).
 mkdir -p "$W/crt"
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_35_x86_64 "nvidia-cuda-crt==13.0.*" -d "$W/crt"
+    --platform manylinux2014_x86_64 "nvidia-cuda-crt==13.0.*" -d "$W/crt"
 
 echo "==> build against the CUDA wheel"
 [ -d "$TARGET" ] || { [ -d "$ROOT/target" ] && cp -a "$ROOT/target" "$TARGET"; } || true
