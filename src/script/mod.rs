@@ -25,6 +25,7 @@ pub mod probe;
 pub mod progress;
 pub mod report;
 pub mod results;
+pub mod scoped;
 pub mod stats;
 pub mod steer;
 pub mod tensor;
@@ -317,6 +318,7 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
     hooks::register(&mut engine);
     capture::register(&mut engine);
     steer::register(&mut engine);
+    scoped::register(&mut engine);
     probe::register(&mut engine);
     analysis::register(&mut engine);
     inspect::register(&mut engine);
