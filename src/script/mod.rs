@@ -313,6 +313,7 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
 
     tensor::register(&mut engine);
     stats::register(&mut engine);
+    options::register(&mut engine);
     files::register(&mut engine);
     model::register(&mut engine);
     hooks::register(&mut engine);
