@@ -158,15 +158,17 @@ pub fn with_defaults(verb: &str, opts: &Map, defaults: &Map) -> Result<Map> {
     Ok(merged)
 }
 
-/// Who called `options` without naming itself: the script or module it was called from.
+/// Who called `options` without naming itself: the script it was called from (its path), or
+/// the library module (`swap`).
 fn caller(ctx: &NativeCallContext) -> String {
     let source = ctx.call_source().unwrap_or_default();
-    let name = source.strip_prefix(super::modules::STDLIB_PREFIX).unwrap_or(source);
-    let name = name.strip_suffix(".rhai").unwrap_or(name);
-    if name.is_empty() || name.starts_with('<') {
+    if let Some(module) = source.strip_prefix(super::modules::STDLIB_PREFIX) {
+        return module.strip_suffix(".rhai").unwrap_or(module).into();
+    }
+    if source.is_empty() || source.starts_with('<') {
         "options".into()
     } else {
-        name.into()
+        source.into()
     }
 }
 
