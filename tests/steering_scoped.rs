@@ -87,7 +87,11 @@ fn an_error_inside_with_steering_leaves_the_model_as_it_was() {
             same_logits: to_array(logits_before) == to_array(logits_after),
         }
     "#);
-    assert_eq!(i(&v, "inside"), 4, "the two directions were attached inside");
+    assert_eq!(
+        i(&v, "inside"),
+        4,
+        "the two directions were attached inside"
+    );
     assert_eq!(v["message"].to_string(), "stop here");
     assert!(b(&v, "same_hooks"));
     assert_eq!(i(&v, "n_hooks"), 2);
@@ -175,7 +179,10 @@ fn misspelled_keys_and_bad_values_are_errors_that_leave_nothing_attached() {
         "{e}"
     );
     let e = err(r#"with_steering(m, d, #{alpah: 2.0}, || 1)"#);
-    assert!(e.contains("unknown option 'alpah' (did you mean 'alpha'?)"), "{e}");
+    assert!(
+        e.contains("unknown option 'alpah' (did you mean 'alpha'?)"),
+        "{e}"
+    );
     let e = err(r#"with_steering(m, [#{alpha: 2.0}], || 1)"#);
     assert!(e.contains("needs 'direction'"), "{e}");
     let e = err(r#"with_steering(m, 3, || 1)"#);
