@@ -120,7 +120,8 @@ mod scoped_functions {
     /// Runs `f` (a function of no arguments) with the model steered along `dirs` (a
     /// Direction, an array of them, or maps `#{direction: d, alpha, ...}`) using `steer`'s
     /// opts, and returns what `f` returns. Afterwards exactly that steering is removed, also
-    /// when `f` throws; steering and hooks attached before stay.
+    /// when `f` throws; steering and hooks attached before stay. Call it as a function when
+    /// `f` uses `m` (Rhai refuses `m.with_steering(...)` then, as it does `m.hook(...)`).
     ///
     /// Example: `let text = with_steering(m, d, #{alpha: 8.0}, || generate(m, "Today I feel"));`
     #[rhai_fn(name = "with_steering", return_raw)]
