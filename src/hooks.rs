@@ -181,10 +181,16 @@ pub struct Hook {
     pub func: HookFn,
 }
 
+/// Names one attached hook, so that whoever attached it can remove it and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HookId(u64);
+
 /// The hooks attached to a model, plus activations being captured in the current run.
 #[derive(Default)]
 pub struct Hooks {
-    hooks: Vec<Hook>,
+    hooks: Vec<(HookId, Hook)>,
+    /// The id the next attached hook gets.
+    next_id: u64,
     /// Points whose activations are recorded by the current forward (see `capture`).
     capture: HashMap<HookName, Captured>,
     /// Length of the prompt of the current run (set by every run that starts from position 0).
@@ -199,11 +205,25 @@ impl Hooks {
 
     /// True when `name` has a hook or is being captured.
     pub fn is_active(&self, name: &HookName) -> bool {
-        self.capture.contains_key(name) || self.hooks.iter().any(|h| &h.name == name)
+        self.capture.contains_key(name) || self.hooks.iter().any(|(_, h)| &h.name == name)
     }
 
-    pub fn attach(&mut self, hook: Hook) {
-        self.hooks.push(hook);
+    /// Attaches `hook` after the others; its id removes it (see [`Hooks::detach`]).
+    pub fn attach(&mut self, hook: Hook) -> HookId {
+        let id = HookId(self.next_id);
+        self.next_id += 1;
+        self.hooks.push((id, hook));
+        id
+    }
+
+    /// The ids of the attached hooks, in attachment order.
+    pub fn ids(&self) -> Vec<HookId> {
+        self.hooks.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Removes the hooks named by `ids` (those still attached); the others stay, in order.
+    pub fn detach(&mut self, ids: &[HookId]) {
+        self.hooks.retain(|(id, _)| !ids.contains(id));
     }
 
     /// Remove every hook (steering included).
@@ -213,20 +233,20 @@ impl Hooks {
 
     /// Remove steering interventions only.
     pub fn clear_steering(&mut self) {
-        self.hooks.retain(|h| !h.steering);
+        self.hooks.retain(|(_, h)| !h.steering);
     }
 
     /// `(point, label)` of every attached hook, in attachment order.
     pub fn list(&self) -> Vec<(HookName, String)> {
         self.hooks
             .iter()
-            .map(|h| (h.name, h.label.clone()))
+            .map(|(_, h)| (h.name, h.label.clone()))
             .collect()
     }
 
     /// Whether each attached hook is a steering intervention, in attachment order.
     pub fn steering_flags(&self) -> Vec<bool> {
-        self.hooks.iter().map(|h| h.steering).collect()
+        self.hooks.iter().map(|(_, h)| h.steering).collect()
     }
 
     /// Start recording the given points; each forward appends its activation.
@@ -273,7 +293,7 @@ impl Hooks {
             return Ok(x);
         }
         let mut x = x;
-        for hook in self.hooks.iter_mut().filter(|h| &h.name == name) {
+        for (_, hook) in self.hooks.iter_mut().filter(|(_, h)| &h.name == name) {
             if let Some(y) = (hook.func)(&x, ctx)? {
                 if y.shape() != x.shape() {
                     return Err(Error::Invalid(format!(
@@ -315,6 +335,25 @@ mod tests {
         );
         assert!(HookName::parse("blocks.30.hook_resid_post", 30).is_err());
         assert!(HookName::parse("blocks.-31.hook_resid_post", 30).is_err());
+    }
+
+    #[test]
+    fn detach_removes_only_the_hooks_named() {
+        let hook = |label: &str| Hook {
+            name: HookName::Embed,
+            label: label.into(),
+            steering: false,
+            func: Box::new(|_, _| Ok(None)),
+        };
+        let mut hooks = Hooks::default();
+        hooks.attach(hook("a"));
+        let b = hooks.attach(hook("b"));
+        hooks.attach(hook("c"));
+        hooks.detach(&[b]);
+        let labels: Vec<String> = hooks.list().into_iter().map(|(_, l)| l).collect();
+        assert_eq!(labels, ["a", "c"]);
+        hooks.detach(&[b]);
+        assert_eq!(hooks.ids().len(), 2);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod probe;
 pub mod progress;
 pub mod report;
 pub mod results;
+pub mod scoped;
 pub mod stats;
 pub mod steer;
 pub mod tensor;
@@ -312,11 +313,13 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
 
     tensor::register(&mut engine);
     stats::register(&mut engine);
+    options::register(&mut engine);
     files::register(&mut engine);
     model::register(&mut engine);
     hooks::register(&mut engine);
     capture::register(&mut engine);
     steer::register(&mut engine);
+    scoped::register(&mut engine);
     probe::register(&mut engine);
     analysis::register(&mut engine);
     inspect::register(&mut engine);

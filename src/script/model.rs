@@ -256,9 +256,10 @@ const GENERATE_KEYS: &[&str] = &[
     "stop",
     "chat",
     "stream",
+    "steer",
 ];
 
-fn generate_impl(m: &mut Model, prompt: &Dynamic, opts: &Map) -> Result<Dynamic> {
+pub(super) fn generate_impl(m: &mut Model, prompt: &Dynamic, opts: &Map) -> Result<Dynamic> {
     let o = Options::parse("generate", opts, GENERATE_KEYS)?;
     let max_tokens = o.int("max_tokens", 64)?;
     if max_tokens < 0 {
@@ -519,8 +520,9 @@ mod model_functions {
 
     /// Generated text. opts: `max_tokens` (64), `temperature` (0 = greedy), `top_p`, `top_k`,
     /// `min_p`, `repetition_penalty`, `seed`, `stop` (array of strings), `chat` (wrap the prompt
-    /// in the chat template), `stream` (print as it goes; on in the REPL). An array of prompts
-    /// gives an array of strings, run as one batch.
+    /// in the chat template), `stream` (print as it goes; on in the REPL), `steer` (steering
+    /// for this call only, as `with_steering` takes it). An array of prompts gives an array of
+    /// strings, run as one batch.
     ///
     /// Example: `m.generate("Once upon a time", #{max_tokens: 20, temperature: 0.7, seed: 1})`
     #[rhai_fn(name = "generate", return_raw, pure)]
@@ -531,7 +533,9 @@ mod model_functions {
         opts: Map,
     ) -> RhaiResult<Dynamic> {
         let mut g = m.get()?;
-        Ok(with_call(&ctx, || generate_impl(&mut g, &prompt, &opts))?)
+        Ok(with_call(&ctx, || {
+            crate::script::scoped::generate_steered(&mut g, &prompt, &opts)
+        })?)
     }
 
     /// Every valid hook name of the model (TransformerLens names).

@@ -10,8 +10,10 @@
 //! let level = opts.float("level", 0.95)?;
 //! ```
 
-use rhai::{Array, Dynamic, Map, FLOAT, INT};
+use rhai::plugin::*;
+use rhai::{Array, Dynamic, Engine, Map, NativeCallContext, FLOAT, INT};
 
+use super::RhaiResult;
 use crate::{Error, Result};
 
 /// A validated options map.
@@ -146,6 +148,57 @@ impl<'a> Options<'a> {
     }
 }
 
+/// `defaults` with the values of `opts` over them; a key of `opts` that `defaults` lacks is an
+/// error naming `verb`, the nearest valid key and all of them (the script-side `options`).
+pub fn with_defaults(verb: &str, opts: &Map, defaults: &Map) -> Result<Map> {
+    let valid: Vec<&str> = defaults.keys().map(|k| k.as_str()).collect();
+    Options::parse(verb, opts, &valid)?;
+    let mut merged = defaults.clone();
+    merged.extend(opts.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(merged)
+}
+
+/// Who called `options` without naming itself: the script it was called from (its path), or
+/// the library module (`swap`).
+fn caller(ctx: &NativeCallContext) -> String {
+    let source = ctx.call_source().unwrap_or_default();
+    if let Some(module) = source.strip_prefix(super::modules::STDLIB_PREFIX) {
+        return module.strip_suffix(".rhai").unwrap_or(module).into();
+    }
+    if source.is_empty() || source.starts_with('<') {
+        "options".into()
+    } else {
+        source.into()
+    }
+}
+
+#[export_module]
+mod option_functions {
+    use super::*;
+
+    /// A recipe's options: `defaults` with the values given in `opts` over them. A key of
+    /// `opts` that `defaults` does not have is an error naming `name`, the nearest valid key
+    /// ("did you mean") and all of them. A default of `()` means "no default".
+    ///
+    /// Example: `let o = options(opts, #{alpha: 1.5, seed: 0}, "swap::run");  // o.alpha`
+    #[rhai_fn(name = "options", return_raw)]
+    pub fn options_named(opts: Map, defaults: Map, name: &str) -> RhaiResult<Map> {
+        Ok(with_defaults(name, &opts, &defaults)?)
+    }
+
+    /// `options` named after the script or module that calls it.
+    ///
+    /// Example: `let o = options(args, #{layer: 15, tokens: 24, out: ()});`
+    #[rhai_fn(name = "options", return_raw)]
+    pub fn options(ctx: NativeCallContext, opts: Map, defaults: Map) -> RhaiResult<Map> {
+        super::super::located(&ctx, with_defaults(&caller(&ctx), &opts, &defaults))
+    }
+}
+
+pub fn register(engine: &mut Engine) {
+    engine.register_global_module(exported_module!(option_functions).into());
+}
+
 /// The valid key closest to a mistyped one, if any is close.
 fn nearest<'v>(key: &str, valid: &[&'v str]) -> Option<&'v str> {
     valid
@@ -192,6 +245,31 @@ mod tests {
         assert_eq!(
             err,
             "stats::bootstrap_ci: unknown option 'lvl' (did you mean 'level'?); valid options: n, level, seed"
+        );
+    }
+
+    #[test]
+    fn with_defaults_merges_and_names_the_nearest_key() {
+        let defaults = map(&[
+            ("alpha", Dynamic::from_float(1.5)),
+            ("seed", Dynamic::from_int(0)),
+            ("out", Dynamic::UNIT),
+        ]);
+        let given = map(&[("seed", Dynamic::from_int(3))]);
+        let o = with_defaults("swap::run", &given, &defaults).expect("valid");
+        assert_eq!(o.get("alpha").and_then(|v| v.as_float().ok()), Some(1.5));
+        assert_eq!(o.get("seed").and_then(|v| v.as_int().ok()), Some(3));
+        assert!(o.get("out").is_some_and(Dynamic::is_unit));
+        let typo = map(&[("alpah", Dynamic::from_int(2))]);
+        let err = with_defaults("swap::run", &typo, &defaults)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "swap::run: unknown option 'alpah' (did you mean 'alpha'?); valid options: \
+                 alpha, out, seed"
+            )
         );
     }
 

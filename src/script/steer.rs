@@ -374,10 +374,10 @@ fn random_impl(like: &Direction, seed: INT) -> Result<Direction> {
     })
 }
 
-const STEER_KEYS: &[&str] = &["alpha", "mode", "layers", "window", "tau"];
+pub(super) const STEER_KEYS: &[&str] = &["alpha", "mode", "layers", "window", "tau"];
 const MODES: [&str; 4] = ["add", "project_out", "reflect", "cap"];
 
-fn steer_impl(m: &mut Model, d: &Direction, opts: &Map) -> Result<()> {
+pub(super) fn steer_impl(m: &mut Model, d: &Direction, opts: &Map) -> Result<()> {
     let o = Options::parse("steer", opts, STEER_KEYS)?;
     let alpha = o.float("alpha", 1.0)? as f32;
     let mode = o.choice("mode", &MODES, "add")?;
