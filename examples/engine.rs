@@ -37,6 +37,15 @@ const SAD: [&str; 6] = [
     "We lost the game and everyone went home quiet.",
 ];
 
+const CODE: [&str; 6] = [
+    "def add(a, b): return a + b",
+    "for i in range(10): print(i)",
+    "import numpy as np",
+    "x = [n * n for n in xs if n > 0]",
+    "with open(name) as f: data = f.read()",
+    "return sorted(items, key=lambda t: t[1])",
+];
+
 fn main() -> Result<()> {
     let mut m = Model::load_default(&LoadOptions::default())?;
     println!("{} ({}, {} layers)", m.info.name, m.info.arch, m.n_layers());
@@ -71,8 +80,9 @@ fn main() -> Result<()> {
         }
     }
 
-    // A happy-minus-sad direction at layer 20, and generation with and without it.
-    let d = Recipe::default().direction(&mut m, &happy, &sad, 20, "hook_resid_post")?;
+    // A happy-minus-sad direction at layer 15, and generation with and without it (adding one
+    // happy-sad gap, the direction's length before normalizing, to each generated token).
+    let d = Recipe::default().direction(&mut m, &happy, &sad, 15, "hook_resid_post")?;
     println!("{}", d.summary());
     let prompt = m.encode("Today I feel", true)?;
     let opts = GenerateOptions {
@@ -82,7 +92,7 @@ fn main() -> Result<()> {
     let mut quiet = |_: usize, _: &str| Ok(());
     let plain = m.generate_ids(std::slice::from_ref(&prompt), &opts, &mut quiet)?;
     let steering = Steering {
-        alpha: 8.0,
+        alpha: d.norm as f32,
         window: Window::Generated,
         ..Steering::default()
     };
@@ -92,17 +102,18 @@ fn main() -> Result<()> {
     println!("plain:   Today I feel{}", plain[0].text);
     println!("steered: Today I feel{}", steered[0].text);
 
-    // A probe for happy versus sad at every fifth layer, cross-validated.
-    let texts: Vec<Vec<u32>> = happy.iter().chain(&sad).cloned().collect();
+    // A probe for prose versus code at every fifth layer (each text's mean activation),
+    // cross-validated.
+    let code = encode(&m, &CODE)?;
+    let texts: Vec<Vec<u32>> = happy.iter().chain(&sad).chain(&code).cloned().collect();
+    let prose = happy.len() + sad.len();
     let target = Target::Classes {
-        y: (0..texts.len())
-            .map(|i| usize::from(i < happy.len()))
-            .collect(),
-        names: vec!["sad".into(), "happy".into()],
+        y: (0..texts.len()).map(|i| usize::from(i < prose)).collect(),
+        names: vec!["code".into(), "prose".into()],
     };
     let layers: Vec<usize> = (0..m.n_layers()).step_by(5).collect();
     let points = probe_points(&layers, "hook_resid_post", m.n_layers())?;
-    let examples = Examples::capture(&mut m, &texts, &points, Positions::Last, 32, false)?;
+    let examples = Examples::capture(&mut m, &texts, &points, Positions::Mean, 32, false)?;
     let settings = Settings {
         folds: 3,
         ..Settings::default()
