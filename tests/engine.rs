@@ -269,7 +269,7 @@ fn engine_without_rhai() {
         probe.report()
     );
     // Its direction points from code towards animals.
-    let pd = probe.direction_at(probe.best(), 1);
+    let pd = probe.direction_at(probe.best(), 1).unwrap();
     let point = HookName::ResidPost(pd.layer);
     let side = |model: &mut Model, rows: &[Vec<u32>]| -> f32 {
         let c = capture(model, rows, &[point], Positions::Last, 32, false).unwrap();

@@ -17,8 +17,6 @@ use crate::model::Model;
 
 pub mod files;
 
-pub use files::{export_control_vector, load_library, save_library};
-
 /// How a direction is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {

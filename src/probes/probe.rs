@@ -130,6 +130,20 @@ impl Probe {
         settings: Settings,
         done: &(dyn Fn() + Sync),
     ) -> Result<Probe> {
+        if layers.is_empty() || layers.len() != examples.xs.len() {
+            return Err(Error::Invalid(format!(
+                "probe: {} layers but activations of {}",
+                layers.len(),
+                examples.xs.len()
+            )));
+        }
+        if let Some(x) = examples.xs.iter().find(|x| x.nrows() != target.len()) {
+            return Err(Error::Invalid(format!(
+                "probe: {} examples but {} labels",
+                x.nrows(),
+                target.len()
+            )));
+        }
         let d = examples.xs.first().map_or(0, |x| x.ncols());
         let t1 = Instant::now();
         let results = evaluate_layers(&examples.xs, &target, &settings, done)?;
@@ -149,6 +163,7 @@ impl Probe {
         })
     }
 
+    /// "logistic" (two classes), "multinomial" (more) or "ridge" (a regression).
     pub fn kind(&self) -> &'static str {
         match &self.target {
             Target::Values(_) => "ridge",
@@ -194,6 +209,7 @@ impl Probe {
             })
     }
 
+    /// One line for printing: the kind, the layers, the best layer and its score.
     pub fn summary(&self) -> String {
         let b = self.best();
         let r = &self.results[b];
@@ -301,8 +317,16 @@ impl Probe {
             .collect()
     }
 
-    /// The direction of layer index `i` for class `class` (binary: the positive class).
-    pub fn direction_at(&self, i: usize, class: usize) -> Direction {
+    /// The direction of layer index `i` (into `layers`) for class `class` of a multi-class
+    /// probe (other probes have one direction, towards the positive class or larger values).
+    pub fn direction_at(&self, i: usize, class: usize) -> Result<Direction> {
+        self.check_index(i)?;
+        let n_classes = self.class_names().len();
+        if n_classes > 2 && class >= n_classes {
+            return Err(Error::Invalid(format!(
+                "probe: class {class} is out of range for {n_classes} classes"
+            )));
+        }
         let w: Vec<f32> = self.results[i]
             .fitted
             .input_weights(class)
@@ -315,7 +339,7 @@ impl Probe {
         } else {
             w
         };
-        Direction {
+        Ok(Direction {
             vector: Array::from_slice(&v, &[v.len() as i32]),
             layer: self.layers[i],
             point: self.point.clone(),
@@ -324,6 +348,17 @@ impl Probe {
             model: self.model_name.clone(),
             arch: self.arch.clone(),
             norm: raw as f64,
+        })
+    }
+
+    fn check_index(&self, i: usize) -> Result<()> {
+        if i < self.results.len() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "probe: layer index {i} is out of range for a probe of {} layers",
+                self.results.len()
+            )))
         }
     }
 
@@ -350,6 +385,7 @@ impl Probe {
     /// Predictions at layer index `i` for activations `x` (`[n, ...]`): per row, the class
     /// probabilities, or the value of a regression probe.
     pub fn predict(&self, i: usize, x: &Array) -> Result<Array2<f64>> {
+        self.check_index(i)?;
         let x = to_matrix(x)?;
         if x.ncols() != self.d {
             return Err(Error::Invalid(format!(

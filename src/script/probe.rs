@@ -659,7 +659,7 @@ mod probe_functions {
                     .into(),
             );
         }
-        Ok(p.direction_at(i, 1))
+        Ok(p.direction_at(i, 1)?)
     }
 
     /// The direction of one class of a multi-class probe (`class`: its name or label).
@@ -674,7 +674,7 @@ mod probe_functions {
         let n = p.model.get().map(|m| m.n_layers()).unwrap_or(usize::MAX);
         let i = p.index_of(layer, n)?;
         let k = p.class_index(&class_name(&class))?;
-        Ok(p.direction_at(i, k))
+        Ok(p.direction_at(i, k)?)
     }
 
     /// Directions of every probed layer (binary and regression probes), for cosine matrices.
@@ -686,8 +686,8 @@ mod probe_functions {
             return Err("a multi-class probe has one direction per class and layer".into());
         }
         Ok((0..p.layers.len())
-            .map(|i| Dynamic::from(p.direction_at(i, 1)))
-            .collect())
+            .map(|i| p.direction_at(i, 1).map(Dynamic::from))
+            .collect::<Result<_>>()?)
     }
 
     /// The probability of the positive class for a text (an array of texts gives an array),
