@@ -4,13 +4,16 @@
 //!
 //! Rows are left-padded within a batch; positions always refer to each row's own tokens, so
 //! "last" is every row's real last token and "mean" averages over real tokens only. The forward
-//! stops after the last block a requested point needs.
+//! stops after the last block a requested point needs. A cache saves to and loads from one
+//! safetensors file.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::Path;
 
 use mlx_rs::{ops, ops::indexing::TryIndexOp, Array, Dtype};
 
+use crate::arrays::{read_safetensors, write_safetensors};
 use crate::error::{Error, Result};
 use crate::hooks::{HookCtx, HookName, Reducer};
 use crate::model::{pad_left, Model};
@@ -80,6 +83,113 @@ pub struct ActivationCache {
     pub entries: HashMap<HookName, Captured>,
 }
 
+impl ActivationCache {
+    /// The activations at `name` (negative layers allowed).
+    pub fn get(&self, name: &str) -> Result<&Captured> {
+        let point = HookName::parse(name, self.n_layers)?;
+        self.entries.get(&point).ok_or_else(|| {
+            let names: Vec<String> = self.points.iter().map(|p| p.to_string()).collect();
+            let shown = if names.len() > 6 {
+                format!("{}, ... ({} in all)", names[..6].join(", "), names.len())
+            } else {
+                names.join(", ")
+            };
+            Error::Invalid(format!("the cache has no {point}; it holds {shown}"))
+        })
+    }
+
+    /// Writes the cache as safetensors, atomically: one tensor per point (`NAME#i` per input
+    /// for positions "all") and metadata `format` "mlxi.cache", `model`, `n_layers`, `points`
+    /// (JSON), `positions`, `n` and `prompts_hash`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, &Array)> = Vec::new();
+        for p in &self.points {
+            match self.entries.get(p) {
+                Some(Captured::Stacked(a)) => tensors.push((p.to_string(), a)),
+                Some(Captured::PerInput(rows)) => {
+                    for (i, a) in rows.iter().enumerate() {
+                        tensors.push((format!("{p}#{i}"), a));
+                    }
+                }
+                None => {}
+            }
+        }
+        let points: Vec<String> = self.points.iter().map(|p| p.to_string()).collect();
+        let meta: HashMap<String, String> = [
+            ("format", "mlxi.cache".to_string()),
+            ("model", self.model.clone()),
+            ("n_layers", self.n_layers.to_string()),
+            (
+                "points",
+                serde_json::to_string(&points).unwrap_or_else(|_| "[]".into()),
+            ),
+            ("positions", self.positions.to_string()),
+            ("n", self.n.to_string()),
+            ("prompts_hash", self.prompts_hash.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let refs: Vec<(&str, &Array)> = tensors.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+        write_safetensors(path, &refs, Some(meta))
+    }
+
+    /// Reads a cache written by [`ActivationCache::save`].
+    pub fn load(path: &Path) -> Result<ActivationCache> {
+        let (tensors, meta) = read_safetensors(path)?;
+        let bad = |what: &str| {
+            Error::Invalid(format!(
+                "{}: not a cache saved by mlxi ({what})",
+                path.display()
+            ))
+        };
+        if meta.get("format").map(String::as_str) != Some("mlxi.cache") {
+            return Err(bad("no mlxi.cache format tag"));
+        }
+        let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(&format!("no {k}")));
+        let n_layers: usize = field("n_layers")?.parse().map_err(|_| bad("n_layers"))?;
+        let n: usize = field("n")?.parse().map_err(|_| bad("n"))?;
+        let positions = Positions::parse(&field("positions")?)?;
+        let names: Vec<String> =
+            serde_json::from_str(&field("points")?).map_err(|_| bad("points"))?;
+        let points = names
+            .iter()
+            .map(|p| HookName::parse(p, n_layers))
+            .collect::<Result<Vec<_>>>()?;
+        let mut by_name: HashMap<String, Array> = tensors.into_iter().collect();
+        let mut entries = HashMap::new();
+        for p in &points {
+            let key = p.to_string();
+            let c = if positions == Positions::All {
+                let rows = (0..n)
+                    .map(|i| {
+                        by_name
+                            .remove(&format!("{key}#{i}"))
+                            .ok_or_else(|| bad(&format!("no {key}#{i}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Captured::PerInput(rows)
+            } else {
+                Captured::Stacked(
+                    by_name
+                        .remove(&key)
+                        .ok_or_else(|| bad(&format!("no {key}")))?,
+                )
+            };
+            entries.insert(*p, c);
+        }
+        Ok(ActivationCache {
+            model: field("model")?,
+            n_layers,
+            points,
+            positions,
+            n,
+            prompts_hash: field("prompts_hash")?,
+            entries,
+        })
+    }
+}
+
 /// A stable hash of rows of token ids (FNV-1a, 64 bits, as hex).
 pub fn hash_ids(rows: &[Vec<u32>]) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -128,17 +238,12 @@ pub fn expand_points(patterns: &[String], n_layers: usize) -> Result<Vec<HookNam
     Ok(out)
 }
 
-/// The axis of a point's activation that runs over positions.
-fn pos_axis(p: &HookName) -> i32 {
-    crate::interventions::pos_axis(p) as i32
-}
-
 /// What a capture keeps of each activation at `point`.
 fn reducer(point: HookName, positions: Positions) -> Reducer {
     Box::new(move |x: &Array, ctx: HookCtx<'_>| -> Result<Array> {
         let x = x.as_dtype(Dtype::Float32)?;
         let shape = x.shape().to_vec();
-        let (b, t) = (shape[0], shape[pos_axis(&point) as usize]);
+        let (b, t) = (shape[0], shape[point.pos_axis()]);
         match positions {
             Positions::All => Ok(x),
             Positions::Last => Ok(x.take_axis(Array::from_int(t - 1), 1)?),

@@ -75,6 +75,24 @@ struct Row {
     done: bool,
 }
 
+impl Model {
+    /// Generate from token-id prompts (batched), stopping at the model's end-of-sequence
+    /// tokens. (Written here, with the generation loop, so that the model does not depend on
+    /// generation.)
+    pub fn generate_ids(
+        &mut self,
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+        sink: &mut dyn Sink,
+    ) -> Result<Vec<Generation>> {
+        let eos = self.tokenizer.eos_ids().to_vec();
+        let pad = self.pad_id();
+        let tokenizer = self.tokenizer.clone();
+        let decode = move |ids: &[u32]| tokenizer.decode(ids, true);
+        generate(self, prompts, opts, &eos, pad, &decode, sink)
+    }
+}
+
 /// Generate from already tokenized prompts. `decode` turns generated ids into text; `eos` ids
 /// end a row; `pad_id` fills left padding.
 pub fn generate(

@@ -74,6 +74,15 @@ impl HookName {
         }
     }
 
+    /// The axis of this point's activations that runs over query positions: 2 for an
+    /// attention pattern `[batch, head, query, key]`, 1 for every other point.
+    pub fn pos_axis(&self) -> usize {
+        match self {
+            HookName::Pattern(_) => 2,
+            _ => 1,
+        }
+    }
+
     /// Parse a TransformerLens name; negative layer indices count from the end.
     pub fn parse(name: &str, n_layers: usize) -> Result<HookName> {
         let unknown = || {

@@ -10,6 +10,7 @@ use mlx_rs::{ops, Array, Dtype};
 
 use crate::error::{Error, Result};
 use crate::hooks::{HookCtx, HookFn, HookName};
+use crate::model::ModelInfo;
 
 /// Which query positions an intervention touches.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,11 +139,18 @@ pub struct Intervention {
     pub window: Window,
 }
 
-/// The axis of `point`'s activations that runs over query positions.
-pub fn pos_axis(point: &HookName) -> usize {
+/// The vector widths `point` takes: its last axis, or all its axes after the position
+/// (q/k/v/z: one head or every head); empty when not fixed.
+pub fn point_widths(info: &ModelInfo, point: &HookName) -> Vec<i32> {
+    use HookName::*;
+    let i = info;
     match point {
-        HookName::Pattern(_) => 2,
-        _ => 1,
+        Embed | LnFinal | ResidPre(_) | ResidMid(_) | ResidPost(_) | AttnOut(_) | MlpOut(_) => {
+            vec![i.d_model]
+        }
+        Q(_) | Z(_) => vec![i.d_head, i.n_heads * i.d_head],
+        K(_) | V(_) => vec![i.d_head, i.n_kv_heads * i.d_head],
+        MlpPost(_) | Pattern(_) => Vec::new(),
     }
 }
 
@@ -203,7 +211,7 @@ impl Intervention {
         }
         let shape = x.shape().to_vec();
         let batch = shape[0] as usize;
-        let axis = pos_axis(&self.point);
+        let axis = self.point.pos_axis();
         let mut sel = self.window.select(&ctx, batch);
         if sel.as_ref().is_some_and(|s| !s.iter().any(|&b| b)) {
             return Ok(None);
@@ -232,7 +240,7 @@ impl Intervention {
             Op::Ablate => ops::zeros_like(x)?,
             Op::MeanAblate { mean } => {
                 let trailing = &shape[axis + 1..];
-                if crate::script::tensor::broadcast_shapes(mean.shape(), trailing).as_deref()
+                if crate::arrays::broadcast_shapes(mean.shape(), trailing).as_deref()
                     != Some(trailing)
                 {
                     return Err(Error::Invalid(format!(

@@ -4,6 +4,7 @@
 //! generation, hooks) and the Rhai bindings; `main.rs` is the command line.
 
 pub mod analysis;
+pub mod arrays;
 pub mod bench;
 pub mod capture;
 pub mod directions;

@@ -87,11 +87,6 @@ impl ParamInfo {
     }
 }
 
-/// A dtype as users write it: "float32", "bfloat16", "uint32", ...
-pub fn dtype_label(d: Dtype) -> String {
-    format!("{d:?}").to_lowercase()
-}
-
 impl Model {
     /// Rows of the token embedding for `ids` as `[n, d_model]` float32, as the embedding layer
     /// hands them to block 0 (Gemma's scaling included), without running any hook.

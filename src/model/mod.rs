@@ -22,7 +22,6 @@ use mlx_rs::{Array, Dtype};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::generate::{generate, GenerateOptions, Generation, Sink};
 use crate::hooks::Hooks;
 use crate::tokenizer::Tokenizer;
 use layers::{KvCache, Step};
@@ -258,15 +257,6 @@ fn stored_dtype(tensors: &HashMap<String, Array>) -> Option<Dtype> {
         })
 }
 
-fn dtype_name(d: Dtype) -> &'static str {
-    match d {
-        Dtype::Float32 => "float32",
-        Dtype::Float16 => "float16",
-        Dtype::Bfloat16 => "bfloat16",
-        _ => "other",
-    }
-}
-
 /// An architecture's config from the config.json object.
 fn parse<T: serde::de::DeserializeOwned>(config: &serde_json::Value) -> serde_json::Result<T> {
     T::deserialize(config)
@@ -485,7 +475,7 @@ impl Model {
             d_mlp,
             vocab,
             params,
-            dtype: dtype_name(dtype).into(),
+            dtype: crate::arrays::dtype_name(dtype).into(),
             quantization: String::new(),
             bytes,
             device: if gpu_available() { "gpu" } else { "cpu" }.into(),
@@ -524,20 +514,6 @@ impl Model {
             .pad_id()
             .or_else(|| self.tokenizer.eos_ids().first().copied())
             .unwrap_or(0)
-    }
-
-    /// Generate from token-id prompts (batched), stopping at the model's end-of-sequence tokens.
-    pub fn generate_ids(
-        &mut self,
-        prompts: &[Vec<u32>],
-        opts: &GenerateOptions,
-        sink: &mut dyn Sink,
-    ) -> Result<Vec<Generation>> {
-        let eos = self.tokenizer.eos_ids().to_vec();
-        let pad = self.pad_id();
-        let tokenizer = self.tokenizer.clone();
-        let decode = move |ids: &[u32]| tokenizer.decode(ids, true);
-        generate(self, prompts, opts, &eos, pad, &decode, sink)
     }
 
     /// The `k` most likely next tokens after `ids`: `(id, token text, probability, logit)`.

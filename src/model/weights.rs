@@ -8,8 +8,9 @@ use std::path::PathBuf;
 
 use mlx_rs::{ops, Array, Dtype};
 
-use super::anatomy::{dtype_label, ParamInfo, ParamValue};
+use super::anatomy::{ParamInfo, ParamValue};
 use super::layers::{Embedding, Linear, RmsNorm};
+use crate::arrays::dtype_name;
 use crate::error::{Error, Result};
 
 /// `quantization` (or `quantization_config`) from an mlx-community config.json.
@@ -163,7 +164,7 @@ impl Weights {
         Err(Error::Model(format!(
             "{}tensor {key} is stored as {}, but a float type is expected",
             self.origin(key),
-            dtype_label(a.dtype())
+            dtype_name(a.dtype())
         )))
     }
 
@@ -237,14 +238,14 @@ impl Weights {
         }
         self.expect_float(key, &a)?;
         self.params += a.size() as u64;
-        let stored = dtype_label(a.dtype());
+        let stored = dtype_name(a.dtype()).to_string();
         let a = self.keep(a.as_dtype(self.dtype)?);
         self.parameters.push(ParamInfo {
             name: key.to_string(),
             shape: shape.to_vec(),
             params: a.size() as u64,
             stored,
-            dtype: dtype_label(self.dtype),
+            dtype: dtype_name(self.dtype).to_string(),
             bytes: a.nbytes() as u64,
             value: ParamValue::Dense(a.clone()),
         });
@@ -364,7 +365,7 @@ impl Weights {
             let weight = ops::dequantize(&weight, &scales, &biases, group_size, bits)?
                 .as_dtype(self.dtype)?;
             let weight = self.keep(weight);
-            info.dtype = dtype_label(self.dtype);
+            info.dtype = dtype_name(self.dtype).to_string();
             info.bytes = weight.nbytes() as u64;
             info.value = ParamValue::Dense(weight.clone());
             self.parameters.push(info);

@@ -1,7 +1,6 @@
 //! Capture verbs: `capture(m, inputs, opts)` returns a `Cache` of activations; `cache[name]`,
 //! `keys(cache)`, `save(cache, path)` and `load_cache(path)`.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use rhai::plugin::*;
@@ -10,10 +9,9 @@ use rhai::{Array as RhaiArray, Dynamic, Engine, Map, NativeCallContext, INT};
 use super::hooks::with_call;
 use super::model::{input, Input, ModelHandle};
 use super::options::Options;
-use super::tensor::{read_safetensors, write_safetensors, Tensor};
+use super::tensor::Tensor;
 use super::{context, RhaiResult};
 use crate::capture::{capture, expand_points, ActivationCache, Captured, Positions};
-use crate::hooks::HookName;
 use crate::model::Model;
 use crate::{Error, Result};
 
@@ -38,17 +36,7 @@ impl Cache {
 
     /// The activations at `name` (negative layers allowed).
     pub fn get(&self, name: &str) -> Result<&Captured> {
-        let c = &self.0;
-        let point = HookName::parse(name, c.n_layers)?;
-        c.entries.get(&point).ok_or_else(|| {
-            let names: Vec<String> = c.points.iter().map(|p| p.to_string()).collect();
-            let shown = if names.len() > 6 {
-                format!("{}, ... ({} in all)", names[..6].join(", "), names.len())
-            } else {
-                names.join(", ")
-            };
-            Error::Invalid(format!("the cache has no {point}; it holds {shown}"))
-        })
+        self.0.get(name)
     }
 }
 
@@ -125,96 +113,6 @@ fn capture_impl(m: &mut Model, inputs: &Dynamic, opts: &Map) -> Result<Cache> {
     let progress = o.bool("progress", true)?;
     let c = capture(m, &rows, &points, positions, batch_size as usize, progress)?;
     Ok(Cache(Rc::new(c)))
-}
-
-fn save_impl(c: &Cache, path: &std::path::Path) -> Result<()> {
-    let c = &c.0;
-    let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    for p in &c.points {
-        match c.entries.get(p) {
-            Some(Captured::Stacked(a)) => tensors.push((p.to_string(), Tensor::new(a.clone()))),
-            Some(Captured::PerInput(rows)) => {
-                for (i, a) in rows.iter().enumerate() {
-                    tensors.push((format!("{p}#{i}"), Tensor::new(a.clone())));
-                }
-            }
-            None => {}
-        }
-    }
-    let points: Vec<String> = c.points.iter().map(|p| p.to_string()).collect();
-    let meta: HashMap<String, String> = [
-        ("format", "mlxi.cache".to_string()),
-        ("model", c.model.clone()),
-        ("n_layers", c.n_layers.to_string()),
-        (
-            "points",
-            serde_json::to_string(&points).unwrap_or_else(|_| "[]".into()),
-        ),
-        ("positions", c.positions.to_string()),
-        ("n", c.n.to_string()),
-        ("prompts_hash", c.prompts_hash.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    write_safetensors(path, &refs, Some(meta))
-}
-
-fn load_impl(path: &std::path::Path) -> Result<Cache> {
-    let (tensors, meta) = read_safetensors(path)?;
-    let bad = |what: &str| {
-        Error::Invalid(format!(
-            "{}: not a cache saved by mlxi ({what})",
-            path.display()
-        ))
-    };
-    if meta.get("format").map(String::as_str) != Some("mlxi.cache") {
-        return Err(bad("no mlxi.cache format tag"));
-    }
-    let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(&format!("no {k}")));
-    let n_layers: usize = field("n_layers")?.parse().map_err(|_| bad("n_layers"))?;
-    let n: usize = field("n")?.parse().map_err(|_| bad("n"))?;
-    let positions = Positions::parse(&field("positions")?)?;
-    let names: Vec<String> = serde_json::from_str(&field("points")?).map_err(|_| bad("points"))?;
-    let points = names
-        .iter()
-        .map(|p| HookName::parse(p, n_layers))
-        .collect::<Result<Vec<_>>>()?;
-    let mut by_name: HashMap<String, mlx_rs::Array> = tensors
-        .into_iter()
-        .map(|(k, t)| (k, t.into_array()))
-        .collect();
-    let mut entries = HashMap::new();
-    for p in &points {
-        let key = p.to_string();
-        let c = if positions == Positions::All {
-            let rows = (0..n)
-                .map(|i| {
-                    by_name
-                        .remove(&format!("{key}#{i}"))
-                        .ok_or_else(|| bad(&format!("no {key}#{i}")))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Captured::PerInput(rows)
-        } else {
-            Captured::Stacked(
-                by_name
-                    .remove(&key)
-                    .ok_or_else(|| bad(&format!("no {key}")))?,
-            )
-        };
-        entries.insert(*p, c);
-    }
-    Ok(Cache(Rc::new(ActivationCache {
-        model: field("model")?,
-        n_layers,
-        points,
-        positions,
-        n,
-        prompts_hash: field("prompts_hash")?,
-        entries,
-    })))
 }
 
 #[export_module]
@@ -307,7 +205,7 @@ mod capture_functions {
     #[rhai_fn(name = "save", return_raw)]
     pub fn save(ctx: NativeCallContext, c: Cache, path: &str) -> RhaiResult<()> {
         let path = context(&ctx).write_path("save", path)?;
-        Ok(save_impl(&c, &path)?)
+        Ok(c.0.save(&path)?)
     }
 
     /// Reads a cache written by `save(cache, path)`.
@@ -316,7 +214,7 @@ mod capture_functions {
     #[rhai_fn(return_raw)]
     pub fn load_cache(ctx: NativeCallContext, path: &str) -> RhaiResult<Cache> {
         let path = context(&ctx).read_path("load_cache", path)?;
-        Ok(load_impl(&path)?)
+        Ok(Cache(Rc::new(ActivationCache::load(&path)?)))
     }
 
     /// A short description of the cache.

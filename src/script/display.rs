@@ -197,7 +197,7 @@ fn table(rows: &Array) -> Option<String> {
             let v = m.get(k.as_str())?;
             let numeric = v.is_int() || v.is_float();
             let text = if let Ok(f) = v.as_float() {
-                super::tensor::fmt_number(f as f32)
+                crate::arrays::fmt_number(f as f32)
             } else {
                 inline(v)
             };

@@ -1,12 +1,10 @@
-//! Writing result files from scripts: atomic writes and `save_json`.
+//! `save_json`: script values as JSON files, written atomically
+//! ([`crate::arrays::write_atomic`]).
 //!
 //! Scripts reach the file system only through the listed save/load functions and `import`;
 //! every path is resolved and checked by [`crate::fsaccess`] (through
 //! [`super::Context::write_path`] and [`super::Context::read_path`]): relative paths resolve
 //! against the script's folder.
-
-use std::io::Write;
-use std::path::Path;
 
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, Engine, Map};
@@ -14,91 +12,8 @@ use serde_json::Value;
 
 use super::tensor::{f32_to_f64, Tensor};
 use super::{context, RhaiResult};
+use crate::arrays::write_atomic;
 use crate::{Error, Result};
-
-/// Temporaries of [`write_atomic`] are `.mlxi-PID-RANDOM.tmp`, next to the file they replace.
-pub const TEMP_PREFIX: &str = ".mlxi-";
-pub const TEMP_SUFFIX: &str = ".tmp";
-
-/// A temporary older than this whose writer is unknown counts as stale.
-const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// Whether process `pid` is still running.
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks whether the process exists.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-}
-
-/// Removes the temporaries that a killed run left in `dir`: those whose writing process is no
-/// longer running, and those of an unknown writer not touched for ten minutes. Returns how
-/// many were removed. Errors are ignored (another process may remove the same file).
-pub fn remove_stale_temporaries(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(middle) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
-            .and_then(|n| n.strip_suffix(TEMP_SUFFIX))
-        else {
-            continue;
-        };
-        let pid = middle
-            .split_once('-')
-            .and_then(|(p, _)| p.parse::<i32>().ok())
-            .filter(|&p| p > 0);
-        let stale = match pid {
-            Some(pid) => pid != std::process::id() as i32 && !process_alive(pid),
-            None => entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE_AFTER),
-        };
-        if stale
-            && entry.file_type().is_ok_and(|t| t.is_file())
-            && std::fs::remove_file(entry.path()).is_ok()
-        {
-            removed += 1;
-        }
-    }
-    removed
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so the
-/// file is either the old one or the complete new one. Missing parent folders are created.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
-        .suffix(TEMP_SUFFIX)
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    // tempfile creates 0600; results and tensors are ordinary files (0644 before the umask).
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map(|m| m.permissions().mode() & 0o777)
-            .unwrap_or(0o644);
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io(path, e))?;
-    }
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
-}
 
 /// A script value as JSON: numbers, strings, booleans, arrays, maps, `()` as null, a Tensor as
 /// nested arrays, a Probe or Direction as a map of its results and metadata. Non-finite floats become null (JSON has no NaN).
@@ -152,7 +67,10 @@ fn to_json_at(value: &Dynamic, depth: usize) -> Result<Value> {
         return to_json_at(&Dynamic::from_map(p.to_map()), depth + 1);
     }
     if let Some(d) = value.read_lock::<super::steer::Direction>() {
-        return to_json_at(&Dynamic::from_map(d.to_map()), depth + 1);
+        return to_json_at(
+            &Dynamic::from_map(super::steer::direction_map(&d)),
+            depth + 1,
+        );
     }
     Err(Error::Invalid(format!(
         "save_json: cannot write a {} as JSON",
@@ -198,50 +116,4 @@ mod file_functions {
 /// Registers `save_json`.
 pub fn register(engine: &mut Engine) {
     engine.register_global_module(exported_module!(file_functions).into());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn atomic_write_replaces_the_file() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-        let path = dir.path().join("sub").join("x.json");
-        write_atomic(&path, b"1")?;
-        write_atomic(&path, b"22")?;
-        assert_eq!(std::fs::read(&path).ok(), Some(b"22".to_vec()));
-        let leftovers = std::fs::read_dir(dir.path().join("sub"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        assert_eq!(leftovers, 1);
-        Ok(())
-    }
-
-    #[test]
-    fn only_stale_temporaries_are_removed() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-        let put = |name: &str| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, b"x")
-                .map(|_| p)
-                .map_err(|e| Error::io(name, e))
-        };
-        // No process has this id (above every system's pid limit).
-        let dead = put(".mlxi-999999999-abc.tmp")?;
-        let mine = put(&format!(".mlxi-{}-abc.tmp", std::process::id()))?;
-        let fresh_unknown = put(".mlxi-abc.tmp")?;
-        let old_unknown = put(".mlxi-def.tmp")?;
-        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        std::fs::File::options()
-            .write(true)
-            .open(&old_unknown)
-            .and_then(|f| f.set_modified(hour_ago))
-            .map_err(|e| Error::io(&old_unknown, e))?;
-        let other = put("data.tmp")?;
-        assert_eq!(remove_stale_temporaries(dir.path()), 2);
-        assert!(!dead.exists() && !old_unknown.exists());
-        assert!(mine.exists() && fresh_unknown.exists() && other.exists());
-        Ok(())
-    }
 }

@@ -23,7 +23,7 @@ use super::tensor::Tensor;
 use super::RhaiResult;
 use crate::capture::{Captured, Positions};
 use crate::hooks::{Hook, HookFn, HookName};
-use crate::interventions::{Intervention, Op, PatchSource, Window};
+use crate::interventions::{point_widths, Intervention, Op, PatchSource, Window};
 use crate::model::Model;
 use crate::{Error, Result};
 
@@ -83,21 +83,6 @@ fn script_hook(name: HookName, f: FnPtr) -> HookFn {
             ))),
         }
     })
-}
-
-/// The vector widths `point` takes: its last axis, or all its axes after the position
-/// (q/k/v/z: one head or every head); empty when not fixed.
-pub fn point_widths(m: &Model, point: &HookName) -> Vec<i32> {
-    use HookName::*;
-    let i = &m.info;
-    match point {
-        Embed | LnFinal | ResidPre(_) | ResidMid(_) | ResidPost(_) | AttnOut(_) | MlpOut(_) => {
-            vec![i.d_model]
-        }
-        Q(_) | Z(_) => vec![i.d_head, i.n_heads * i.d_head],
-        K(_) | V(_) => vec![i.d_head, i.n_kv_heads * i.d_head],
-        MlpPost(_) | Pattern(_) => Vec::new(),
-    }
 }
 
 /// A vector argument: a Tensor or a Direction's vector.
@@ -226,7 +211,7 @@ pub fn parse_op(m: &Model, point: HookName, map: &Map) -> Result<Intervention> {
         op,
         window: parse_window(&verb, o.get("window"))?,
     };
-    iv.check(&point_widths(m, &point))?;
+    iv.check(&point_widths(&m.info, &point))?;
     Ok(iv)
 }
 

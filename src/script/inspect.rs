@@ -132,7 +132,7 @@ fn diagonal_impl(t: &Tensor, offset: INT) -> Result<Tensor> {
     if nd < 2 {
         return Err(Error::Invalid(format!(
             "diagonal: needs a Tensor of 2 or more dimensions, got shape {}",
-            super::tensor::fmt_shape(t.shape())
+            crate::arrays::fmt_shape(t.shape())
         )));
     }
     let (rows, cols) = (t.shape()[nd - 2] as INT, t.shape()[nd - 1] as INT);

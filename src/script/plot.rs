@@ -9,11 +9,11 @@
 use rhai::plugin::*;
 use rhai::{Array, Dynamic, Engine, Map};
 
-use super::files::write_atomic;
 use super::options::Options;
 use super::stats::numbers;
 use super::tensor::Tensor;
 use super::{context, located, RhaiResult};
+use crate::arrays::write_atomic;
 use crate::plot::{self, BarChart, HLine, Heatmap, Labels, LineChart, Series};
 use crate::{Error, Result};
 
@@ -68,7 +68,7 @@ fn vector(value: &Dynamic, verb: &str, what: &str) -> Result<Vec<f64>> {
                 verb,
                 format!(
                     "{what} must be a 1-d Tensor, got shape {}",
-                    super::tensor::fmt_shape(t.shape())
+                    crate::arrays::fmt_shape(t.shape())
                 ),
             ));
         }
@@ -91,7 +91,7 @@ fn matrix(value: &Dynamic, verb: &str) -> Result<Vec<Vec<f64>>> {
                 verb,
                 format!(
                     "the matrix must be a 2-d Tensor, got shape {}",
-                    super::tensor::fmt_shape(t.shape())
+                    crate::arrays::fmt_shape(t.shape())
                 ),
             ));
         }

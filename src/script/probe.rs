@@ -1,11 +1,10 @@
 //! `probe(...)`: linear probes per layer, cross-validated (see [`crate::probes`]), and the
 //! `Probe` value: per-layer scores, `direction(p, layer)`, `predict(p, text)`, `report(p)`.
+//! Options and values are converted here; training and the report are
+//! [`crate::probes::Probe`]'s.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
 
-use mlx_rs::{Array, Dtype};
-use ndarray::Array2;
 use rhai::plugin::*;
 use rhai::{Array as RhaiArray, Dynamic, Engine, Map, NativeCallContext, FLOAT, INT};
 
@@ -15,174 +14,28 @@ use super::model::ModelHandle;
 use super::options::Options;
 use super::steer::Direction;
 use super::RhaiResult;
-use crate::capture::{capture, hash_ids, Captured, Positions};
-use crate::directions::norm;
+use crate::capture::{capture, Captured, Positions};
 use crate::hooks::HookName;
 use crate::model::Model;
-use crate::probes::{evaluate_layers, folds_for, LayerResult, Settings, Target};
+use crate::probes::{self, probe_points, Examples, Settings, Target};
 use crate::{Error, Result};
 
-/// Probes trained at several layers of one model on the same examples.
+/// A trained probe (see [`crate::probes::Probe`]) and the model it reads (for `predict`).
 #[derive(Clone)]
 pub struct Probe {
-    /// The model the activations came from (for `predict`).
     pub model: ModelHandle,
-    pub model_name: String,
-    pub arch: String,
-    pub layers: Vec<usize>,
-    pub results: Vec<LayerResult>,
-    pub target: Target,
-    pub settings: Settings,
-    /// The point within each block, e.g. "hook_resid_post".
-    pub point: String,
-    pub positions: Positions,
-    /// Width of the activations.
-    pub d: usize,
-    /// FNV-1a hash of the inputs' token ids ("" when trained from a Cache without ids).
-    pub inputs_hash: String,
-    pub capture_seconds: f64,
-    pub train_seconds: f64,
+    pub trained: probes::Probe,
+}
+
+impl std::ops::Deref for Probe {
+    type Target = probes::Probe;
+
+    fn deref(&self) -> &probes::Probe {
+        &self.trained
+    }
 }
 
 impl Probe {
-    pub fn kind(&self) -> &'static str {
-        match &self.target {
-            Target::Values(_) => "ridge",
-            Target::Classes { names, .. } if names.len() == 2 => "logistic",
-            Target::Classes { .. } => "multinomial",
-        }
-    }
-
-    /// Index (into `layers`) of the best mean score; the earliest on ties.
-    pub fn best(&self) -> usize {
-        let mut best = 0;
-        for (i, r) in self.results.iter().enumerate() {
-            if r.mean > self.results[best].mean {
-                best = i;
-            }
-        }
-        best
-    }
-
-    fn class_names(&self) -> Vec<String> {
-        match &self.target {
-            Target::Classes { names, .. } => names.clone(),
-            Target::Values(_) => Vec::new(),
-        }
-    }
-
-    /// Index into `layers` of a layer (negative from the end of the model).
-    fn index_of(&self, layer: INT, n_layers: usize) -> Result<usize> {
-        let l = if layer < 0 {
-            layer + n_layers as INT
-        } else {
-            layer
-        };
-        self.layers
-            .iter()
-            .position(|&x| x as INT == l)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "this probe has no layer {layer}; it was trained at layers {}",
-                    layer_list(&self.layers)
-                ))
-            })
-    }
-
-    pub fn summary(&self) -> String {
-        let b = self.best();
-        let r = &self.results[b];
-        format!(
-            "Probe({}, {} layer{}, best blocks.{}.{} {} {:.3} ± {:.3}, n={})",
-            self.kind(),
-            self.layers.len(),
-            if self.layers.len() == 1 { "" } else { "s" },
-            self.layers[b],
-            self.point,
-            self.target.metric(),
-            r.mean,
-            r.std,
-            self.target.len()
-        )
-    }
-
-    /// The printable report: a header with the data and settings, then one row per layer
-    /// with mean ± std over folds, the chosen c, and a bar.
-    pub fn report(&self) -> String {
-        let t = &self.target;
-        let mut out = format!(
-            "{} probe on {} at blocks.*.{} (positions {}), {} examples",
-            self.kind(),
-            self.model_name,
-            self.point,
-            self.positions,
-            t.len()
-        );
-        if let Target::Classes { names, .. } = t {
-            let counts = t.counts();
-            let parts: Vec<String> = names
-                .iter()
-                .zip(&counts)
-                .map(|(n, c)| format!("{n} {c}"))
-                .collect();
-            out.push_str(&format!(" ({})", parts.join(", ")));
-        }
-        out.push_str(&format!(
-            "\n{}-fold {}cross-validation, seed {}, standardised per fold; c {}\n",
-            self.settings.folds,
-            if t.is_regression() { "" } else { "stratified " },
-            self.settings.seed,
-            if self.settings.cs.len() == 1 {
-                fmt_c(self.settings.cs[0])
-            } else {
-                format!(
-                    "chosen from [{}] by {}-fold inner cross-validation",
-                    self.settings
-                        .cs
-                        .iter()
-                        .map(|&c| fmt_c(c))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    self.settings.inner_folds
-                )
-            }
-        ));
-        let chance = t.chance();
-        let metric = t.metric();
-        out.push_str(&format!(
-            "{metric} by layer (chance {chance:.3}{}):\n",
-            if t.is_regression() {
-                ", R² of the mean"
-            } else {
-                ", the majority class"
-            }
-        ));
-        let best = self.best();
-        let lo = if t.is_regression() {
-            self.results.iter().map(|r| r.mean).fold(0.0, f64::min)
-        } else {
-            0.0
-        };
-        let width = 30;
-        for (i, (l, r)) in self.layers.iter().zip(&self.results).enumerate() {
-            let frac = ((r.mean - lo) / (1.0 - lo)).clamp(0.0, 1.0);
-            let mark = if i == best { " ← best" } else { "" };
-            out.push_str(&format!(
-                "  layer {l:>3}  {:>6.3} ± {:<5.3}  c {:<6} {}{mark}\n",
-                r.mean,
-                r.std,
-                fmt_c(r.c),
-                bar(frac, width, ((chance - lo) / (1.0 - lo)).clamp(0.0, 1.0))
-            ));
-        }
-        let r = &self.results[best];
-        out.push_str(&format!(
-            "best: layer {} {metric} {:.3} ± {:.3} (chance {chance:.3}); capture {:.2} s, training {:.2} s",
-            self.layers[best], r.mean, r.std, self.capture_seconds, self.train_seconds
-        ));
-        out
-    }
-
     /// Everything about the probe but its weights, as a script map (for `save_json`).
     pub fn to_map(&self) -> Map {
         let mut m = Map::new();
@@ -208,7 +61,7 @@ impl Probe {
                 "classes".into(),
                 Dynamic::from_array(names.iter().map(|n| n.clone().into()).collect()),
             );
-            m.insert("n_per_class".into(), self.n_per_class().into());
+            m.insert("n_per_class".into(), n_per_class(self).into());
         }
         m.insert("folds".into(), (self.settings.folds as INT).into());
         m.insert("seed".into(), (self.settings.seed as INT).into());
@@ -254,112 +107,36 @@ impl Probe {
         let b = self.best();
         m.insert("best_layer".into(), (self.layers[b] as INT).into());
         m.insert("best_score".into(), (self.results[b].mean as FLOAT).into());
-        m.insert("fold_of".into(), self.fold_of().into());
+        m.insert("fold_of".into(), fold_of(self).into());
         // Timings stay out, so that the same inputs and seed give byte-identical JSON; they
         // are p.capture_seconds and p.train_seconds.
         m
     }
-
-    /// The outer fold of each example.
-    pub fn fold_of(&self) -> RhaiArray {
-        folds_for(&self.target, self.settings.folds, self.settings.seed)
-            .into_iter()
-            .map(|f| (f as INT).into())
-            .collect()
-    }
-
-    fn n_per_class(&self) -> Map {
-        let mut m = Map::new();
-        for (n, c) in self.class_names().iter().zip(self.target.counts()) {
-            m.insert(n.as_str().into(), (c as INT).into());
-        }
-        m
-    }
-
-    /// The direction of layer index `i` for class `class` (binary: the positive class).
-    fn direction_at(&self, i: usize, class: usize) -> Direction {
-        let w: Vec<f32> = self.results[i]
-            .fitted
-            .input_weights(class)
-            .into_iter()
-            .map(|x| x as f32)
-            .collect();
-        let raw = norm(&w);
-        let v: Vec<f32> = if raw > 0.0 {
-            w.iter().map(|x| x / raw).collect()
-        } else {
-            w
-        };
-        Direction {
-            vector: Array::from_slice(&v, &[v.len() as i32]),
-            layer: self.layers[i],
-            point: self.point.clone(),
-            method: "probe".into(),
-            n: self.target.len(),
-            model: self.model_name.clone(),
-            arch: self.arch.clone(),
-            norm: raw as f64,
-        }
-    }
-
-    fn class_index(&self, class: &Dynamic) -> Result<usize> {
-        let names = self.class_names();
-        if names.is_empty() {
-            return Err(Error::Invalid(
-                "a regression probe has one direction; call direction(p, layer)".into(),
-            ));
-        }
-        let name = if let Ok(i) = class.as_int() {
-            i.to_string()
-        } else if let Ok(b) = class.as_bool() {
-            b.to_string()
-        } else {
-            class.to_string()
-        };
-        names.iter().position(|n| *n == name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "this probe has no class {name:?}; its classes are {}",
-                names
-                    .iter()
-                    .map(|n| format!("{n:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
-    }
 }
 
-fn fmt_c(c: f64) -> String {
-    let s = format!("{c}");
-    if s.len() > 8 {
-        format!("{c:.2e}")
+/// The outer fold of each example.
+fn fold_of(p: &probes::Probe) -> RhaiArray {
+    p.fold_of().into_iter().map(|f| (f as INT).into()).collect()
+}
+
+/// Examples per class, as a map.
+fn n_per_class(p: &probes::Probe) -> Map {
+    let mut m = Map::new();
+    for (name, count) in p.n_per_class() {
+        m.insert(name.into(), Dynamic::from_int(count as INT));
+    }
+    m
+}
+
+/// The class a script names by its label (an integer, a boolean) or its name.
+fn class_name(class: &Dynamic) -> String {
+    if let Ok(i) = class.as_int() {
+        i.to_string()
+    } else if let Ok(b) = class.as_bool() {
+        b.to_string()
     } else {
-        s
+        class.to_string()
     }
-}
-
-fn layer_list(layers: &[usize]) -> String {
-    if layers.len() > 1 && layers.windows(2).all(|w| w[1] == w[0] + 1) {
-        format!("{}..={}", layers[0], layers[layers.len() - 1])
-    } else {
-        layers
-            .iter()
-            .map(|l| l.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-/// A bar of `frac` of `width` cells in eighths, with `┆` at the chance level.
-fn bar(frac: f64, width: usize, chance: f64) -> String {
-    let mut s = crate::plot::bar(frac, width);
-    let chance_cell = ((chance * width as f64).round() as usize).min(width.saturating_sub(1));
-    let filled = s.chars().count();
-    if chance > 0.0 && chance_cell >= filled {
-        s.push_str(&" ".repeat(chance_cell - filled));
-        s.push('┆');
-    }
-    s
 }
 
 const PROBE_KEYS: &[&str] = &[
@@ -466,16 +243,6 @@ fn target_of(labels: &RhaiArray, kind: &str, names: Option<RhaiArray>) -> Result
     })
 }
 
-/// One `[n, d]` f64 matrix from a float32 MLX array.
-fn to_matrix(a: &Array) -> Result<Array2<f64>> {
-    let n = a.shape()[0] as usize;
-    let a = a.reshape(&[n as i32, -1])?.as_dtype(Dtype::Float32)?;
-    a.eval()?;
-    let d = a.shape()[1] as usize;
-    let v: Vec<f64> = a.as_slice::<f32>().iter().map(|&x| x as f64).collect();
-    Array2::from_shape_vec((n, d), v).map_err(|e| Error::Invalid(format!("probe: {e}")))
-}
-
 fn parse_cs(o: &Options) -> Result<Vec<f64>> {
     let Some(v) = o.get("c") else {
         return Ok(vec![1.0]);
@@ -504,7 +271,7 @@ fn parse_cs(o: &Options) -> Result<Vec<f64>> {
 }
 
 /// The examples of a probe: texts (captured here) or a Cache.
-enum Examples<'a> {
+enum Inputs<'a> {
     Texts(Vec<Vec<u32>>),
     Cached(&'a Cache),
 }
@@ -512,7 +279,7 @@ enum Examples<'a> {
 fn train(
     handle: &ModelHandle,
     m: &mut Model,
-    examples: Examples,
+    inputs: Inputs,
     target: Target,
     o: &Options,
 ) -> Result<Probe> {
@@ -528,17 +295,7 @@ fn train(
         .strip_prefix("blocks.*.")
         .map(str::to_string)
         .unwrap_or(point);
-    let hooks = layers
-        .iter()
-        .map(|l| {
-            HookName::parse(&format!("blocks.{l}.{point}"), n_layers).map_err(|e| {
-                Error::Invalid(format!(
-                    "probe: point {point:?} is not a per-layer hook point (e.g. \
-                     \"hook_resid_post\", \"hook_mlp_out\"): {e}"
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let hooks = probe_points(&layers, &point, n_layers)?;
     let settings = Settings {
         folds: o.int("folds", 5)?.max(0) as usize,
         seed: o.int("seed", 0)? as u64,
@@ -549,9 +306,8 @@ fn train(
     let progress = o.bool("progress", true)?;
     // Check the labels before spending time on the capture.
     target.check(settings.folds, "probe")?;
-    let t0 = Instant::now();
-    let (xs, positions, inputs_hash) = match examples {
-        Examples::Texts(rows) => {
+    let examples = match inputs {
+        Inputs::Texts(rows) => {
             if rows.len() != target.len() {
                 return Err(Error::Invalid(format!(
                     "probe: {} inputs but {} labels",
@@ -566,33 +322,15 @@ fn train(
                 ));
             }
             let batch = o.int("batch_size", 32)?.max(1) as usize;
-            let c = capture(m, &rows, &hooks, positions, batch, progress)?;
-            let xs = hooks
-                .iter()
-                .map(|h| match c.entries.get(h) {
-                    Some(Captured::Stacked(a)) => to_matrix(a),
-                    _ => Err(Error::Invalid(format!("probe: {h} was not captured"))),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            (xs, positions, hash_ids(&rows))
+            Examples::capture(m, &rows, &hooks, positions, batch, progress)?
         }
-        Examples::Cached(cache) => {
+        Inputs::Cached(cache) => {
             if o.get("positions").is_some() || o.get("batch_size").is_some() {
                 return Err(Error::Invalid(
                     "probe: positions and batch_size are fixed by the Cache; leave them out".into(),
                 ));
             }
-            let xs = hooks
-                .iter()
-                .map(|h| match cache.get(&h.to_string())? {
-                    Captured::Stacked(a) => to_matrix(a),
-                    Captured::PerInput(_) => Err(Error::Invalid(
-                        "probe: a cache captured with positions \"all\" has no single vector \
-                         per input; capture with \"last\" or \"mean\""
-                            .into(),
-                    )),
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let examples = Examples::cached(&cache.0, &hooks)?;
             if cache.0.n != target.len() {
                 return Err(Error::Invalid(format!(
                     "probe: the cache holds {} inputs but there are {} labels",
@@ -600,12 +338,9 @@ fn train(
                     target.len()
                 )));
             }
-            (xs, cache.0.positions, cache.0.prompts_hash.clone())
+            examples
         }
     };
-    let capture_seconds = t0.elapsed().as_secs_f64();
-    let d = xs.first().map_or(0, |x| x.ncols());
-    let t1 = Instant::now();
     let bar = (progress && layers.len() > 1)
         .then(|| super::progress::Progress::new(layers.len() as u64, "probe layers"));
     let done = || {
@@ -613,25 +348,13 @@ fn train(
             b.inc(1);
         }
     };
-    let results = evaluate_layers(&xs, &target, &settings, &done);
+    let trained = probes::Probe::fit(m, layers, point, examples, target, settings, &done);
     if let Some(b) = &bar {
         b.clear();
     }
-    let results = results?;
     Ok(Probe {
         model: handle.clone(),
-        model_name: m.info.name.clone(),
-        arch: m.info.arch.clone(),
-        layers,
-        results,
-        target,
-        settings,
-        point,
-        positions,
-        d,
-        inputs_hash,
-        capture_seconds,
-        train_seconds: t1.elapsed().as_secs_f64(),
+        trained: trained?,
     })
 }
 
@@ -654,7 +377,7 @@ fn probe_pair(handle: &ModelHandle, pos: &Dynamic, neg: &Dynamic, opts: &Map) ->
         names: vec!["negative".into(), "positive".into()],
     };
     let rows = p.into_iter().chain(q).collect();
-    train(handle, &mut m, Examples::Texts(rows), target, &o)
+    train(handle, &mut m, Inputs::Texts(rows), target, &o)
 }
 
 fn probe_labels(
@@ -669,10 +392,10 @@ fn probe_labels(
     let mut m = handle.get()?;
     if let Some(c) = inputs.read_lock::<Cache>() {
         let c = c.clone();
-        return train(handle, &mut m, Examples::Cached(&c), target, &o);
+        return train(handle, &mut m, Inputs::Cached(&c), target, &o);
     }
     let rows = rows_of(&m, inputs, "probe")?;
-    train(handle, &mut m, Examples::Texts(rows), target, &o)
+    train(handle, &mut m, Inputs::Texts(rows), target, &o)
 }
 
 /// Is `v` an array of texts or id arrays (the negative examples), rather than labels?
@@ -708,18 +431,10 @@ fn predict_impl(p: &Probe, inputs: &Dynamic, layer: Option<INT>) -> Result<Dynam
     let rows = rows_of(&m, inputs, "predict")?;
     let hook = HookName::parse(&format!("blocks.{}.{}", p.layers[i], p.point), m.n_layers())?;
     let c = capture(&mut m, &rows, &[hook], p.positions, 32, false)?;
-    let x = match c.entries.get(&hook) {
-        Some(Captured::Stacked(a)) => to_matrix(a)?,
+    let pred = match c.entries.get(&hook) {
+        Some(Captured::Stacked(a)) => p.predict(i, a)?,
         _ => return Err(Error::Invalid(format!("predict: {hook} was not captured"))),
     };
-    if x.ncols() != p.d {
-        return Err(Error::Invalid(format!(
-            "predict: activations have width {}, the probe was trained on width {}",
-            x.ncols(),
-            p.d
-        )));
-    }
-    let pred = p.results[i].fitted.predict(x.view());
     let names = p.class_names();
     let row = |r: usize| -> Dynamic {
         match &p.target {
@@ -866,7 +581,7 @@ mod probe_functions {
     /// Examples per class, as a map.
     #[rhai_fn(get = "n_per_class", pure)]
     pub fn n_per_class(p: &mut Probe) -> Map {
-        p.n_per_class()
+        super::n_per_class(p)
     }
 
     /// Class names (empty for regression).
@@ -915,7 +630,7 @@ mod probe_functions {
     /// negatives).
     #[rhai_fn(get = "fold_of", pure)]
     pub fn fold_of(p: &mut Probe) -> RhaiArray {
-        p.fold_of()
+        super::fold_of(p)
     }
 
     /// Seconds spent capturing activations.
@@ -944,7 +659,7 @@ mod probe_functions {
                     .into(),
             );
         }
-        Ok(p.direction_at(i, 1))
+        Ok(p.direction_at(i, 1)?)
     }
 
     /// The direction of one class of a multi-class probe (`class`: its name or label).
@@ -958,8 +673,8 @@ mod probe_functions {
     ) -> RhaiResult<super::Direction> {
         let n = p.model.get().map(|m| m.n_layers()).unwrap_or(usize::MAX);
         let i = p.index_of(layer, n)?;
-        let k = p.class_index(&class)?;
-        Ok(p.direction_at(i, k))
+        let k = p.class_index(&class_name(&class))?;
+        Ok(p.direction_at(i, k)?)
     }
 
     /// Directions of every probed layer (binary and regression probes), for cosine matrices.
@@ -971,8 +686,8 @@ mod probe_functions {
             return Err("a multi-class probe has one direction per class and layer".into());
         }
         Ok((0..p.layers.len())
-            .map(|i| Dynamic::from(p.direction_at(i, 1)))
-            .collect())
+            .map(|i| p.direction_at(i, 1).map(Dynamic::from))
+            .collect::<Result<_>>()?)
     }
 
     /// The probability of the positive class for a text (an array of texts gives an array),

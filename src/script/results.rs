@@ -21,9 +21,10 @@ use rhai::plugin::*;
 use rhai::{Array, Dynamic, Engine, Map, INT};
 use serde_json::Value;
 
-use super::files::{remove_stale_temporaries, to_json, write_atomic};
+use super::files::to_json;
 use super::options::Options;
 use super::{context, RhaiResult};
+use crate::arrays::{remove_stale_temporaries, write_atomic};
 use crate::{Error, Result};
 
 /// An exclusive advisory lock on a results file, released when the last handle is dropped.

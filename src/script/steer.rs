@@ -1,78 +1,39 @@
 //! Directions and steering: `direction`, `random_direction`, `steer`, `unsteer`,
-//! `save(d, path)`, `load_direction`, and `cosine` on Directions.
+//! `save(d, path)`, `load_direction`, and `cosine` on Directions: options and values converted
+//! here, the work done by [`crate::directions`].
 
-use std::collections::HashMap;
-
-use mlx_rs::{Array, Dtype};
+use mlx_rs::Array;
 use rhai::plugin::*;
 use rhai::{Array as RhaiArray, Dynamic, Engine, Map, NativeCallContext, FLOAT, INT};
 
 use super::capture::{rows_of, Cache};
-use super::hooks::{parse_window, point_widths, with_call};
+use super::hooks::{parse_window, with_call};
 use super::model::ModelHandle;
 use super::options::Options;
-use super::tensor::{read_safetensors, write_safetensors, Tensor};
+use super::tensor::Tensor;
 use super::{context, RhaiResult};
-use crate::capture::{capture, Captured, Positions};
-use crate::directions::{compute, norm, Method};
-use crate::hooks::{Hook, HookName};
-use crate::interventions::{Intervention, Op};
+use crate::capture::{Captured, Positions};
+pub use crate::directions::Direction;
+use crate::directions::{files, norm, steer, Method, Recipe, SteerMode, Steering};
+use crate::hooks::HookName;
 use crate::model::Model;
 use crate::{Error, Result};
 
-/// A direction in activation space at one layer and point.
-#[derive(Clone)]
-pub struct Direction {
-    /// float32 `[d]`
-    pub vector: Array,
-    pub layer: usize,
-    /// The point within the block, e.g. "hook_resid_post".
-    pub point: String,
-    pub method: String,
-    /// Number of examples it was computed from (positive + negative).
-    pub n: usize,
-    /// The model it was computed on, and its architecture.
-    pub model: String,
-    pub arch: String,
-    /// Length of the vector before normalizing.
-    pub norm: f64,
-}
-
-impl Direction {
-    /// One line for printing.
-    pub fn summary(&self) -> String {
-        format!(
-            "Direction({} at blocks.{}.{}, d={}, n={}, norm {})",
-            self.method,
-            self.layer,
-            self.point,
-            self.vector.shape().first().copied().unwrap_or(0),
-            self.n,
-            super::tensor::fmt_number(self.norm as f32)
-        )
-    }
-
-    /// Metadata and vector as a script map (what `save_json` writes).
-    pub fn to_map(&self) -> Map {
-        let mut m = Map::new();
-        m.insert("method".into(), self.method.clone().into());
-        m.insert("layer".into(), (self.layer as INT).into());
-        m.insert("point".into(), self.point.clone().into());
-        m.insert("n".into(), (self.n as INT).into());
-        m.insert("model".into(), self.model.clone().into());
-        m.insert("arch".into(), self.arch.clone().into());
-        m.insert("norm".into(), (self.norm as FLOAT).into());
-        m.insert(
-            "vector".into(),
-            Dynamic::from(Tensor::new(self.vector.clone())),
-        );
-        m
-    }
-
-    /// The hook point at `layer`.
-    pub fn hook_at(&self, layer: usize, n_layers: usize) -> Result<HookName> {
-        HookName::parse(&format!("blocks.{layer}.{}", self.point), n_layers)
-    }
+/// A Direction's metadata and vector as a script map (what `save_json` writes).
+pub fn direction_map(d: &Direction) -> Map {
+    let mut m = Map::new();
+    m.insert("method".into(), d.method.clone().into());
+    m.insert("layer".into(), (d.layer as INT).into());
+    m.insert("point".into(), d.point.clone().into());
+    m.insert("n".into(), (d.n as INT).into());
+    m.insert("model".into(), d.model.clone().into());
+    m.insert("arch".into(), d.arch.clone().into());
+    m.insert("norm".into(), (d.norm as FLOAT).into());
+    m.insert(
+        "vector".into(),
+        Dynamic::from(Tensor::new(d.vector.clone())),
+    );
+    m
 }
 
 /// The point within a block, from a full name (`blocks.3.hook_resid_post`) or the part after
@@ -111,31 +72,15 @@ const DIRECTION_KEYS: &[&str] = &[
     "batch_size",
 ];
 
-/// Activations `[n, d]` at `point` for texts (captured) or from a Cache.
-fn activations(
-    m: &mut Model,
-    v: &Dynamic,
-    point: HookName,
-    positions: Positions,
-    batch_size: usize,
-) -> Result<Array> {
-    if let Some(c) = v.read_lock::<Cache>() {
-        return match c.get(&point.to_string())? {
-            Captured::Stacked(a) => Ok(a.clone()),
-            Captured::PerInput(_) => Err(Error::Invalid(
-                "direction: a cache captured with positions \"all\" has no single vector per \
-                 input; capture with \"last\" or \"mean\""
-                    .into(),
-            )),
-        };
-    }
-    let rows = rows_of(m, v, "direction")?;
-    let c = capture(m, &rows, &[point], positions, batch_size, true)?;
-    match c.entries.get(&point) {
-        Some(Captured::Stacked(a)) => Ok(a.clone()),
-        _ => Err(Error::Invalid(format!(
-            "direction: {point} was not captured"
-        ))),
+/// Activations `[n, d]` at `point` from a Cache.
+fn cached(c: &Cache, point: HookName) -> Result<Array> {
+    match c.get(&point.to_string())? {
+        Captured::Stacked(a) => Ok(a.clone()),
+        Captured::PerInput(_) => Err(Error::Invalid(
+            "direction: a cache captured with positions \"all\" has no single vector per \
+             input; capture with \"last\" or \"mean\""
+                .into(),
+        )),
     }
 }
 
@@ -182,58 +127,19 @@ pub(super) fn parse_layers(o: &Options, n_layers: usize, verb: &str) -> Result<V
 }
 
 /// How `direction` and `directions` compute: method, positions, batch size, normalizing.
-struct Recipe {
-    method: Method,
-    positions: Positions,
-    batch_size: usize,
-    normalize: bool,
-}
-
-impl Recipe {
-    fn parse(o: &Options, verb: &str) -> Result<Recipe> {
-        let positions = super::capture::parse_positions(o, verb)?;
-        if positions == Positions::All {
-            return Err(Error::Invalid(format!(
-                "{verb}: positions must be \"last\", \"mean\" or an index"
-            )));
-        }
-        Ok(Recipe {
-            method: Method::parse(&o.choice("method", &Method::NAMES, "mean_diff")?)?,
-            positions,
-            batch_size: o.int("batch_size", 32)?.max(1) as usize,
-            normalize: o.bool("normalize", true)?,
-        })
+fn parse_recipe(o: &Options, verb: &str) -> Result<Recipe> {
+    let positions = super::capture::parse_positions(o, verb)?;
+    if positions == Positions::All {
+        return Err(Error::Invalid(format!(
+            "{verb}: positions must be \"last\", \"mean\" or an index"
+        )));
     }
-
-    /// The Direction separating `p` from `q` (`[n, ...]` each) at `layer` and `point`.
-    fn build(
-        &self,
-        m: &Model,
-        p: &Array,
-        q: &Array,
-        layer: usize,
-        point: &str,
-    ) -> Result<Direction> {
-        let flat = |a: &Array| -> Result<Array> { Ok(a.reshape(&[a.shape()[0], -1])?) };
-        let (p, q) = (flat(p)?, flat(q)?);
-        let v = compute(self.method, &p, &q)?;
-        let raw = norm(&v) as f64;
-        let v = if self.normalize && raw > 0.0 {
-            v.iter().map(|x| x / raw as f32).collect()
-        } else {
-            v
-        };
-        Ok(Direction {
-            vector: Array::from_slice(&v, &[v.len() as i32]),
-            layer,
-            point: point.to_string(),
-            method: self.method.name().into(),
-            n: (p.shape()[0] + q.shape()[0]) as usize,
-            model: m.info.name.clone(),
-            arch: m.info.arch.clone(),
-            norm: raw,
-        })
-    }
+    Ok(Recipe {
+        method: Method::parse(&o.choice("method", &Method::NAMES, "mean_diff")?)?,
+        positions,
+        batch_size: o.int("batch_size", 32)?.max(1) as usize,
+        normalize: o.bool("normalize", true)?,
+    })
 }
 
 fn direction_impl(m: &mut Model, pos: &Dynamic, neg: &Dynamic, opts: &Map) -> Result<Direction> {
@@ -243,17 +149,21 @@ fn direction_impl(m: &mut Model, pos: &Dynamic, neg: &Dynamic, opts: &Map) -> Re
         .string("point")?
         .unwrap_or_else(|| "hook_resid_post".into());
     let (layer, point) = resolve_point(&point, o.opt_int("layer")?, n_layers)?;
-    let recipe = Recipe::parse(&o, "direction")?;
+    let recipe = parse_recipe(&o, "direction")?;
     let hook = HookName::parse(&format!("blocks.{layer}.{point}"), n_layers)?;
-    let is_cache = |v: &Dynamic| v.is::<Cache>();
-    if is_cache(pos) != is_cache(neg) {
-        return Err(Error::Invalid(
+    match (pos.read_lock::<Cache>(), neg.read_lock::<Cache>()) {
+        (Some(p), Some(q)) => {
+            recipe.build(m, &cached(&p, hook)?, &cached(&q, hook)?, layer, &point)
+        }
+        (None, None) => {
+            let p = rows_of(m, pos, "direction")?;
+            let q = rows_of(m, neg, "direction")?;
+            recipe.direction(m, &p, &q, layer, &point)
+        }
+        _ => Err(Error::Invalid(
             "direction: give two arrays of texts or two Caches, not one of each".into(),
-        ));
+        )),
     }
-    let p = activations(m, pos, hook, recipe.positions, recipe.batch_size)?;
-    let q = activations(m, neg, hook, recipe.positions, recipe.batch_size)?;
-    recipe.build(m, &p, &q, layer, &point)
 }
 
 const DIRECTIONS_KEYS: &[&str] = &[
@@ -278,32 +188,10 @@ fn directions_impl(
     let point = o
         .string("point")?
         .unwrap_or_else(|| "hook_resid_post".into());
-    let recipe = Recipe::parse(&o, "directions")?;
-    let hooks = layers
-        .iter()
-        .map(|l| HookName::parse(&format!("blocks.{l}.{point}"), n_layers))
-        .collect::<Result<Vec<_>>>()?;
-    let p_rows = rows_of(m, pos, "directions")?;
-    let q_rows = rows_of(m, neg, "directions")?;
-    let rows: Vec<Vec<u32>> = p_rows.iter().chain(&q_rows).cloned().collect();
-    let c = capture(m, &rows, &hooks, recipe.positions, recipe.batch_size, true)?;
-    let idx = |r: std::ops::Range<i32>| {
-        let v: Vec<i32> = r.collect();
-        Array::from_slice(&v, &[v.len() as i32])
-    };
-    let (np, n) = (p_rows.len() as i32, rows.len() as i32);
-    hooks
-        .iter()
-        .zip(&layers)
-        .map(|(h, &layer)| {
-            let Some(Captured::Stacked(a)) = c.entries.get(h) else {
-                return Err(Error::Invalid(format!("directions: {h} was not captured")));
-            };
-            let p = a.take_axis(idx(0..np), 0)?;
-            let q = a.take_axis(idx(np..n), 0)?;
-            recipe.build(m, &p, &q, layer, &point)
-        })
-        .collect()
+    let recipe = parse_recipe(&o, "directions")?;
+    let p = rows_of(m, pos, "directions")?;
+    let q = rows_of(m, neg, "directions")?;
+    recipe.directions(m, &p, &q, &layers, &point)
 }
 
 /// Pairwise cosine similarities of Directions or Tensors (flattened).
@@ -354,38 +242,16 @@ fn cosine_matrix_impl(items: &RhaiArray) -> Result<RhaiArray> {
         .collect())
 }
 
-fn random_impl(like: &Direction, seed: INT) -> Result<Direction> {
-    let d = like.vector.shape()[0];
-    let key = mlx_rs::random::key(seed as u64)?;
-    let r = mlx_rs::random::normal::<f32>(&[d], None, None, &key)?;
-    let target = Tensor::new(like.vector.clone()).to_f32_vec()?;
-    let target = norm(&target);
-    let rn = Tensor::new(r.clone()).to_f32_vec()?;
-    let scale = target / norm(&rn).max(1e-12);
-    Ok(Direction {
-        vector: r.multiply(Array::from_f32(scale))?,
-        layer: like.layer,
-        point: like.point.clone(),
-        method: "random".into(),
-        n: 0,
-        model: like.model.clone(),
-        arch: like.arch.clone(),
-        norm: target as f64,
-    })
-}
-
 pub(super) const STEER_KEYS: &[&str] = &["alpha", "mode", "layers", "window", "tau"];
-const MODES: [&str; 4] = ["add", "project_out", "reflect", "cap"];
 
 pub(super) fn steer_impl(m: &mut Model, d: &Direction, opts: &Map) -> Result<()> {
     let o = Options::parse("steer", opts, STEER_KEYS)?;
     let alpha = o.float("alpha", 1.0)? as f32;
-    let mode = o.choice("mode", &MODES, "add")?;
+    let mode = SteerMode::parse(&o.choice("mode", &SteerMode::NAMES, "add")?)?;
     let window = parse_window("steer", o.get("window"))?;
-    let n_layers = m.n_layers();
-    let layers: Vec<INT> = match o.get("layers") {
-        None => vec![d.layer as INT],
-        Some(v) => match v.as_int() {
+    let layers: Option<Vec<INT>> = match o.get("layers") {
+        None => None,
+        Some(v) => Some(match v.as_int() {
             Ok(l) => vec![l],
             Err(_) => o
                 .array("layers")?
@@ -397,235 +263,36 @@ pub(super) fn steer_impl(m: &mut Model, d: &Direction, opts: &Map) -> Result<()>
                     })
                 })
                 .collect::<Result<_>>()?,
-        },
+        }),
     };
-    if mode != "cap" && o.get("tau").is_some() {
+    if mode != SteerMode::Cap && o.get("tau").is_some() {
         return Err(Error::Invalid(
             "steer: 'tau' applies to mode \"cap\" only".into(),
         ));
     }
-    let mut ivs = Vec::new();
-    for l in layers {
-        let li = if l < 0 { l + n_layers as INT } else { l };
-        if !(0..n_layers as INT).contains(&li) {
-            return Err(Error::Invalid(format!(
-                "steer: layer {l} is out of range for a model with {n_layers} layers"
-            )));
-        }
-        let point = d.hook_at(li as usize, n_layers)?;
-        let vector = d.vector.clone();
-        let op = match mode.as_str() {
-            "add" => Op::Add { vector, alpha },
-            "project_out" => Op::ProjectOut { vector },
-            "reflect" => Op::Reflect { vector, alpha },
-            _ => Op::Cap {
-                vector,
-                tau: o.float("tau", 0.0)? as f32,
-            },
-        };
-        let iv = Intervention {
-            point,
-            op,
-            window: window.clone(),
-        };
-        iv.check(&point_widths(m, &point))?;
-        ivs.push(iv);
-    }
-    for iv in ivs {
-        let label = format!("steer {} ({} direction)", iv.label(), d.method);
-        m.hooks.attach(Hook {
-            name: iv.point,
-            label,
-            steering: true,
-            func: iv.into_hook(),
-        });
-    }
-    Ok(())
-}
-
-/// A direction's metadata as safetensors metadata entries (all but its vector).
-fn meta_of(d: &Direction) -> Vec<(&'static str, String)> {
-    vec![
-        ("layer", d.layer.to_string()),
-        ("point", d.point.clone()),
-        ("method", d.method.clone()),
-        ("n", d.n.to_string()),
-        ("model", d.model.clone()),
-        ("arch", d.arch.clone()),
-        ("norm", d.norm.to_string()),
-    ]
-}
-
-/// A direction from its vector and the metadata entries `field` reads (the inverse of
-/// [`meta_of`]); `bad` names what is missing or malformed.
-fn direction_from_meta(
-    vector: Tensor,
-    field: impl Fn(&str) -> Option<String>,
-    bad: impl Fn(&str) -> Error,
-) -> Result<Direction> {
-    let get = |k: &str| field(k).ok_or_else(|| bad(&format!("no {k}")));
-    Ok(Direction {
-        vector: vector.into_array().as_dtype(Dtype::Float32)?,
-        layer: get("layer")?.parse().map_err(|_| bad("layer"))?,
-        point: get("point")?,
-        method: get("method")?,
-        n: get("n")?.parse().map_err(|_| bad("n"))?,
-        model: get("model")?,
-        arch: field("arch").unwrap_or_default(),
-        norm: get("norm")?.parse().map_err(|_| bad("norm"))?,
-    })
-}
-
-fn save_impl(d: &Direction, path: &std::path::Path) -> Result<()> {
-    let meta: HashMap<String, String> = std::iter::once(("format", "mlxi.direction".to_string()))
-        .chain(meta_of(d))
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    write_safetensors(
-        path,
-        &[("vector", &Tensor::new(d.vector.clone()))],
-        Some(meta),
-    )
-}
-
-fn load_impl(path: &std::path::Path) -> Result<Direction> {
-    let (tensors, meta) = read_safetensors(path)?;
-    let bad = |what: &str| {
-        Error::Invalid(format!(
-            "{}: not a direction saved by mlxi ({what})",
-            path.display()
-        ))
+    let steering = Steering {
+        alpha,
+        mode,
+        tau: o.float("tau", 0.0)? as f32,
+        layers,
+        window,
     };
-    if meta.get("format").map(String::as_str) != Some("mlxi.direction") {
-        return Err(bad("no mlxi.direction format tag"));
-    }
-    let vector = tensors
-        .into_iter()
-        .find(|(n, _)| n == "vector")
-        .ok_or_else(|| bad("no vector"))?
-        .1;
-    direction_from_meta(vector, |k| meta.get(k).cloned(), bad)
+    steer(m, d, &steering)
 }
 
-/// A named set of Directions in one safetensors file: tensor `NAME` per direction, metadata
-/// `NAME.layer`, `NAME.point`, ... and `format` "mlxi.directions".
-fn save_library_impl(lib: &Map, path: &std::path::Path) -> Result<()> {
-    if lib.is_empty() {
-        return Err(Error::Invalid("save_library: the library is empty".into()));
-    }
-    let mut meta: HashMap<String, String> = HashMap::new();
-    meta.insert("format".into(), "mlxi.directions".into());
-    let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    for (name, v) in lib.iter() {
-        let d = v.read_lock::<Direction>().ok_or_else(|| {
-            Error::Invalid(format!(
-                "save_library: {name:?} is a {}, not a Direction",
-                super::display::type_name(v)
-            ))
-        })?;
-        if name.contains('.') {
-            return Err(Error::Invalid(format!(
-                "save_library: names cannot contain '.', got {name:?}"
-            )));
-        }
-        for (k, val) in meta_of(&d) {
-            meta.insert(format!("{name}.{k}"), val);
-        }
-        tensors.push((name.to_string(), Tensor::new(d.vector.clone())));
-    }
-    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    write_safetensors(path, &refs, Some(meta))
-}
-
-fn load_library_impl(path: &std::path::Path) -> Result<Map> {
-    let (tensors, meta) = read_safetensors(path)?;
-    let bad = |what: String| {
-        Error::Invalid(format!(
-            "{}: not a direction library saved by mlxi ({what})",
-            path.display()
-        ))
-    };
-    if meta.get("format").map(String::as_str) != Some("mlxi.directions") {
-        return Err(bad("no mlxi.directions format tag".into()));
-    }
-    let mut out = Map::new();
-    for (name, t) in tensors {
-        let d = direction_from_meta(
-            t,
-            |k| meta.get(&format!("{name}.{k}")).cloned(),
-            |what| bad(format!("{name}: {what}")),
-        )?;
-        out.insert(name.into(), Dynamic::from(d));
-    }
-    Ok(out)
-}
-
-/// Directions as a llama.cpp control vector: tensors `direction.{L}` (llama.cpp adds tensor L
-/// to the output of block L, which is `blocks.{L}.hook_resid_post`; it cannot steer block 0),
-/// `general.architecture` "controlvector", `controlvector.model_hint` and
-/// `controlvector.layer_count`. Written to a temporary file, then renamed.
-pub fn export_control_vector(ds: &[Direction], path: &std::path::Path) -> Result<()> {
-    use mlx_rs::io::GgufFile;
-    let gg = |e: mlx_rs::io::GgufError| Error::Invalid(format!("export_control_vector: {e}"));
-    if ds.is_empty() {
-        return Err(Error::Invalid(
-            "export_control_vector: no directions given".into(),
-        ));
-    }
-    if path.extension().and_then(|e| e.to_str()) != Some("gguf") {
-        return Err(Error::Invalid(format!(
-            "export_control_vector: {}: the file name must end in .gguf",
-            path.display()
-        )));
-    }
-    let mut file = GgufFile::new().map_err(gg)?;
-    let mut seen = Vec::new();
-    for d in ds {
-        if d.point != "hook_resid_post" {
-            return Err(Error::Invalid(format!(
-                "export_control_vector: llama.cpp adds control vectors to block outputs; a \
-                 direction at {} cannot be exported (use point \"hook_resid_post\")",
-                d.point
-            )));
-        }
-        if d.layer == 0 {
-            return Err(Error::Invalid(
-                "export_control_vector: llama.cpp control vectors start at layer 1".into(),
-            ));
-        }
-        if seen.contains(&d.layer) {
-            return Err(Error::Invalid(format!(
-                "export_control_vector: two directions at layer {}",
-                d.layer
-            )));
-        }
-        seen.push(d.layer);
-        let v = d.vector.as_dtype(Dtype::Float32)?;
-        file.insert_array(format!("direction.{}", d.layer), &v)
-            .map_err(gg)?;
-    }
-    file.insert_metadata("general.architecture", "controlvector")
-        .map_err(gg)?;
-    file.insert_metadata("controlvector.model_hint", ds[0].arch.as_str())
-        .map_err(gg)?;
-    file.insert_metadata(
-        "controlvector.layer_count",
-        Array::from_int(ds.len() as i32),
-    )
-    .map_err(gg)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp.gguf", std::process::id()));
-    file.save(&tmp).map_err(gg)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+/// The Directions of a script map of them (a concept library), in name order.
+fn library_of(lib: &Map) -> Result<Vec<(String, Direction)>> {
+    lib.iter()
+        .map(|(name, v)| {
+            let d = v.read_lock::<Direction>().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "save_library: {name:?} is a {}, not a Direction",
+                    super::display::type_name(v)
+                ))
+            })?;
+            Ok((name.to_string(), d.clone()))
+        })
+        .collect()
 }
 
 fn cos(a: &Array, b: &Array) -> Result<FLOAT> {
@@ -728,7 +395,7 @@ mod steer_functions {
     /// Example: `let r = random_direction(m, d);`
     #[rhai_fn(name = "random_direction", return_raw)]
     pub fn random_direction(_m: &mut Model, like: Direction) -> RhaiResult<Direction> {
-        Ok(random_impl(&like, 0)?)
+        Ok(like.random_like(0)?)
     }
 
     /// A seeded random direction at the same layer and point as `like`, with the same norm.
@@ -740,7 +407,7 @@ mod steer_functions {
         like: Direction,
         seed: INT,
     ) -> RhaiResult<Direction> {
-        Ok(random_impl(&like, seed)?)
+        Ok(like.random_like(seed as u64)?)
     }
 
     /// Attaches a steering intervention along `d` at its point and layer, on every forward
@@ -851,7 +518,7 @@ mod steer_functions {
     #[rhai_fn(name = "save", return_raw)]
     pub fn save(ctx: NativeCallContext, d: Direction, path: &str) -> RhaiResult<()> {
         let path = context(&ctx).write_path("save", path)?;
-        Ok(save_impl(&d, &path)?)
+        Ok(files::save(&d, &path)?)
     }
 
     /// Reads a direction written by `save(d, path)`.
@@ -860,7 +527,7 @@ mod steer_functions {
     #[rhai_fn(return_raw)]
     pub fn load_direction(ctx: NativeCallContext, path: &str) -> RhaiResult<Direction> {
         let path = context(&ctx).read_path("load_direction", path)?;
-        Ok(load_impl(&path)?)
+        Ok(files::load(&path)?)
     }
 
     /// Writes a map of named Directions (a concept library) to one safetensors file, each
@@ -870,7 +537,7 @@ mod steer_functions {
     #[rhai_fn(return_raw)]
     pub fn save_library(ctx: NativeCallContext, lib: Map, path: &str) -> RhaiResult<()> {
         let path = context(&ctx).write_path("save_library", path)?;
-        Ok(save_library_impl(&lib, &path)?)
+        Ok(files::save_library(&library_of(&lib)?, &path)?)
     }
 
     /// Reads a concept library written by `save_library`: a map of name to Direction.
@@ -879,7 +546,10 @@ mod steer_functions {
     #[rhai_fn(return_raw)]
     pub fn load_library(ctx: NativeCallContext, path: &str) -> RhaiResult<Map> {
         let path = context(&ctx).read_path("load_library", path)?;
-        Ok(load_library_impl(&path)?)
+        Ok(files::load_library(&path)?
+            .into_iter()
+            .map(|(name, d)| (name.into(), Dynamic::from(d)))
+            .collect())
     }
 
     /// Writes one Direction as a llama.cpp control-vector GGUF (`--control-vector FILE`).
@@ -888,7 +558,7 @@ mod steer_functions {
     #[rhai_fn(name = "export_control_vector", return_raw)]
     pub fn export_one(ctx: NativeCallContext, d: Direction, path: &str) -> RhaiResult<()> {
         let path = context(&ctx).write_path("export_control_vector", path)?;
-        Ok(super::export_control_vector(&[d], &path)?)
+        Ok(files::export_control_vector(&[d], &path)?)
     }
 
     /// Writes several Directions (at different layers, `hook_resid_post`) as one llama.cpp
@@ -906,7 +576,7 @@ mod steer_functions {
             })
             .collect::<Result<Vec<_>>>()?;
         let path = context(&ctx).write_path("export_control_vector", path)?;
-        Ok(super::export_control_vector(&ds, &path)?)
+        Ok(files::export_control_vector(&ds, &path)?)
     }
 
     /// A short description of the direction.

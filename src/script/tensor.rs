@@ -5,14 +5,15 @@
 //! sees operations it can do. Results of whole-tensor reductions (`norm(t)`, `sum(t)`, a dot
 //! product of two vectors) are plain numbers; everything else stays a `Tensor`.
 
-use std::collections::HashMap;
-use std::path::Path;
-
 use mlx_rs::{Array, Dtype};
 use rhai::plugin::*;
 use rhai::{Array as RhaiArray, Dynamic, Engine, FuncRegistration, FLOAT, INT};
 
 use super::{context, RhaiResult};
+use crate::arrays::{
+    broadcast_shapes, check_fits, dtype_name, fmt_number, fmt_shape, read_safetensors,
+    write_safetensors,
+};
 use crate::{Error, Result};
 
 /// An n-dimensional array of numbers (an MLX array). Cloning a Tensor shares its data.
@@ -52,13 +53,7 @@ impl Tensor {
 
     /// Every element as f32, in row-major order (evaluates the array).
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
-        if self.array.size() == 0 {
-            return Ok(Vec::new());
-        }
-        let a = self.array.as_dtype(Dtype::Float32)?.contiguous()?;
-        a.eval()?;
-        a.to_vec_exact::<f32>()
-            .map_err(|e| Error::Invalid(format!("cannot read tensor values: {e}")))
+        crate::arrays::to_f32_vec(&self.array)
     }
 
     /// The one value of a tensor with a single element, as f64.
@@ -165,28 +160,6 @@ impl Layout {
     }
 }
 
-/// A number the way a person reads it: 4 significant decimals, scientific when tiny or huge.
-pub fn fmt_number(x: f32) -> String {
-    let a = x.abs();
-    if x == 0.0 {
-        "0".into()
-    } else if !x.is_finite() {
-        format!("{x}")
-    } else if !(1e-3..1e5).contains(&a) {
-        format!("{x:.3e}")
-    } else {
-        let s = format!("{x:.4}");
-        let s = s.trim_end_matches('0').trim_end_matches('.');
-        s.to_string()
-    }
-}
-
-/// `[2, 3]`
-pub fn fmt_shape(shape: &[i32]) -> String {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    format!("[{}]", dims.join(", "))
-}
-
 /// The f64 a person expects from an f32: `0.1f32` becomes `0.1`, not `0.10000000149011612`.
 pub fn f32_to_f64(x: f32) -> f64 {
     if x.is_finite() {
@@ -196,132 +169,11 @@ pub fn f32_to_f64(x: f32) -> f64 {
     }
 }
 
-pub fn dtype_name(d: Dtype) -> &'static str {
-    match d {
-        Dtype::Bool => "bool",
-        Dtype::Uint8 => "uint8",
-        Dtype::Uint16 => "uint16",
-        Dtype::Uint32 => "uint32",
-        Dtype::Uint64 => "uint64",
-        Dtype::Int8 => "int8",
-        Dtype::Int16 => "int16",
-        Dtype::Int32 => "int32",
-        Dtype::Int64 => "int64",
-        Dtype::Float16 => "float16",
-        Dtype::Float32 => "float32",
-        Dtype::Float64 => "float64",
-        Dtype::Bfloat16 => "bfloat16",
-        Dtype::Complex64 => "complex64",
-    }
-}
-
-fn dtype_bytes(d: Dtype) -> u128 {
-    match d {
-        Dtype::Bool | Dtype::Uint8 | Dtype::Int8 => 1,
-        Dtype::Uint16 | Dtype::Int16 | Dtype::Float16 | Dtype::Bfloat16 => 2,
-        Dtype::Uint32 | Dtype::Int32 | Dtype::Float32 => 4,
-        Dtype::Uint64 | Dtype::Int64 | Dtype::Float64 | Dtype::Complex64 => 8,
-    }
-}
-
 fn is_float(d: Dtype) -> bool {
     matches!(
         d,
         Dtype::Float16 | Dtype::Float32 | Dtype::Float64 | Dtype::Bfloat16
     )
-}
-
-/// The shape both operands broadcast to, numpy rules.
-pub fn broadcast_shapes(a: &[i32], b: &[i32]) -> Option<Vec<i32>> {
-    let n = a.len().max(b.len());
-    let dim = |s: &[i32], i: usize| {
-        let pad = n - s.len();
-        if i < pad {
-            1
-        } else {
-            s[i - pad]
-        }
-    };
-    (0..n)
-        .map(|i| match (dim(a, i), dim(b, i)) {
-            (x, y) if x == y => Some(x),
-            (1, y) => Some(y),
-            (x, 1) => Some(x),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The machine's physical memory in bytes (None if unknown).
-fn physical_memory() -> Option<u128> {
-    // SAFETY: sysconf only reads system configuration.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    (pages > 0 && page > 0).then(|| pages as u128 * page as u128)
-}
-
-/// The most bytes a new tensor may take: `MLXI_MAX_TENSOR_BYTES` when set, else the
-/// machine's physical memory less what MLX already holds. None when unknown.
-fn tensor_byte_limit() -> Option<(u128, &'static str)> {
-    if let Some(n) = std::env::var("MLXI_MAX_TENSOR_BYTES")
-        .ok()
-        .and_then(|v| v.trim().replace('_', "").parse::<u128>().ok())
-        .filter(|&n| n > 0)
-    {
-        return Some((n, "the MLXI_MAX_TENSOR_BYTES limit"));
-    }
-    let held = mlx_rs::memory::active_memory().unwrap_or(0) as u128;
-    physical_memory().map(|p| (p.saturating_sub(held), "this machine's free memory"))
-}
-
-/// The most elements one tensor made by a script may have (8 GiB of float32): a fixed cap, so
-/// that an accidental shape such as `zeros([65536, 65536])` is refused on every machine and
-/// backend, whatever its memory, rather than left to the allocator.
-pub const MAX_ELEMENTS: u128 = i32::MAX as u128;
-
-/// Refuses a result that cannot be made, before MLX tries to allocate it (MLX's CPU
-/// allocator does not survive a failed allocation): more than [`MAX_ELEMENTS`] elements, or
-/// more bytes than memory holds (physical memory less what MLX already uses, or
-/// `MLXI_MAX_TENSOR_BYTES`). Call it before creating a tensor whose shape a script chose.
-pub fn check_fits(shape: &[i32], dtype: Dtype) -> Result<()> {
-    let elements = shape
-        .iter()
-        .try_fold(1u128, |n, &d| n.checked_mul(d.max(0) as u128));
-    let too_many = || {
-        Error::Invalid(format!(
-            "a tensor of shape {} has more than {MAX_ELEMENTS} elements, the most mlxi creates",
-            fmt_shape(shape)
-        ))
-    };
-    let elements = elements.ok_or_else(too_many)?;
-    if elements > MAX_ELEMENTS {
-        return Err(too_many());
-    }
-    let bytes = elements * dtype_bytes(dtype);
-    match tensor_byte_limit() {
-        Some((limit, what)) if bytes > limit => Err(Error::Invalid(format!(
-            "a {} tensor of shape {} needs {}, more than {what} ({})",
-            dtype_name(dtype),
-            fmt_shape(shape),
-            fmt_bytes(bytes),
-            fmt_bytes(limit)
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// Bytes for people: `17.2 GB`, `512.0 MB`, `96 bytes`.
-fn fmt_bytes(b: u128) -> String {
-    match b {
-        b if b >= 1_000_000_000 => format!("{:.1} GB", b as f64 / 1e9),
-        b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
-        b if b >= 1_000 => format!("{:.1} kB", b as f64 / 1e3),
-        b => format!("{b} bytes"),
-    }
 }
 
 /// An axis given by a script (negative counts from the end), checked against `ndim`.
@@ -549,80 +401,6 @@ pub fn to_rhai(t: &Tensor) -> Result<Dynamic> {
         }
     }
     Ok(build(&values, t.shape()))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Files
-
-/// Writes `tensors` as a safetensors file, atomically: a temporary file in the same folder, then
-/// a rename, so a reader never sees half a file.
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[(&str, &Tensor)],
-    metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
-    let arrays = tensors
-        .iter()
-        .map(|(name, t)| {
-            let a = t.array.contiguous()?;
-            a.eval()?;
-            Ok((name.to_string(), a))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let views = arrays
-        .iter()
-        .map(|(name, a)| {
-            let view = safetensors::tensor::TensorView::try_from(a)
-                .map_err(|e| Error::Invalid(format!("cannot save this tensor: {e}")))?;
-            Ok((name.clone(), view))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, metadata)
-        .map_err(|e| Error::Invalid(format!("cannot save this tensor: {e}")))?;
-    super::files::write_atomic(path, &bytes)
-}
-
-/// What is wrong with a file that is not safetensors, in words that never quote the file: a
-/// script may point `load_tensor` at any file it can read, and its text must not end up in
-/// an error message (the JSON parser's messages can quote the header, tensor names are
-/// quoted by others).
-fn header_problem(e: &safetensors::SafeTensorError) -> String {
-    use safetensors::SafeTensorError as E;
-    match e {
-        E::InvalidHeader(_) => "the header is not UTF-8 text".into(),
-        E::InvalidHeaderDeserialization(j) | E::JsonError(j) => format!(
-            "the header is not safetensors JSON (line {}, column {})",
-            j.line(),
-            j.column()
-        ),
-        E::HeaderTooLarge | E::HeaderTooSmall | E::InvalidHeaderLength => {
-            "the header length does not fit the file".into()
-        }
-        E::TensorNotFound(_) | E::InvalidOffset(_) | E::TensorInvalidInfo => {
-            "a tensor's offsets, shape or type are invalid".into()
-        }
-        E::IoError(io) => format!("cannot read it ({})", io.kind()),
-        _ => "the header does not describe the data".into(),
-    }
-}
-
-/// Reads every tensor of a safetensors file, with its metadata.
-#[allow(clippy::type_complexity)]
-pub fn read_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let invalid = |e: &dyn std::fmt::Display| {
-        Error::Invalid(format!("{}: not a safetensors file: {e}", path.display()))
-    };
-    let unsafe_invalid = |e: safetensors::SafeTensorError| invalid(&header_problem(&e));
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(unsafe_invalid)?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(unsafe_invalid)?;
-    let mut tensors = Vec::new();
-    for (name, view) in st.iter() {
-        let array = Array::try_from(view).map_err(|e| invalid(&e))?;
-        tensors.push((name.to_string(), Tensor::new(array)));
-    }
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((tensors, meta.metadata().clone().unwrap_or_default()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -900,7 +678,7 @@ mod tensor_functions {
     #[rhai_fn(name = "save", return_raw)]
     pub fn save(ctx: NativeCallContext, t: Tensor, path: &str) -> RhaiResult<()> {
         let path = context(&ctx).write_path("save", path)?;
-        Ok(write_safetensors(&path, &[("tensor", &t)], None)?)
+        Ok(write_safetensors(&path, &[("tensor", t.array())], None)?)
     }
 
     /// Reads a tensor saved with `save` (or any safetensors file holding one tensor, or one
@@ -912,10 +690,10 @@ mod tensor_functions {
         let full = context(&ctx).read_path("load_tensor", path)?;
         let (mut tensors, _) = read_safetensors(&full)?;
         if let Some(i) = tensors.iter().position(|(n, _)| n == "tensor") {
-            return Ok(tensors.swap_remove(i).1);
+            return Ok(Tensor::new(tensors.swap_remove(i).1));
         }
         match tensors.len() {
-            1 => Ok(tensors.remove(0).1),
+            1 => Ok(Tensor::new(tensors.remove(0).1)),
             0 => Err(Error::Invalid(format!("{path}: the file holds no tensor")).into()),
             _ => {
                 let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
@@ -947,18 +725,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn broadcasting_rules() {
-        assert_eq!(broadcast_shapes(&[2, 3], &[3]), Some(vec![2, 3]));
-        assert_eq!(broadcast_shapes(&[2, 1], &[1, 4]), Some(vec![2, 4]));
-        assert_eq!(broadcast_shapes(&[], &[5]), Some(vec![5]));
-        assert_eq!(broadcast_shapes(&[2, 3], &[2]), None);
-    }
-
-    #[test]
     fn numbers_read_well() {
-        assert_eq!(fmt_number(0.5), "0.5");
-        assert_eq!(fmt_number(2.0), "2");
-        assert_eq!(fmt_number(1.0e-5), "1.000e-5");
         assert_eq!(f32_to_f64(0.1), 0.1);
     }
 }

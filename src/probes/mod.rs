@@ -14,8 +14,9 @@
 //! Features are standardised (mean 0, variance 1 over the training fold; constant features are
 //! left unscaled) before fitting; weights are mapped back to activation units for directions.
 //!
-//! Nothing here touches MLX: the activations come in as `ndarray` matrices, so layers are
-//! trained in parallel on plain threads.
+//! Nothing in this file touches MLX: the activations come in as `ndarray` matrices, so layers
+//! are trained in parallel on plain threads. [`Probe`] (in `probe.rs`) captures them from a
+//! model and holds the trained probes, their report and directions.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -29,6 +30,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::{interrupt, Error, Result};
+
+mod probe;
+
+pub use probe::{probe_points, to_matrix, Examples, Probe};
 
 /// What a probe predicts.
 #[derive(Debug, Clone, PartialEq)]
