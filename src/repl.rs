@@ -1,5 +1,6 @@
 //! The interactive shell: one persistent scope, function definitions and imports that survive
-//! across lines, multi-line input detected from Rhai's own parse errors, tab completion,
+//! across lines, multi-line input (rustyline's `Validator` asks Rhai's parser whether the buffer
+//! is finished, so a block being typed stays one editable buffer), tab completion,
 //! `:commands`, history in `$MLXI_HOME/history`, and Ctrl-C that stops the running command
 //! without losing the session.
 
@@ -14,13 +15,14 @@ use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::history::DefaultHistory;
-use rustyline::validate::Validator;
+use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{CompletionType, Config, Editor, Helper};
 
 use crate::script::{display, help, mlxi_home, print_line, Context, Runner};
 use crate::{interrupt, Error};
 
 const PROMPT: &str = "mlxi> ";
+/// Shown (as a hint) at the start of each new line of an unfinished input.
 const CONTINUE: &str = "  ... ";
 /// How code typed at the prompt is named in error messages.
 const INPUT_NAME: &str = "<repl>";
@@ -117,6 +119,22 @@ fn is_at_end(code: &str, pos: Position) -> bool {
     col > width
 }
 
+/// Whether Enter should run the buffer `input` now: a `:command`, an empty buffer, an input that
+/// parses (or fails for a reason more text cannot fix), or an unfinished one ended by Enter on an
+/// empty line (its error is shown at once).
+pub fn ready(engine: &rhai::Engine, input: &str) -> bool {
+    let trimmed = input.trim();
+    let on_empty_line = input.contains('\n')
+        && input
+            .rsplit('\n')
+            .next()
+            .is_some_and(|l| l.trim().is_empty());
+    trimmed.is_empty()
+        || trimmed.starts_with(':')
+        || on_empty_line
+        || completeness(engine, &format!("{input}\n")) == Completeness::Complete
+}
+
 /// Top-level `import "NAME" as alias;` statements of an input.
 fn imports(code: &str) -> Vec<(String, String)> {
     code.split([';', '\n'])
@@ -131,9 +149,12 @@ fn imports(code: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Tab completion over a shared list of names, refreshed after each command.
+/// The editor's helper: tab completion over a shared list of names (refreshed after each
+/// command), and multi-line input through [`Validator`].
 struct ShellHelper {
     names: Rc<RefCell<Vec<String>>>,
+    /// Parses the buffer for [`ready`] (parsing needs no bindings, only the session's limits).
+    parser: rhai::Engine,
 }
 
 impl Completer for ShellHelper {
@@ -188,6 +209,11 @@ pub fn complete(line: &str, pos: usize, names: &[String]) -> (usize, Vec<String>
 
 impl Hinter for ShellHelper {
     type Hint = String;
+
+    /// The continuation marker on the empty new line of an unfinished input.
+    fn hint(&self, line: &str, pos: usize, _ctx: &rustyline::Context<'_>) -> Option<String> {
+        (pos == line.len() && line.ends_with('\n')).then(|| CONTINUE.to_string())
+    }
 }
 impl Highlighter for ShellHelper {
     fn highlight_prompt<'b, 's: 'b, 'p: 'b>(
@@ -198,7 +224,16 @@ impl Highlighter for ShellHelper {
         Cow::Borrowed(prompt)
     }
 }
-impl Validator for ShellHelper {}
+impl Validator for ShellHelper {
+    /// Enter runs the buffer when it is [`ready`]; otherwise it adds a line to it.
+    fn validate(&self, ctx: &mut ValidationContext) -> rustyline::Result<ValidationResult> {
+        Ok(if ready(&self.parser, ctx.input()) {
+            ValidationResult::Valid(None)
+        } else {
+            ValidationResult::Incomplete
+        })
+    }
+}
 impl Helper for ShellHelper {}
 
 /// The shell's state between lines.
@@ -246,8 +281,14 @@ impl Repl {
             .build();
         let mut editor: Editor<ShellHelper, DefaultHistory> =
             Editor::with_config(config).map_err(|e| Error::Invalid(format!("terminal: {e}")))?;
+        let mut parser = rhai::Engine::new_raw();
+        parser.set_max_expr_depths(
+            crate::script::MAX_EXPR_DEPTH,
+            crate::script::MAX_FUNCTION_EXPR_DEPTH,
+        );
         editor.set_helper(Some(ShellHelper {
             names: self.names.clone(),
+            parser,
         }));
         let history = history_path();
         let _ = editor.load_history(&history);
@@ -260,48 +301,31 @@ impl Repl {
             "{} (--allow-read, --allow-write, --allow-net widen it)",
             self.runner.ctx.permissions().describe()
         ));
-        let mut pending = String::new();
         let mut interrupted_once = false;
         loop {
-            let prompt = if pending.is_empty() { PROMPT } else { CONTINUE };
-            match editor.readline(prompt) {
-                Ok(line) => {
+            match editor.readline(PROMPT) {
+                Ok(input) => {
                     interrupted_once = false;
-                    if pending.is_empty() {
-                        let trimmed = line.trim();
-                        if trimmed.is_empty() {
-                            continue;
-                        }
-                        if trimmed.starts_with(':') {
-                            let _ = editor.add_history_entry(trimmed);
-                            if let Flow::Quit = self.command(trimmed) {
-                                break;
-                            }
-                            continue;
-                        }
+                    let code = input.trim_end();
+                    if code.trim().is_empty() {
+                        continue;
                     }
-                    let submit_now = line.trim().is_empty();
-                    if !submit_now {
-                        pending.push_str(&line);
-                        pending.push('\n');
-                        if completeness(&self.runner.engine, &pending) == Completeness::Incomplete {
-                            continue;
+                    let command = code.trim_start().starts_with(':');
+                    let _ = editor.add_history_entry(if command { code.trim() } else { code });
+                    if command {
+                        if let Flow::Quit = self.command(code.trim()) {
+                            break;
                         }
+                        continue;
                     }
-                    let code = std::mem::take(&mut pending);
-                    let _ = editor.add_history_entry(code.trim_end());
-                    self.submit(&code);
+                    self.submit(code);
                 }
                 Err(ReadlineError::Interrupted) => {
-                    if !pending.is_empty() {
-                        pending.clear();
-                        interrupted_once = false;
-                    } else if interrupted_once {
+                    if interrupted_once {
                         break;
-                    } else {
-                        interrupted_once = true;
-                        print_line("(Ctrl-C again or Ctrl-D to leave)");
                     }
+                    interrupted_once = true;
+                    print_line("(Ctrl-C again or Ctrl-D to leave)");
                 }
                 Err(ReadlineError::Eof) => break,
                 Err(e) => {
@@ -597,6 +621,20 @@ mod tests {
         assert_eq!(c("let = 5;\n"), Completeness::Complete);
         assert_eq!(c("let x = (1 + ;\n"), Completeness::Complete);
         assert_eq!(c("x +\n"), Completeness::Incomplete);
+    }
+
+    #[test]
+    fn enter_runs_finished_input_commands_and_input_ended_by_an_empty_line() {
+        let engine = rhai::Engine::new();
+        assert!(ready(&engine, "let x = 1;"));
+        assert!(ready(&engine, ""));
+        assert!(ready(&engine, ":help {"));
+        assert!(ready(&engine, "let = 5;"));
+        assert!(!ready(&engine, "fn twice(x) {"));
+        assert!(!ready(&engine, "fn twice(x) {\n    x * 2"));
+        assert!(ready(&engine, "fn twice(x) {\n    x * 2\n}"));
+        assert!(ready(&engine, "let y = [1,\n"));
+        assert!(ready(&engine, "let y = [1,\n  "));
     }
 
     #[test]

@@ -12,9 +12,12 @@
 use mlx_rs::{nn, Array};
 use serde::Deserialize;
 
-use super::layers::{attend, soft_cap, Embedding, KvCache, Linear, Mask, RmsNorm, Rope, Step};
+use super::layers::{
+    attend, offset_norm, Heads, KvCache, Linear, Masks, RmsNorm, Rope, Step, Tail,
+};
 use super::validate;
 use super::weights::Weights;
+use super::{Architecture, Dims};
 use crate::error::Result;
 use crate::hooks::HookName;
 
@@ -63,6 +66,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// The attention geometry: heads, head width, score scale and soft-cap.
+    pub fn heads(&self) -> Heads {
+        let d = self.head_dim;
+        Heads {
+            n: self.num_attention_heads,
+            kv: self.n_kv_heads(),
+            d,
+            scale: self.query_pre_attn_scalar.powf(-0.5),
+            softcap: self.attn_logit_softcapping,
+        }
+    }
+
     pub fn n_kv_heads(&self) -> i32 {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -101,14 +116,6 @@ impl Config {
     }
 }
 
-/// A Gemma RMSNorm: the stored offset `w` becomes the scale `1 + w`.
-fn offset_norm(w: &mut Weights, prefix: &str, d: i32, eps: f32) -> Result<RmsNorm> {
-    let mut norm = w.rms_norm(prefix, d, eps)?;
-    let one = Array::from_f32(1.0).as_dtype(norm.weight.dtype())?;
-    norm.weight = norm.weight.add(&one)?;
-    Ok(norm)
-}
-
 struct Block {
     input_norm: RmsNorm,
     q_proj: Linear,
@@ -127,9 +134,8 @@ struct Block {
 /// A loaded Gemma 2 model.
 pub struct Gemma2 {
     pub cfg: Config,
-    embed: Embedding,
+    tail: Tail,
     layers: Vec<Block>,
-    norm: RmsNorm,
     rope: Rope,
 }
 
@@ -145,8 +151,6 @@ impl Gemma2 {
             cfg.intermediate_size,
         );
         let eps = cfg.rms_norm_eps;
-        // Embeddings are always tied; drop a stored copy of the head.
-        w.discard("lm_head.weight");
         let embed = w.embedding("model.embed_tokens", cfg.vocab_size, d)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -167,42 +171,32 @@ impl Gemma2 {
             });
         }
         let norm = offset_norm(w, "model.norm", d, eps)?;
+        // Embeddings are always tied (a stored copy of the head is dropped), scaled by
+        // `sqrt(hidden_size)` in the activation dtype (as mlx-lm), and the logits soft-capped.
+        let tail = Tail::load(w, embed, norm, true, (d, cfg.vocab_size))?
+            .with_embed_scale(Array::from_f32((d as f32).sqrt()))
+            .with_final_softcap(cfg.final_logit_softcapping);
         let rope = Rope::new(hd, cfg.rope_theta, cfg.rope_traditional, None)?;
         Ok(Gemma2 {
             cfg,
-            embed,
+            tail,
             layers,
-            norm,
             rope,
         })
     }
+}
 
-    /// Token embeddings times `sqrt(hidden_size)` (in the activation dtype, as mlx-lm).
-    pub fn embed(&self, ids: &Array, step: &mut Step) -> Result<Array> {
-        let h = self.embed.lookup(ids)?;
-        let scale = Array::from_f32((self.cfg.hidden_size as f32).sqrt()).as_dtype(h.dtype())?;
-        step.hook(HookName::Embed, h.multiply(&scale)?)
-    }
-
-    /// Run blocks `0..n` (all of them when `n` is None) over the residual stream `h`.
-    pub fn blocks(
+impl Architecture for Gemma2 {
+    fn blocks(
         &self,
         mut h: Array,
         mut cache: Option<&mut KvCache>,
         step: &mut Step,
         n: Option<usize>,
     ) -> Result<Array> {
-        let full_mask = Mask::build(step, None)?;
-        let window_mask = match self.layers.iter().find_map(|l| l.window) {
-            Some(w) => Some(Mask::build(step, Some(w))?),
-            None => None,
-        };
-        let (h_heads, kv_heads, hd) = (
-            self.cfg.num_attention_heads,
-            self.cfg.n_kv_heads(),
-            self.cfg.head_dim,
-        );
-        let scale = self.cfg.query_pre_attn_scalar.powf(-0.5);
+        let masks = Masks::build(step, self.layers.iter().find_map(|l| l.window))?;
+        let heads = self.cfg.heads();
+        let (h_heads, kv_heads, hd) = (heads.n, heads.kv, heads.d);
         let n = n.unwrap_or(self.layers.len()).min(self.layers.len());
         for (i, layer) in self.layers.iter().take(n).enumerate() {
             let (b, t) = (h.shape()[0], h.shape()[1]);
@@ -211,20 +205,19 @@ impl Gemma2 {
             let q = layer.q_proj.forward(&x)?.reshape(&[b, t, h_heads, hd])?;
             let k = layer.k_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
             let v = layer.v_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
-            let q = step.hook(HookName::Q(i), q)?.swap_axes(1, 2)?;
-            let k = step.hook(HookName::K(i), k)?.swap_axes(1, 2)?;
-            let v = step.hook(HookName::V(i), v)?.swap_axes(1, 2)?;
-            let q = self.rope.apply(&q, step.offset)?;
-            let k = self.rope.apply(&k, step.offset)?;
-            let mask = match (layer.window, &window_mask) {
-                (Some(_), Some(m)) => m,
-                _ => &full_mask,
-            };
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let cap = self.cfg.attn_logit_softcapping;
-            let z = attend(i, q, k, v, layer_cache, mask, scale, cap, step)?;
-            let z = step.hook(HookName::Z(i), z)?;
-            let o = layer.o_proj.forward(&z.reshape(&[b, t, h_heads * hd])?)?;
+            let mask = masks.for_layer(layer.window);
+            let z = attend(
+                i,
+                q,
+                k,
+                v,
+                &self.rope,
+                cache.as_deref_mut(),
+                mask,
+                &heads,
+                step,
+            )?;
+            let o = layer.o_proj.forward(&z)?;
             let attn_out = step.hook(HookName::AttnOut(i), layer.post_attn_norm.forward(&o)?)?;
             h = step.hook(HookName::ResidMid(i), h.add(&attn_out)?)?;
             let x = layer.pre_ff_norm.forward(&h)?;
@@ -238,26 +231,20 @@ impl Gemma2 {
         Ok(h)
     }
 
-    /// Final norm (hooked as `ln_final.hook_normalized`).
-    pub fn final_norm(&self, h: &Array, step: &mut Step) -> Result<Array> {
-        let x = self.norm.forward(h)?;
-        step.hook(HookName::LnFinal, x)
+    fn tail(&self) -> &Tail {
+        &self.tail
     }
-
-    /// Logits from normalized hidden states: the tied embeddings, then the final soft-capping.
-    pub fn unembed(&self, x: &Array) -> Result<Array> {
-        let logits = self.embed.as_linear(x)?;
-        match self.cfg.final_logit_softcapping {
-            Some(cap) => soft_cap(&logits, cap),
-            None => Ok(logits),
-        }
-    }
-
-    pub fn n_layers(&self) -> usize {
-        self.layers.len()
-    }
-    /// Quantization of the first block's projections, if any: `(bits, group_size)`.
-    pub fn quantization(&self) -> Option<(i32, i32)> {
+    fn quantization(&self) -> Option<(i32, i32)> {
         self.layers.first().and_then(|l| l.q_proj.quantization())
+    }
+    fn dims(&self) -> Dims {
+        let c = &self.cfg;
+        Dims {
+            n_layers: self.layers.len(),
+            d_model: c.hidden_size,
+            heads: c.heads(),
+            d_mlp: c.intermediate_size,
+            vocab: c.vocab_size,
+        }
     }
 }

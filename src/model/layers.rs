@@ -1,12 +1,15 @@
 //! Building blocks shared by the architecture files: linear layers (plain or quantized),
-//! embeddings, norms, rotary embeddings, attention masks, the KV cache and the attention core.
+//! embeddings, norms, rotary embeddings, attention masks, the KV cache, the attention core, and
+//! the decoder's two ends ([`Tail`]: embedding, final norm, unembedding).
 //!
-//! Architecture differences do not live here; each architecture file composes these pieces.
+//! Architecture differences do not live here; each architecture file composes these pieces
+//! (its block loop stays in its own file).
 
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::ops::{self, indexing::TryIndexOp};
 use mlx_rs::{Array, Dtype};
 
+use super::weights::Weights;
 use crate::error::{Error, Result};
 use crate::hooks::{HookName, Hooks};
 
@@ -185,6 +188,14 @@ impl RmsNorm {
     pub fn forward(&self, x: &Array) -> Result<Array> {
         Ok(fast::rms_norm(x, Some(&self.weight), self.eps)?)
     }
+}
+
+/// A Gemma RMSNorm: the stored offset `w` becomes the scale `1 + w` (folded in at load).
+pub fn offset_norm(w: &mut Weights, prefix: &str, d: i32, eps: f32) -> Result<RmsNorm> {
+    let mut norm = w.rms_norm(prefix, d, eps)?;
+    let one = Array::from_f32(1.0).as_dtype(norm.weight.dtype())?;
+    norm.weight = norm.weight.add(&one)?;
+    Ok(norm)
 }
 
 /// `rope_scaling` from config.json.
@@ -459,27 +470,88 @@ impl Mask {
     }
 }
 
-/// Attention core shared by every architecture: takes roped `q` `[B, H, T, D]` and this step's
-/// `k`, `v` `[B, Hkv, T, D]`, updates the cache, and returns `z` as `[B, T, H, D]`.
-///
-/// The fused kernel is used unless the pattern is hooked or the architecture soft-caps logits;
-/// then the pattern is computed explicitly (with the same mask and GQA grouping).
+/// The masks of one forward step: the causal mask, and the sliding-window one when some layer
+/// has a window (architectures give every windowed layer the same window).
+pub struct Masks {
+    full: Mask,
+    window: Option<Mask>,
+}
+
+impl Masks {
+    /// The masks for `step`; `window` is the first windowed layer's window, if any.
+    pub fn build(step: &Step, window: Option<i32>) -> Result<Masks> {
+        Ok(Masks {
+            full: Mask::build(step, None)?,
+            window: window.map(|w| Mask::build(step, Some(w))).transpose()?,
+        })
+    }
+
+    /// The mask of a layer with the sliding window `window` (`None`: full attention).
+    pub fn for_layer(&self, window: Option<i32>) -> &Mask {
+        match (window, &self.window) {
+            (Some(_), Some(m)) => m,
+            _ => &self.full,
+        }
+    }
+}
+
+/// A model's attention geometry: query and key/value head counts, the head width, the score
+/// scale, and the attention logit soft-cap (Gemma).
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub n: i32,
+    pub kv: i32,
+    pub d: i32,
+    pub scale: f32,
+    pub softcap: Option<f32>,
+}
+
+/// Attention shared by every architecture, from layer `layer`'s queries `[B, T, H, D]` and this
+/// step's keys and values `[B, T, Hkv, D]` as projected (and normed, where the architecture norms
+/// them): hooks `q`, `k` and `v`, applies `rope`, updates the cache, attends, and returns `z`
+/// (hooked) as `[B, T, H * D]`, ready for the output projection.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     layer: usize,
     q: Array,
     k: Array,
     v: Array,
-    cache: Option<&mut LayerCache>,
+    rope: &Rope,
+    cache: Option<&mut KvCache>,
     mask: &Mask,
-    scale: f32,
-    softcap: Option<f32>,
+    heads: &Heads,
     step: &mut Step,
 ) -> Result<Array> {
+    let (b, t) = (q.shape()[0], q.shape()[1]);
+    let q = step.hook(HookName::Q(layer), q)?.swap_axes(1, 2)?;
+    let k = step.hook(HookName::K(layer), k)?.swap_axes(1, 2)?;
+    let v = step.hook(HookName::V(layer), v)?.swap_axes(1, 2)?;
+    let q = rope.apply(&q, step.offset)?;
+    let k = rope.apply(&k, step.offset)?;
     let (k, v) = match cache {
-        Some(c) => c.update(k, v)?,
+        Some(c) => c.layers[layer].update(k, v)?,
         None => (k, v),
     };
+    let z = attention_core(layer, q, k, v, mask, heads, step)?;
+    let z = step.hook(HookName::Z(layer), z)?;
+    Ok(z.reshape(&[b, t, heads.n * heads.d])?)
+}
+
+/// The attention core: roped `q` `[B, H, T, D]` against all cached `k`, `v` `[B, Hkv, S, D]`;
+/// returns `z` as `[B, T, H, D]`.
+///
+/// The fused kernel is used unless the pattern is hooked or the architecture soft-caps logits;
+/// then the pattern is computed explicitly (with the same mask and GQA grouping).
+fn attention_core(
+    layer: usize,
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: &Mask,
+    heads: &Heads,
+    step: &mut Step,
+) -> Result<Array> {
+    let (scale, softcap) = (heads.scale, heads.softcap);
     let pattern_name = HookName::Pattern(layer);
     let explicit = softcap.is_some() || step.hooks.is_active(&pattern_name);
     let out = if explicit {
@@ -544,4 +616,86 @@ fn masked_fill(scores: &Array, allowed: &Array) -> Result<Array> {
 pub fn last_position(x: &Array) -> Result<Array> {
     let t = x.shape()[1];
     Ok(x.try_index((.., (t - 1)..t))?)
+}
+
+/// The two ends every decoder shares: the token embedding (`model.embed_tokens`), the final norm
+/// (`model.norm`) and the unembedding (`lm_head`, or the tied embedding), with the Gemma options
+/// an architecture file sets: an embedding scale and a final logit soft-cap.
+pub struct Tail {
+    embed: Embedding,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+    /// Multiplies the embeddings (Gemma's `sqrt(hidden_size)`), cast to the activation dtype.
+    embed_scale: Option<Array>,
+    /// Gemma's final logit soft-capping.
+    final_softcap: Option<f32>,
+}
+
+impl Tail {
+    /// The tail of a model whose `embed` and final `norm` are loaded; reads `lm_head` `[vocab, d]`
+    /// unless `tied` (then a stored copy of it is dropped). Called after the blocks, so
+    /// parameters keep the checkpoint's order.
+    pub fn load(
+        w: &mut Weights,
+        embed: Embedding,
+        norm: RmsNorm,
+        tied: bool,
+        (d, vocab): (i32, i32),
+    ) -> Result<Tail> {
+        let lm_head = if tied {
+            w.discard("lm_head.weight");
+            None
+        } else {
+            Some(w.linear("lm_head", d, vocab, false)?)
+        };
+        Ok(Tail {
+            embed,
+            norm,
+            lm_head,
+            embed_scale: None,
+            final_softcap: None,
+        })
+    }
+
+    /// Multiply the embeddings by `scale` (an array, so an architecture can round it first).
+    pub fn with_embed_scale(mut self, scale: Array) -> Tail {
+        self.embed_scale = Some(scale);
+        self
+    }
+
+    /// Soft-cap the logits at `cap` (`cap * tanh(x / cap)`), when set.
+    pub fn with_final_softcap(mut self, cap: Option<f32>) -> Tail {
+        self.final_softcap = cap;
+        self
+    }
+
+    /// Token embeddings of `ids` (scaled, if the architecture scales them), hooked as
+    /// `hook_embed`.
+    pub fn embed(&self, ids: &Array, step: &mut Step) -> Result<Array> {
+        let h = self.embed.lookup(ids)?;
+        let h = match &self.embed_scale {
+            Some(s) => h.multiply(&s.as_dtype(h.dtype())?)?,
+            None => h,
+        };
+        step.hook(HookName::Embed, h)
+    }
+
+    /// Final norm (hooked as `ln_final.hook_normalized`).
+    pub fn final_norm(&self, h: &Array, step: &mut Step) -> Result<Array> {
+        let x = self.norm.forward(h)?;
+        step.hook(HookName::LnFinal, x)
+    }
+
+    /// Logits from normalized hidden states: the head (or tied embeddings), then the
+    /// soft-capping if set.
+    pub fn unembed(&self, x: &Array) -> Result<Array> {
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x)?,
+            None => self.embed.as_linear(x)?,
+        };
+        match self.final_softcap {
+            Some(cap) => soft_cap(&logits, cap),
+            None => Ok(logits),
+        }
+    }
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
 use crate::tokenizer::Tokenizer;
-use layers::{KvCache, Step};
+use layers::{Heads, KvCache, Step, Tail};
 use weights::{QuantConfig, Weights};
 
 /// The architectures mlxi implements, by config.json `model_type`.
@@ -65,22 +65,48 @@ pub enum Net {
     Qwen3Moe(qwen3_moe::Qwen3Moe),
 }
 
-/// Dispatch a method call to whichever architecture `$net` holds.
-macro_rules! each_net {
-    ($net:expr, $m:ident => $body:expr) => {
-        match $net {
-            Net::Llama($m) => $body,
-            Net::Gemma2($m) => $body,
-            Net::Gemma3Text($m) => $body,
-            Net::Phi3($m) => $body,
-            Net::Qwen3Moe($m) => $body,
-        }
-    };
+/// What the model asks of each architecture. The block loop is the architecture's own; the
+/// embedding, final norm and unembedding are the shared [`Tail`].
+pub trait Architecture {
+    /// Run blocks `0..n` (all of them when `n` is None) over the residual stream `h`.
+    fn blocks(
+        &self,
+        h: Array,
+        cache: Option<&mut KvCache>,
+        step: &mut Step,
+        n: Option<usize>,
+    ) -> Result<Array>;
+    /// The embedding, final norm and unembedding.
+    fn tail(&self) -> &Tail;
+    /// Quantization of the first block's projections, if any: `(bits, group_size)`.
+    fn quantization(&self) -> Option<(i32, i32)>;
+    /// The sizes `m.info()` reports.
+    fn dims(&self) -> Dims;
+}
+
+/// A model's sizes, as `m.info()` reports them.
+pub struct Dims {
+    pub n_layers: usize,
+    pub d_model: i32,
+    pub heads: Heads,
+    /// The MLP width (of one expert, for mixture-of-experts models).
+    pub d_mlp: i32,
+    pub vocab: i32,
 }
 
 impl Net {
+    /// The architecture behind the enum.
+    fn arch(&self) -> &dyn Architecture {
+        match self {
+            Net::Llama(m) => m,
+            Net::Gemma2(m) => m,
+            Net::Gemma3Text(m) => m,
+            Net::Phi3(m) => m,
+            Net::Qwen3Moe(m) => m,
+        }
+    }
     fn embed(&self, ids: &Array, step: &mut Step) -> Result<Array> {
-        each_net!(self, m => m.embed(ids, step))
+        self.arch().tail().embed(ids, step)
     }
     fn blocks(
         &self,
@@ -89,19 +115,16 @@ impl Net {
         step: &mut Step,
         n: Option<usize>,
     ) -> Result<Array> {
-        each_net!(self, m => m.blocks(h, cache, step, n))
+        self.arch().blocks(h, cache, step, n)
     }
     fn final_norm(&self, h: &Array, step: &mut Step) -> Result<Array> {
-        each_net!(self, m => m.final_norm(h, step))
+        self.arch().tail().final_norm(h, step)
     }
     fn unembed(&self, x: &Array) -> Result<Array> {
-        each_net!(self, m => m.unembed(x))
+        self.arch().tail().unembed(x)
     }
     fn n_layers(&self) -> usize {
-        each_net!(self, m => m.n_layers())
-    }
-    fn quantization(&self) -> Option<(i32, i32)> {
-        each_net!(self, m => m.quantization())
+        self.arch().dims().n_layers
     }
 }
 
@@ -416,62 +439,22 @@ impl Model {
             bytes,
             parameters,
         } = how;
-        let stored_quantization = stored.or_else(|| net.quantization());
-        let (d_model, n_heads, n_kv_heads, d_head, d_mlp, vocab) = match &net {
-            Net::Llama(m) => (
-                m.cfg.hidden_size,
-                m.cfg.num_attention_heads,
-                m.cfg.n_kv_heads(),
-                m.cfg.head_dim(),
-                m.cfg.intermediate_size,
-                m.cfg.vocab_size,
-            ),
-            Net::Gemma2(m) => (
-                m.cfg.hidden_size,
-                m.cfg.num_attention_heads,
-                m.cfg.n_kv_heads(),
-                m.cfg.head_dim,
-                m.cfg.intermediate_size,
-                m.cfg.vocab_size,
-            ),
-            Net::Gemma3Text(m) => (
-                m.cfg.hidden_size,
-                m.cfg.num_attention_heads,
-                m.cfg.num_key_value_heads,
-                m.cfg.head_dim,
-                m.cfg.intermediate_size,
-                m.cfg.vocab_size,
-            ),
-            Net::Phi3(m) => (
-                m.cfg.hidden_size,
-                m.cfg.num_attention_heads,
-                m.cfg.n_kv_heads(),
-                m.cfg.head_dim(),
-                m.cfg.intermediate_size,
-                m.cfg.vocab_size,
-            ),
-            // The width of one expert (every layer is sparse in released Qwen3-MoE models).
-            Net::Qwen3Moe(m) => (
-                m.cfg.hidden_size,
-                m.cfg.num_attention_heads,
-                m.cfg.n_kv_heads(),
-                m.cfg.head_dim(),
-                if m.cfg.is_sparse(0) {
-                    m.cfg.moe_intermediate_size
-                } else {
-                    m.cfg.intermediate_size
-                },
-                m.cfg.vocab_size,
-            ),
-        };
+        let stored_quantization = stored.or_else(|| net.arch().quantization());
+        let Dims {
+            n_layers,
+            d_model,
+            heads,
+            d_mlp,
+            vocab,
+        } = net.arch().dims();
         let info = ModelInfo {
             name,
             arch,
-            n_layers: net.n_layers(),
+            n_layers,
             d_model,
-            n_heads,
-            n_kv_heads,
-            d_head,
+            n_heads: heads.n,
+            n_kv_heads: heads.kv,
+            d_head: heads.d,
             d_mlp,
             vocab,
             params,

@@ -10,9 +10,10 @@
 use mlx_rs::{nn, ops, Array};
 use serde::Deserialize;
 
-use super::layers::{attend, Embedding, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step};
+use super::layers::{attend, Heads, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step, Tail};
 use super::validate;
 use super::weights::Weights;
+use super::{Architecture, Dims};
 use crate::error::Result;
 use crate::hooks::HookName;
 
@@ -55,6 +56,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// The attention geometry: heads, head width, score scale.
+    pub fn heads(&self) -> Heads {
+        let d = self.head_dim();
+        Heads {
+            n: self.num_attention_heads,
+            kv: self.n_kv_heads(),
+            d,
+            scale: (d as f32).powf(-0.5),
+            softcap: None,
+        }
+    }
+
     pub fn n_kv_heads(&self) -> i32 {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -122,10 +135,8 @@ struct Block {
 /// A loaded Phi-3 model.
 pub struct Phi3 {
     pub cfg: Config,
-    embed: Embedding,
+    tail: Tail,
     layers: Vec<Block>,
-    norm: RmsNorm,
-    lm_head: Option<Linear>,
     rope: Rope,
 }
 
@@ -160,30 +171,19 @@ impl Phi3 {
             });
         }
         let norm = w.rms_norm("model.norm", d, eps)?;
-        let lm_head = if cfg.tie_word_embeddings {
-            w.discard("lm_head.weight");
-            None
-        } else {
-            Some(w.linear("lm_head", d, cfg.vocab_size, false)?)
-        };
+        let tail = Tail::load(w, embed, norm, cfg.tie_word_embeddings, (d, cfg.vocab_size))?;
         let rope = cfg.rope()?;
         Ok(Phi3 {
             cfg,
-            embed,
+            tail,
             layers,
-            norm,
-            lm_head,
             rope,
         })
     }
+}
 
-    pub fn embed(&self, ids: &Array, step: &mut Step) -> Result<Array> {
-        let h = self.embed.lookup(ids)?;
-        step.hook(HookName::Embed, h)
-    }
-
-    /// Run blocks `0..n` (all of them when `n` is None) over the residual stream `h`.
-    pub fn blocks(
+impl Architecture for Phi3 {
+    fn blocks(
         &self,
         mut h: Array,
         mut cache: Option<&mut KvCache>,
@@ -191,13 +191,9 @@ impl Phi3 {
         n: Option<usize>,
     ) -> Result<Array> {
         let mask = Mask::build(step, None)?;
-        let (h_heads, kv_heads, hd) = (
-            self.cfg.num_attention_heads,
-            self.cfg.n_kv_heads(),
-            self.cfg.head_dim(),
-        );
+        let heads = self.cfg.heads();
+        let (h_heads, kv_heads, hd) = (heads.n, heads.kv, heads.d);
         let ff = self.cfg.intermediate_size;
-        let scale = (hd as f32).powf(-0.5);
         let n = n.unwrap_or(self.layers.len()).min(self.layers.len());
         for (i, layer) in self.layers.iter().take(n).enumerate() {
             let (b, t) = (h.shape()[0], h.shape()[1]);
@@ -209,15 +205,18 @@ impl Phi3 {
             let q = qkv[0].reshape(&[b, t, h_heads, hd])?;
             let k = qkv[1].reshape(&[b, t, kv_heads, hd])?;
             let v = qkv[2].reshape(&[b, t, kv_heads, hd])?;
-            let q = step.hook(HookName::Q(i), q)?.swap_axes(1, 2)?;
-            let k = step.hook(HookName::K(i), k)?.swap_axes(1, 2)?;
-            let v = step.hook(HookName::V(i), v)?.swap_axes(1, 2)?;
-            let q = self.rope.apply(&q, step.offset)?;
-            let k = self.rope.apply(&k, step.offset)?;
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let z = attend(i, q, k, v, layer_cache, &mask, scale, None, step)?;
-            let z = step.hook(HookName::Z(i), z)?;
-            let attn_out = layer.o_proj.forward(&z.reshape(&[b, t, h_heads * hd])?)?;
+            let z = attend(
+                i,
+                q,
+                k,
+                v,
+                &self.rope,
+                cache.as_deref_mut(),
+                &mask,
+                &heads,
+                step,
+            )?;
+            let attn_out = layer.o_proj.forward(&z)?;
             let attn_out = step.hook(HookName::AttnOut(i), attn_out)?;
             h = step.hook(HookName::ResidMid(i), h.add(&attn_out)?)?;
             let x = layer.post_attn_norm.forward(&h)?;
@@ -231,26 +230,21 @@ impl Phi3 {
         Ok(h)
     }
 
-    /// Final norm (hooked as `ln_final.hook_normalized`).
-    pub fn final_norm(&self, h: &Array, step: &mut Step) -> Result<Array> {
-        let x = self.norm.forward(h)?;
-        step.hook(HookName::LnFinal, x)
+    fn tail(&self) -> &Tail {
+        &self.tail
     }
-
-    /// Logits from normalized hidden states.
-    pub fn unembed(&self, x: &Array) -> Result<Array> {
-        match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => self.embed.as_linear(x),
-        }
-    }
-
-    pub fn n_layers(&self) -> usize {
-        self.layers.len()
-    }
-    /// Quantization of the first block's projections, if any: `(bits, group_size)`.
-    pub fn quantization(&self) -> Option<(i32, i32)> {
+    fn quantization(&self) -> Option<(i32, i32)> {
         self.layers.first().and_then(|l| l.qkv_proj.quantization())
+    }
+    fn dims(&self) -> Dims {
+        let c = &self.cfg;
+        Dims {
+            n_layers: self.layers.len(),
+            d_model: c.hidden_size,
+            heads: c.heads(),
+            d_mlp: c.intermediate_size,
+            vocab: c.vocab_size,
+        }
     }
 }
 
