@@ -281,3 +281,53 @@ fn engine_without_rhai() {
     };
     assert!(side(&mut model, &animals) > side(&mut model, &code));
 }
+
+/// `examples/engine.rs`, as built by `cargo test` (which builds the examples), runs end to end
+/// on the default model and prints what it did.
+#[test]
+fn the_engine_example_runs() {
+    let bin = std::path::Path::new(common::BIN)
+        .parent()
+        .expect("the target folder")
+        .join("examples/engine");
+    assert!(
+        bin.is_file(),
+        "{} is missing: `cargo test --release` builds it",
+        bin.display()
+    );
+    let out = std::process::Command::new(&bin)
+        .output()
+        .expect("the example runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Six prompts, d_model 576: one vector per prompt at the last position.
+    for line in [
+        "the hook ran 1 time(s)",
+        "captured blocks.10.hook_resid_post: [6, 576]",
+        "captured blocks.20.hook_resid_post: [6, 576]",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+    let after = |tag: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(tag))
+            .unwrap_or_else(|| panic!("no {tag:?} line in:\n{stdout}"))
+            .to_string()
+    };
+    assert_ne!(
+        after("plain:"),
+        after("steered:"),
+        "steering changed nothing"
+    );
+    let best: f64 = after("best: layer ")
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy on the best line of:\n{stdout}"));
+    assert!(best >= 0.9, "prose against code: best accuracy {best}");
+}
