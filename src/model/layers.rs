@@ -6,7 +6,10 @@
 //! (its block loop stays in its own file).
 
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
-use mlx_rs::ops::{self, indexing::TryIndexOp};
+use mlx_rs::ops::{
+    self,
+    indexing::{TryIndexMutOp, TryIndexOp},
+};
 use mlx_rs::{Array, Dtype};
 
 use super::weights::Weights;
@@ -360,27 +363,64 @@ impl Rope {
     }
 }
 
+/// Positions a layer's cache grows by. Its buffers are allocated this many positions at a time
+/// and filled in place, so a decoding step writes its own keys and values without copying what
+/// is already cached (a copy of everything happens once per this many positions, not per step).
+const CACHE_STEP: i32 = 256;
+
 /// Keys and values of one layer, `[batch, kv_heads, pos, d_head]`, grown one step at a time.
 #[derive(Debug, Default, Clone)]
 pub struct LayerCache {
-    pub keys: Option<Array>,
-    pub values: Option<Array>,
+    /// `[batch, kv_heads, capacity, d_head]`: positions `..len` hold keys, the rest is room.
+    keys: Option<Array>,
+    values: Option<Array>,
+    len: i32,
 }
 
 impl LayerCache {
+    /// Positions cached so far.
+    pub fn len(&self) -> i32 {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Append this step's keys and values; return everything cached so far.
     pub fn update(&mut self, k: Array, v: Array) -> Result<(Array, Array)> {
-        let (k, v) = match (self.keys.take(), self.values.take()) {
-            (Some(pk), Some(pv)) => (
-                ops::concatenate(&[pk, k], 2)?,
-                ops::concatenate(&[pv, v], 2)?,
-            ),
-            _ => (k, v),
+        let t = k.shape()[2];
+        let end = self.len + t;
+        let capacity = self.keys.as_ref().map_or(0, |a| a.shape()[2]);
+        if end > capacity {
+            let room = (end + CACHE_STEP - 1) / CACHE_STEP * CACHE_STEP - self.len;
+            self.keys = Some(grow(self.keys.take(), &k, self.len, room)?);
+            self.values = Some(grow(self.values.take(), &v, self.len, room)?);
+        }
+        let (Some(keys), Some(values)) = (self.keys.as_mut(), self.values.as_mut()) else {
+            unreachable!("allocated above");
         };
-        self.keys = Some(k.clone());
-        self.values = Some(v.clone());
-        Ok((k, v))
+        // Written in place when the buffer is not shared (MLX donates it to the update).
+        keys.try_index_mut((.., .., self.len..end, ..), &k)?;
+        values.try_index_mut((.., .., self.len..end, ..), &v)?;
+        self.len = end;
+        Ok((
+            keys.try_index((.., .., ..end, ..))?,
+            values.try_index((.., .., ..end, ..))?,
+        ))
     }
+}
+
+/// `old`'s first `len` positions followed by `room` free ones, shaped and typed like `new`.
+fn grow(old: Option<Array>, new: &Array, len: i32, room: i32) -> Result<Array> {
+    let mut shape = new.shape().to_vec();
+    shape[2] = room;
+    let free = ops::zeros_dtype(&shape, new.dtype())?;
+    Ok(match old {
+        Some(old) if len > 0 => ops::concatenate(&[old.try_index((.., .., ..len, ..))?, free], 2)?,
+        _ => free,
+    })
 }
 
 /// The KV cache for a whole model.
