@@ -378,16 +378,6 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    /// Positions cached so far.
-    pub fn len(&self) -> i32 {
-        self.len
-    }
-
-    /// Whether nothing is cached yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Append this step's keys and values; return everything cached so far.
     pub fn update(&mut self, k: Array, v: Array) -> Result<(Array, Array)> {
         let t = k.shape()[2];
