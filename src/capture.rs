@@ -303,13 +303,14 @@ pub fn capture(
     if points.is_empty() {
         return Err(Error::Invalid("capture: no points to capture".into()));
     }
-    if positions != Positions::All && points.iter().any(|p| matches!(p, HookName::Pattern(_))) {
+    if positions != Positions::All && points.iter().any(HookName::is_attention_map) {
         return Err(Error::Invalid(
-            "capture: attention patterns are captured with positions \"all\" only".into(),
+            "capture: attention scores and patterns are captured with positions \"all\" only"
+                .into(),
         ));
     }
     let batch_size = batch_size.max(1);
-    let n_blocks = if points.contains(&HookName::LnFinal) {
+    let n_blocks = if points.iter().any(HookName::is_final_norm) {
         None
     } else {
         Some(
@@ -361,7 +362,7 @@ pub fn capture(
                     // of the batch's buffer (no copy, no kernel launch on a GPU, still row
                     // contiguous). A pattern's rows are cut on two axes, so they are copied.
                     let row = match p {
-                        HookName::Pattern(_) => {
+                        p if p.is_attention_map() => {
                             let keep = Array::from_iter(pad..t, &[t - pad]);
                             let row = a
                                 .take_axis(Array::from_int(r), 0)?

@@ -9,14 +9,31 @@ use mlx_rs::Array;
 use crate::error::{Error, Result};
 
 /// A hook point. Shapes are TransformerLens's: `[batch, pos, ...]`.
+///
+/// Norm points: `hook_scale` is the norm's root mean square `sqrt(mean(x^2) + eps)`,
+/// `[batch, pos, 1]`; `hook_normalized` is the norm's output *with* its weight (mlxi does not fold
+/// norm weights into the next layer, so this is what the next layer reads; TransformerLens's
+/// `hook_normalized` is `x / scale`, before the weight). `ln1` is the norm before attention,
+/// `ln2` the norm before the MLP (Gemma's `pre_feedforward_layernorm`; Gemma's post-attention
+/// and post-feedforward norms are inside `hook_attn_out` and `hook_mlp_out`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HookName {
     /// Token embeddings (after any embedding scale), `[batch, pos, d_model]`.
     Embed,
     /// Residual stream entering block `i`, `[batch, pos, d_model]`.
     ResidPre(usize),
+    /// Root mean square of the residual stream at the attention's norm, `[batch, pos, 1]`
+    /// (computed only when hooked).
+    Ln1Scale(usize),
+    /// The attention's input norm output (weight applied), `[batch, pos, d_model]`.
+    Ln1Normalized(usize),
     /// Residual stream after attention, before the MLP, `[batch, pos, d_model]`.
     ResidMid(usize),
+    /// Root mean square of the residual stream at the MLP's norm, `[batch, pos, 1]` (computed
+    /// only when hooked).
+    Ln2Scale(usize),
+    /// The MLP's input norm output (weight applied), `[batch, pos, d_model]`.
+    Ln2Normalized(usize),
     /// Residual stream leaving block `i`, `[batch, pos, d_model]`.
     ResidPost(usize),
     /// Attention output added to the residual stream, `[batch, pos, d_model]`.
@@ -29,14 +46,36 @@ pub enum HookName {
     K(usize),
     /// Values, `[batch, pos, kv_head, d_head]`.
     V(usize),
+    /// Queries after rotary embedding, `[batch, pos, head, d_head]`.
+    RotQ(usize),
+    /// Keys after rotary embedding (what the KV cache stores), `[batch, pos, kv_head, d_head]`.
+    RotK(usize),
+    /// Attention scores before the softmax: `q k^T` times the scale, soft-capped where the
+    /// architecture soft-caps (Gemma 2), masked entries `-inf`, `[batch, head, query_pos,
+    /// key_pos]` (computed only when hooked). The mask is applied again after the hooks, so a
+    /// replacement cannot make a query see a masked key.
+    AttnScores(usize),
     /// Attention-weighted values before the output projection, `[batch, pos, head, d_head]`.
     Z(usize),
     /// Attention probabilities, `[batch, head, query_pos, key_pos]` (computed only when hooked).
     Pattern(usize),
+    /// Each head's output through the output projection (no bias), `[batch, pos, head,
+    /// d_model]`; the sum over heads plus the projection's bias is the projection's output
+    /// (computed only when hooked).
+    HeadResult(usize),
+    /// The MLP's gate projection before the activation function, `[batch, pos, d_mlp]`. In a
+    /// mixture-of-experts block, the chosen experts' gates, `[batch, pos, k, d_expert]`, as
+    /// `hook_post`.
+    MlpPre(usize),
+    /// The MLP's up projection (multiplied by the activated gate), shaped as `hook_pre`.
+    MlpPreLinear(usize),
     /// MLP hidden activation (after the gate), `[batch, pos, d_mlp]`. In a mixture-of-experts
     /// block, the chosen experts' activations, `[batch, pos, k, d_expert]`, highest router
     /// weight first.
     MlpPost(usize),
+    /// Root mean square of the residual stream at the final norm, `[batch, pos, 1]` (computed
+    /// only when hooked).
+    LnFinalScale,
     /// The final norm's output, `[batch, pos, d_model]`.
     LnFinal,
 }
@@ -48,38 +87,71 @@ impl HookName {
         for i in 0..n_layers {
             v.extend([
                 HookName::ResidPre(i),
+                HookName::Ln1Scale(i),
+                HookName::Ln1Normalized(i),
                 HookName::Q(i),
                 HookName::K(i),
                 HookName::V(i),
+                HookName::RotQ(i),
+                HookName::RotK(i),
+                HookName::AttnScores(i),
                 HookName::Pattern(i),
                 HookName::Z(i),
+                HookName::HeadResult(i),
                 HookName::AttnOut(i),
                 HookName::ResidMid(i),
+                HookName::Ln2Scale(i),
+                HookName::Ln2Normalized(i),
+                HookName::MlpPre(i),
+                HookName::MlpPreLinear(i),
                 HookName::MlpPost(i),
                 HookName::MlpOut(i),
                 HookName::ResidPost(i),
             ]);
         }
-        v.push(HookName::LnFinal);
+        v.extend([HookName::LnFinalScale, HookName::LnFinal]);
         v
+    }
+
+    /// The `(hook_scale, hook_normalized)` points of block `i`'s norm before attention.
+    pub fn ln1(i: usize) -> (HookName, HookName) {
+        (HookName::Ln1Scale(i), HookName::Ln1Normalized(i))
+    }
+
+    /// The `(hook_scale, hook_normalized)` points of block `i`'s norm before the MLP.
+    pub fn ln2(i: usize) -> (HookName, HookName) {
+        (HookName::Ln2Scale(i), HookName::Ln2Normalized(i))
     }
 
     /// The block index, for per-layer points.
     pub fn layer(&self) -> Option<usize> {
         use HookName::*;
         match *self {
-            Embed | LnFinal => None,
-            ResidPre(i) | ResidMid(i) | ResidPost(i) | AttnOut(i) | MlpOut(i) | Q(i) | K(i)
-            | V(i) | Z(i) | Pattern(i) | MlpPost(i) => Some(i),
+            Embed | LnFinalScale | LnFinal => None,
+            ResidPre(i) | Ln1Scale(i) | Ln1Normalized(i) | ResidMid(i) | Ln2Scale(i)
+            | Ln2Normalized(i) | ResidPost(i) | AttnOut(i) | MlpOut(i) | Q(i) | K(i) | V(i)
+            | RotQ(i) | RotK(i) | AttnScores(i) | Pattern(i) | Z(i) | HeadResult(i) | MlpPre(i)
+            | MlpPreLinear(i) | MlpPost(i) => Some(i),
         }
     }
 
+    /// True for the attention maps `[batch, head, query_pos, key_pos]` (scores and pattern).
+    pub fn is_attention_map(&self) -> bool {
+        matches!(self, HookName::AttnScores(_) | HookName::Pattern(_))
+    }
+
+    /// True for the points of the final norm (reached only when the final norm runs).
+    pub fn is_final_norm(&self) -> bool {
+        matches!(self, HookName::LnFinalScale | HookName::LnFinal)
+    }
+
     /// The axis of this point's activations that runs over query positions: 2 for an
-    /// attention pattern `[batch, head, query, key]`, 1 for every other point.
+    /// attention map `[batch, head, query, key]`, 1 for every other point.
     pub fn pos_axis(&self) -> usize {
-        match self {
-            HookName::Pattern(_) => 2,
-            _ => 1,
+        if self.is_attention_map() {
+            2
+        } else {
+            1
         }
     }
 
@@ -89,14 +161,17 @@ impl HookName {
             Error::Invalid(format!(
                 "unknown hook point {name:?}; valid names look like hook_embed, \
                  blocks.{{i}}.hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out, \
-                 blocks.{{i}}.attn.hook_q|hook_k|hook_v|hook_z|hook_pattern, blocks.{{i}}.mlp.hook_post, \
-                 ln_final.hook_normalized (i in 0..{n_layers}, or negative from the end); \
+                 blocks.{{i}}.ln1|ln2.hook_scale|hook_normalized, \
+                 blocks.{{i}}.attn.hook_q|hook_k|hook_v|hook_rot_q|hook_rot_k|hook_attn_scores|\
+                 hook_pattern|hook_z|hook_result, blocks.{{i}}.mlp.hook_pre|hook_pre_linear|hook_post, \
+                 ln_final.hook_scale|hook_normalized (i in 0..{n_layers}, or negative from the end); \
                  hook_points(m) lists them all"
             ))
         };
         match name {
             "hook_embed" => return Ok(HookName::Embed),
             "ln_final.hook_normalized" => return Ok(HookName::LnFinal),
+            "ln_final.hook_scale" => return Ok(HookName::LnFinalScale),
             _ => {}
         }
         let rest = name.strip_prefix("blocks.").ok_or_else(unknown)?;
@@ -116,11 +191,21 @@ impl HookName {
             "hook_resid_post" => HookName::ResidPost(i),
             "hook_attn_out" => HookName::AttnOut(i),
             "hook_mlp_out" => HookName::MlpOut(i),
+            "ln1.hook_scale" => HookName::Ln1Scale(i),
+            "ln1.hook_normalized" => HookName::Ln1Normalized(i),
+            "ln2.hook_scale" => HookName::Ln2Scale(i),
+            "ln2.hook_normalized" => HookName::Ln2Normalized(i),
             "attn.hook_q" => HookName::Q(i),
             "attn.hook_k" => HookName::K(i),
             "attn.hook_v" => HookName::V(i),
-            "attn.hook_z" => HookName::Z(i),
+            "attn.hook_rot_q" => HookName::RotQ(i),
+            "attn.hook_rot_k" => HookName::RotK(i),
+            "attn.hook_attn_scores" => HookName::AttnScores(i),
             "attn.hook_pattern" => HookName::Pattern(i),
+            "attn.hook_z" => HookName::Z(i),
+            "attn.hook_result" => HookName::HeadResult(i),
+            "mlp.hook_pre" => HookName::MlpPre(i),
+            "mlp.hook_pre_linear" => HookName::MlpPreLinear(i),
             "mlp.hook_post" => HookName::MlpPost(i),
             _ => return Err(unknown()),
         })
@@ -132,17 +217,28 @@ impl fmt::Display for HookName {
         use HookName::*;
         match self {
             Embed => write!(f, "hook_embed"),
+            LnFinalScale => write!(f, "ln_final.hook_scale"),
             LnFinal => write!(f, "ln_final.hook_normalized"),
             ResidPre(i) => write!(f, "blocks.{i}.hook_resid_pre"),
             ResidMid(i) => write!(f, "blocks.{i}.hook_resid_mid"),
             ResidPost(i) => write!(f, "blocks.{i}.hook_resid_post"),
             AttnOut(i) => write!(f, "blocks.{i}.hook_attn_out"),
             MlpOut(i) => write!(f, "blocks.{i}.hook_mlp_out"),
+            Ln1Scale(i) => write!(f, "blocks.{i}.ln1.hook_scale"),
+            Ln1Normalized(i) => write!(f, "blocks.{i}.ln1.hook_normalized"),
+            Ln2Scale(i) => write!(f, "blocks.{i}.ln2.hook_scale"),
+            Ln2Normalized(i) => write!(f, "blocks.{i}.ln2.hook_normalized"),
             Q(i) => write!(f, "blocks.{i}.attn.hook_q"),
             K(i) => write!(f, "blocks.{i}.attn.hook_k"),
             V(i) => write!(f, "blocks.{i}.attn.hook_v"),
-            Z(i) => write!(f, "blocks.{i}.attn.hook_z"),
+            RotQ(i) => write!(f, "blocks.{i}.attn.hook_rot_q"),
+            RotK(i) => write!(f, "blocks.{i}.attn.hook_rot_k"),
+            AttnScores(i) => write!(f, "blocks.{i}.attn.hook_attn_scores"),
             Pattern(i) => write!(f, "blocks.{i}.attn.hook_pattern"),
+            Z(i) => write!(f, "blocks.{i}.attn.hook_z"),
+            HeadResult(i) => write!(f, "blocks.{i}.attn.hook_result"),
+            MlpPre(i) => write!(f, "blocks.{i}.mlp.hook_pre"),
+            MlpPreLinear(i) => write!(f, "blocks.{i}.mlp.hook_pre_linear"),
             MlpPost(i) => write!(f, "blocks.{i}.mlp.hook_post"),
         }
     }
@@ -334,6 +430,25 @@ mod tests {
         for name in HookName::all(3) {
             assert_eq!(HookName::parse(&name.to_string(), 3).unwrap(), name);
         }
+    }
+
+    #[test]
+    fn transformer_lens_names_parse_to_their_points() {
+        let cases = [
+            ("blocks.1.ln1.hook_scale", HookName::Ln1Scale(1)),
+            ("blocks.1.ln2.hook_normalized", HookName::Ln2Normalized(1)),
+            ("blocks.0.attn.hook_rot_q", HookName::RotQ(0)),
+            ("blocks.-1.attn.hook_attn_scores", HookName::AttnScores(2)),
+            ("blocks.2.attn.hook_result", HookName::HeadResult(2)),
+            ("blocks.0.mlp.hook_pre", HookName::MlpPre(0)),
+            ("blocks.0.mlp.hook_pre_linear", HookName::MlpPreLinear(0)),
+            ("ln_final.hook_scale", HookName::LnFinalScale),
+        ];
+        for (name, point) in cases {
+            assert_eq!(HookName::parse(name, 3).unwrap(), point, "{name}");
+        }
+        assert_eq!(HookName::AttnScores(0).pos_axis(), 2);
+        assert_eq!(HookName::HeadResult(0).pos_axis(), 1);
     }
 
     #[test]

@@ -145,12 +145,13 @@ pub fn point_widths(info: &ModelInfo, point: &HookName) -> Vec<i32> {
     use HookName::*;
     let i = info;
     match point {
-        Embed | LnFinal | ResidPre(_) | ResidMid(_) | ResidPost(_) | AttnOut(_) | MlpOut(_) => {
-            vec![i.d_model]
-        }
-        Q(_) | Z(_) => vec![i.d_head, i.n_heads * i.d_head],
-        K(_) | V(_) => vec![i.d_head, i.n_kv_heads * i.d_head],
-        MlpPost(_) | Pattern(_) => Vec::new(),
+        Embed | LnFinal | ResidPre(_) | ResidMid(_) | ResidPost(_) | AttnOut(_) | MlpOut(_)
+        | Ln1Normalized(_) | Ln2Normalized(_) => vec![i.d_model],
+        Q(_) | Z(_) | RotQ(_) => vec![i.d_head, i.n_heads * i.d_head],
+        K(_) | V(_) | RotK(_) => vec![i.d_head, i.n_kv_heads * i.d_head],
+        HeadResult(_) => vec![i.d_model, i.n_heads * i.d_model],
+        Ln1Scale(_) | Ln2Scale(_) | LnFinalScale => vec![1],
+        MlpPre(_) | MlpPreLinear(_) | MlpPost(_) | AttnScores(_) | Pattern(_) => Vec::new(),
     }
 }
 
@@ -170,9 +171,10 @@ impl Intervention {
     /// head of `hook_z`), and the point allows the op.
     pub fn check(&self, widths: &[i32]) -> Result<()> {
         let what = format!("{} at {}", self.op.name(), self.point);
-        if matches!(self.point, HookName::Pattern(_)) && !matches!(self.op, Op::Ablate) {
+        if self.point.is_attention_map() && !matches!(self.op, Op::Ablate) {
             return Err(Error::Invalid(format!(
-                "{what}: on an attention pattern only \"ablate\" (and script functions) apply"
+                "{what}: on attention scores or patterns only \"ablate\" (and script functions) \
+                 apply"
             )));
         }
         if let Some(v) = self.op.vector() {

@@ -149,13 +149,25 @@ fn every_architecture_calls_every_hook_point() {
                 | HookName::ResidMid(_)
                 | HookName::ResidPost(_)
                 | HookName::AttnOut(_)
-                | HookName::MlpOut(_) => vec![b, t, d],
-                HookName::Q(_) | HookName::Z(_) => vec![b, t, h, hd],
-                HookName::K(_) | HookName::V(_) => vec![b, t, kv, hd],
-                HookName::Pattern(_) => vec![b, h, t, t],
+                | HookName::MlpOut(_)
+                | HookName::Ln1Normalized(_)
+                | HookName::Ln2Normalized(_) => vec![b, t, d],
+                HookName::Ln1Scale(_) | HookName::Ln2Scale(_) | HookName::LnFinalScale => {
+                    vec![b, t, 1]
+                }
+                HookName::Q(_) | HookName::Z(_) | HookName::RotQ(_) => vec![b, t, h, hd],
+                HookName::K(_) | HookName::V(_) | HookName::RotK(_) => vec![b, t, kv, hd],
+                HookName::AttnScores(_) | HookName::Pattern(_) => vec![b, h, t, t],
+                HookName::HeadResult(_) => vec![b, t, h, d],
                 // Mixture of experts: the k chosen experts' activations.
-                HookName::MlpPost(_) if case == "qwen3_moe" => vec![b, t, 2, info.d_mlp],
-                HookName::MlpPost(_) => vec![b, t, info.d_mlp],
+                HookName::MlpPre(_) | HookName::MlpPreLinear(_) | HookName::MlpPost(_)
+                    if case == "qwen3_moe" =>
+                {
+                    vec![b, t, 2, info.d_mlp]
+                }
+                HookName::MlpPre(_) | HookName::MlpPreLinear(_) | HookName::MlpPost(_) => {
+                    vec![b, t, info.d_mlp]
+                }
             };
             match seen.get(p).map(|v| v.as_slice()) {
                 Some([a]) if a.shape() == want => {}

@@ -9,11 +9,11 @@
 //! (`cap * tanh(x / cap)`), GELU (tanh approximation) gated MLP, tied embeddings, and a sliding
 //! window on the layers `layer_types` marks `sliding_attention` (even layers when absent).
 
-use mlx_rs::{nn, Array};
+use mlx_rs::Array;
 use serde::Deserialize;
 
 use super::layers::{
-    attend, offset_norm, Heads, KvCache, Linear, Masks, RmsNorm, Rope, Step, Tail,
+    attend, gated_mlp, offset_norm, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, Step, Tail,
 };
 use super::validate;
 use super::weights::Weights;
@@ -201,12 +201,12 @@ impl Architecture for Gemma2 {
         for (i, layer) in self.layers.iter().take(n).enumerate() {
             let (b, t) = (h.shape()[0], h.shape()[1]);
             h = step.hook(HookName::ResidPre(i), h)?;
-            let x = layer.input_norm.forward(&h)?;
+            let x = layer.input_norm.hooked(&h, HookName::ln1(i), step)?;
             let q = layer.q_proj.forward(&x)?.reshape(&[b, t, h_heads, hd])?;
             let k = layer.k_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
             let v = layer.v_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
             let mask = masks.for_layer(layer.window);
-            let z = attend(
+            let o = attend(
                 i,
                 q,
                 k,
@@ -215,15 +215,15 @@ impl Architecture for Gemma2 {
                 cache.as_deref_mut(),
                 mask,
                 &heads,
+                &layer.o_proj,
                 step,
             )?;
-            let o = layer.o_proj.forward(&z)?;
             let attn_out = step.hook(HookName::AttnOut(i), layer.post_attn_norm.forward(&o)?)?;
             h = step.hook(HookName::ResidMid(i), h.add(&attn_out)?)?;
-            let x = layer.pre_ff_norm.forward(&h)?;
+            let x = layer.pre_ff_norm.hooked(&h, HookName::ln2(i), step)?;
             let gate = layer.gate_proj.forward(&x)?;
-            let post = nn::gelu_approximate(&gate)?.multiply(&layer.up_proj.forward(&x)?)?;
-            let post = step.hook(HookName::MlpPost(i), post)?;
+            let up = layer.up_proj.forward(&x)?;
+            let post = gated_mlp(i, gate, up, Act::GeluTanh, step)?;
             let down = layer.down_proj.forward(&post)?;
             let mlp_out = step.hook(HookName::MlpOut(i), layer.post_ff_norm.forward(&down)?)?;
             h = step.hook(HookName::ResidPost(i), h.add(&mlp_out)?)?;

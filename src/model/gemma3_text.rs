@@ -10,11 +10,12 @@
 //! mlx-lm does. No soft-capping in released configs (honoured when set, as Hugging Face does).
 //! `lm_head.weight` is used when present, else the embeddings are tied.
 
-use mlx_rs::{nn, ops, Array, Dtype};
+use mlx_rs::{ops, Array, Dtype};
 use serde::Deserialize;
 
 use super::layers::{
-    attend, offset_norm, Heads, KvCache, Linear, Masks, RmsNorm, Rope, RopeScaling, Step, Tail,
+    attend, gated_mlp, offset_norm, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, RopeScaling,
+    Step, Tail,
 };
 use super::validate;
 use super::weights::Weights;
@@ -231,14 +232,14 @@ impl Architecture for Gemma3Text {
         for (i, layer) in self.layers.iter().take(n).enumerate() {
             let (b, t) = (h.shape()[0], h.shape()[1]);
             h = step.hook(HookName::ResidPre(i), h)?;
-            let x = layer.input_norm.forward(&h)?;
+            let x = layer.input_norm.hooked(&h, HookName::ln1(i), step)?;
             let q = layer.q_proj.forward(&x)?.reshape(&[b, t, h_heads, hd])?;
             let k = layer.k_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
             let v = layer.v_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
             let q = layer.q_norm.forward(&q)?;
             let k = layer.k_norm.forward(&k)?;
             let mask = masks.for_layer(layer.window);
-            let z = attend(
+            let o = attend(
                 i,
                 q,
                 k,
@@ -247,15 +248,15 @@ impl Architecture for Gemma3Text {
                 cache.as_deref_mut(),
                 mask,
                 &heads,
+                &layer.o_proj,
                 step,
             )?;
-            let o = layer.o_proj.forward(&z)?;
             let attn_out = step.hook(HookName::AttnOut(i), layer.post_attn_norm.forward(&o)?)?;
             h = step.hook(HookName::ResidMid(i), residual_add(&h, &attn_out)?)?;
-            let x = layer.pre_ff_norm.forward(&h)?;
+            let x = layer.pre_ff_norm.hooked(&h, HookName::ln2(i), step)?;
             let gate = layer.gate_proj.forward(&x)?;
-            let post = nn::gelu_approximate(&gate)?.multiply(&layer.up_proj.forward(&x)?)?;
-            let post = step.hook(HookName::MlpPost(i), post)?;
+            let up = layer.up_proj.forward(&x)?;
+            let post = gated_mlp(i, gate, up, Act::GeluTanh, step)?;
             let down = layer.down_proj.forward(&post)?;
             let mlp_out = step.hook(HookName::MlpOut(i), layer.post_ff_norm.forward(&down)?)?;
             h = step.hook(HookName::ResidPost(i), residual_add(&h, &mlp_out)?)?;

@@ -10,7 +10,7 @@ use mlx_rs::ops::{
     self,
     indexing::{TryIndexMutOp, TryIndexOp},
 };
-use mlx_rs::{Array, Dtype};
+use mlx_rs::{nn, Array, Dtype};
 
 use super::weights::Weights;
 use crate::error::{Error, Result};
@@ -114,6 +114,13 @@ impl Linear {
         })
     }
 
+    /// The additive bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Array> {
+        match self {
+            Linear::Dense { bias, .. } | Linear::Quantized { bias, .. } => bias.as_ref(),
+        }
+    }
+
     /// `(bits, group_size)` when quantized.
     pub fn quantization(&self) -> Option<(i32, i32)> {
         match self {
@@ -190,6 +197,29 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn forward(&self, x: &Array) -> Result<Array> {
         Ok(fast::rms_norm(x, Some(&self.weight), self.eps)?)
+    }
+
+    /// The norm with its hook points `(scale, normalized)`: the root mean square
+    /// `sqrt(mean(x^2) + eps)` `[batch, pos, 1]` (float32; computed only when hooked, and then
+    /// the output is `x / scale * weight` from the hooked scale) and the output, weight applied.
+    pub fn hooked(
+        &self,
+        x: &Array,
+        (scale, normalized): (HookName, HookName),
+        step: &mut Step,
+    ) -> Result<Array> {
+        let out = if step.is_active(&scale) {
+            let xf = x.as_dtype(Dtype::Float32)?;
+            let eps = Array::from_f32(self.eps);
+            let rms = xf.square()?.mean_axis(-1, true)?.add(&eps)?.sqrt()?;
+            let rms = step.hook(scale, rms)?;
+            xf.divide(&rms)?
+                .as_dtype(x.dtype())?
+                .multiply(&self.weight)?
+        } else {
+            self.forward(x)?
+        };
+        step.hook(normalized, out)
     }
 }
 
@@ -452,6 +482,21 @@ impl Step<'_> {
         };
         self.hooks.at(&name, x, ctx)
     }
+
+    /// True when `name` has a hook or is being captured: points that cost work to compute
+    /// (attention scores, per-head results, norm scales) are computed only then.
+    pub fn is_active(&self, name: &HookName) -> bool {
+        self.hooks.is_active(name)
+    }
+
+    /// Pass `x` `[batch, heads, pos, d_head]` through whatever is attached at `name`, which sees
+    /// it as `[batch, pos, heads, d_head]` (no work at all when nothing is attached there).
+    fn hook_heads(&mut self, name: HookName, x: Array) -> Result<Array> {
+        if !self.is_active(&name) {
+            return Ok(x);
+        }
+        Ok(self.hook(name, x.swap_axes(1, 2)?)?.swap_axes(1, 2)?)
+    }
 }
 
 /// An attention mask for one forward step.
@@ -538,8 +583,9 @@ pub struct Heads {
 
 /// Attention shared by every architecture, from layer `layer`'s queries `[B, T, H, D]` and this
 /// step's keys and values `[B, T, Hkv, D]` as projected (and normed, where the architecture norms
-/// them): hooks `q`, `k` and `v`, applies `rope`, updates the cache, attends, and returns `z`
-/// (hooked) as `[B, T, H * D]`, ready for the output projection.
+/// them): hooks `q`, `k` and `v`, applies `rope` (hooking `rot_q` and `rot_k`), updates the
+/// cache, attends (see [`attention_core`]), hooks `z`, and returns the output projection `o_proj`
+/// of `z`, `[B, T, d_model]` (through `hook_result` when that is hooked).
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     layer: usize,
@@ -550,28 +596,58 @@ pub fn attend(
     cache: Option<&mut KvCache>,
     mask: &Mask,
     heads: &Heads,
+    o_proj: &Linear,
     step: &mut Step,
 ) -> Result<Array> {
-    let (b, t) = (q.shape()[0], q.shape()[1]);
     let q = step.hook(HookName::Q(layer), q)?.swap_axes(1, 2)?;
     let k = step.hook(HookName::K(layer), k)?.swap_axes(1, 2)?;
     let v = step.hook(HookName::V(layer), v)?.swap_axes(1, 2)?;
-    let q = rope.apply(&q, step.offset)?;
-    let k = rope.apply(&k, step.offset)?;
+    let q = step.hook_heads(HookName::RotQ(layer), rope.apply(&q, step.offset)?)?;
+    let k = step.hook_heads(HookName::RotK(layer), rope.apply(&k, step.offset)?)?;
     let (k, v) = match cache {
         Some(c) => c.layers[layer].update(k, v)?,
         None => (k, v),
     };
     let z = attention_core(layer, q, k, v, mask, heads, step)?;
     let z = step.hook(HookName::Z(layer), z)?;
-    Ok(z.reshape(&[b, t, heads.n * heads.d])?)
+    output_projection(layer, z, o_proj, step)
+}
+
+/// `o_proj` of `z` `[B, T, H, D]`. When `hook_result` is hooked, each head's share
+/// `z[.., h, :] W_O[:, h]^T` `[B, T, H, d_model]` is computed and hooked, and the output is its
+/// sum over heads plus the projection's bias; otherwise one matmul.
+fn output_projection(layer: usize, z: Array, o_proj: &Linear, step: &mut Step) -> Result<Array> {
+    let shape = z.shape().to_vec();
+    let (b, t, h, d) = (shape[0], shape[1], shape[2], shape[3]);
+    let name = HookName::HeadResult(layer);
+    if !step.is_active(&name) {
+        return o_proj.forward(&z.reshape(&[b, t, h * d])?);
+    }
+    let w = o_proj.dense_weight()?;
+    let d_model = w.shape()[0];
+    // [d_model, H * D] -> [H, D, d_model]; [B, T, H, 1, D] @ [H, D, d_model] -> [B, T, H, 1, d_model].
+    let w = w.reshape(&[d_model, h, d])?.transpose_axes(&[1, 2, 0])?;
+    let result = z
+        .as_dtype(w.dtype())?
+        .expand_dims(-2)?
+        .matmul(&w)?
+        .squeeze_axes(&[-2])?
+        .as_dtype(z.dtype())?;
+    let result = step.hook(name, result)?;
+    let out = result.sum_axis(2, false)?;
+    Ok(match o_proj.bias() {
+        Some(bias) => out.add(bias)?,
+        None => out,
+    })
 }
 
 /// The attention core: roped `q` `[B, H, T, D]` against all cached `k`, `v` `[B, Hkv, S, D]`;
 /// returns `z` as `[B, T, H, D]`.
 ///
-/// The fused kernel is used unless the pattern is hooked or the architecture soft-caps logits;
-/// then the pattern is computed explicitly (with the same mask and GQA grouping).
+/// The fused kernel is used unless the scores or the pattern are hooked or the architecture
+/// soft-caps logits; then the scores are computed explicitly (scaled `q k^T`, soft-capped, masked
+/// entries `-inf`, with the same GQA grouping), hooked as `hook_attn_scores` (and masked again
+/// when hooked, so a replacement cannot unmask a key), and their softmax hooked as `hook_pattern`.
 fn attention_core(
     layer: usize,
     q: Array,
@@ -583,7 +659,9 @@ fn attention_core(
 ) -> Result<Array> {
     let (scale, softcap) = (heads.scale, heads.softcap);
     let pattern_name = HookName::Pattern(layer);
-    let explicit = softcap.is_some() || step.hooks.is_active(&pattern_name);
+    let scores_name = HookName::AttnScores(layer);
+    let explicit =
+        softcap.is_some() || step.is_active(&pattern_name) || step.is_active(&scores_name);
     let out = if explicit {
         let shape = q.shape().to_vec();
         let (b, h, t, d) = (shape[0], shape[1], shape[2], shape[3]);
@@ -599,15 +677,27 @@ fn attention_core(
         }
         let s = scores.shape()[4];
         let scores = scores.reshape(&[b, h, t, s])?;
-        let scores = match mask {
-            Mask::None => scores,
+        let allowed = match mask {
+            Mask::None => None,
             Mask::Causal => {
                 let q_idx = Array::from_iter(0..t, &[t, 1]);
                 let k_idx = Array::from_iter(0..s, &[1, s]);
-                let allowed = k_idx.le(&q_idx.add(Array::from_int(s - t))?)?;
-                masked_fill(&scores, &allowed)?
+                Some(k_idx.le(&q_idx.add(Array::from_int(s - t))?)?)
             }
-            Mask::Explicit(m) => masked_fill(&scores, m)?,
+            Mask::Explicit(m) => Some(m.clone()),
+        };
+        let scores = match &allowed {
+            Some(a) => masked_fill(&scores, a)?,
+            None => scores,
+        };
+        let scores = if step.is_active(&scores_name) {
+            let scores = step.hook(scores_name, scores)?;
+            match &allowed {
+                Some(a) => masked_fill(&scores, a)?,
+                None => scores,
+            }
+        } else {
+            scores
         };
         let pattern =
             ops::softmax_axis(&scores.as_dtype(Dtype::Float32)?, -1, true)?.as_dtype(q.dtype())?;
@@ -637,9 +727,31 @@ pub fn soft_cap(x: &Array, cap: f32) -> Result<Array> {
     Ok(ops::tanh(x.divide(&c)?)?.multiply(&c)?)
 }
 
+/// `scores` with the entries `allowed` does not allow set to `-inf`.
 fn masked_fill(scores: &Array, allowed: &Array) -> Result<Array> {
-    let neg = Array::from_f32(f32::MIN).as_dtype(scores.dtype())?;
+    let neg = Array::from_f32(f32::NEG_INFINITY).as_dtype(scores.dtype())?;
     Ok(ops::select(allowed, scores, &neg)?)
+}
+
+/// The activation function of a gated MLP.
+#[derive(Debug, Clone, Copy)]
+pub enum Act {
+    Silu,
+    /// GELU, tanh approximation (Gemma).
+    GeluTanh,
+}
+
+/// A gated MLP's hidden activation `act(gate) * up` of block `layer`, from its gate and up
+/// projections (any shape, the same for both), hooked as `mlp.hook_pre` (the gate),
+/// `mlp.hook_pre_linear` (the up projection) and `mlp.hook_post` (the product).
+pub fn gated_mlp(layer: usize, gate: Array, up: Array, act: Act, step: &mut Step) -> Result<Array> {
+    let gate = step.hook(HookName::MlpPre(layer), gate)?;
+    let up = step.hook(HookName::MlpPreLinear(layer), up)?;
+    let activated = match act {
+        Act::Silu => nn::silu(&gate)?,
+        Act::GeluTanh => nn::gelu_approximate(&gate)?,
+    };
+    step.hook(HookName::MlpPost(layer), activated.multiply(&up)?)
 }
 
 /// Take the last position of `[B, T, ...]` as `[B, 1, ...]`.
@@ -710,10 +822,10 @@ impl Tail {
         step.hook(HookName::Embed, h)
     }
 
-    /// Final norm (hooked as `ln_final.hook_normalized`).
+    /// Final norm (hooked as `ln_final.hook_scale` and `ln_final.hook_normalized`).
     pub fn final_norm(&self, h: &Array, step: &mut Step) -> Result<Array> {
-        let x = self.norm.forward(h)?;
-        step.hook(HookName::LnFinal, x)
+        self.norm
+            .hooked(h, (HookName::LnFinalScale, HookName::LnFinal), step)
     }
 
     /// Logits from normalized hidden states: the head (or tied embeddings), then the

@@ -4,11 +4,11 @@
 //! Pre-norm blocks: `h += attn(rms_norm(h))`, `h += mlp(rms_norm(h))`, SwiGLU MLP, rotary
 //! embeddings (rotate-half unless `rope_traditional`), grouped-query attention.
 
-use mlx_rs::{nn, Array};
+use mlx_rs::Array;
 use serde::Deserialize;
 
 use super::layers::{
-    attend, Heads, KvCache, Linear, Masks, RmsNorm, Rope, RopeScaling, Step, Tail,
+    attend, gated_mlp, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, RopeScaling, Step, Tail,
 };
 use super::validate;
 use super::weights::Weights;
@@ -204,7 +204,7 @@ impl Architecture for Llama {
         for (i, layer) in self.layers.iter().take(n).enumerate() {
             let (b, t) = (h.shape()[0], h.shape()[1]);
             h = step.hook(HookName::ResidPre(i), h)?;
-            let x = layer.input_norm.forward(&h)?;
+            let x = layer.input_norm.hooked(&h, HookName::ln1(i), step)?;
             let q = layer.q_proj.forward(&x)?.reshape(&[b, t, h_heads, hd])?;
             let k = layer.k_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
             let v = layer.v_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
@@ -213,7 +213,7 @@ impl Architecture for Llama {
                 _ => (q, k),
             };
             let mask = masks.for_layer(layer.window);
-            let z = attend(
+            let attn_out = attend(
                 i,
                 q,
                 k,
@@ -222,15 +222,15 @@ impl Architecture for Llama {
                 cache.as_deref_mut(),
                 mask,
                 &heads,
+                &layer.o_proj,
                 step,
             )?;
-            let attn_out = layer.o_proj.forward(&z)?;
             let attn_out = step.hook(HookName::AttnOut(i), attn_out)?;
             h = step.hook(HookName::ResidMid(i), h.add(&attn_out)?)?;
-            let x = layer.post_attn_norm.forward(&h)?;
+            let x = layer.post_attn_norm.hooked(&h, HookName::ln2(i), step)?;
             let gate = layer.gate_proj.forward(&x)?;
-            let post = nn::silu(&gate)?.multiply(&layer.up_proj.forward(&x)?)?;
-            let post = step.hook(HookName::MlpPost(i), post)?;
+            let up = layer.up_proj.forward(&x)?;
+            let post = gated_mlp(i, gate, up, Act::Silu, step)?;
             let mlp_out = step.hook(HookName::MlpOut(i), layer.down_proj.forward(&post)?)?;
             h = step.hook(HookName::ResidPost(i), h.add(&mlp_out)?)?;
         }

@@ -22,7 +22,7 @@ use mlx_rs::{Array, Dtype};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::hooks::Hooks;
+use crate::hooks::{HookName, Hooks};
 use crate::tokenizer::Tokenizer;
 use layers::{Heads, KvCache, Step, Tail};
 use weights::{QuantConfig, Weights};
@@ -546,7 +546,10 @@ impl Model {
         let h = self.net.embed(ids, &mut step)?;
         let mut cache = cache;
         let h = self.net.blocks(h, cache.as_deref_mut(), &mut step, None)?;
-        let h = if last_only && !step.hooks.is_active(&crate::hooks::HookName::LnFinal) {
+        let whole_final_norm = [HookName::LnFinalScale, HookName::LnFinal]
+            .iter()
+            .any(|p| step.hooks.is_active(p));
+        let h = if last_only && !whole_final_norm {
             layers::last_position(&h)?
         } else {
             h

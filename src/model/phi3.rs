@@ -7,10 +7,12 @@
 //! as in Llama. `head_dim` is always `hidden_size / num_attention_heads`; RoPE rotates the first
 //! `partial_rotary_factor` of each head; `rope_scaling` may be `longrope`/`su` or `linear`.
 
-use mlx_rs::{nn, ops, Array};
+use mlx_rs::{ops, Array};
 use serde::Deserialize;
 
-use super::layers::{attend, Heads, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step, Tail};
+use super::layers::{
+    attend, gated_mlp, Act, Heads, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step, Tail,
+};
 use super::validate;
 use super::weights::Weights;
 use super::{Architecture, Dims};
@@ -198,14 +200,14 @@ impl Architecture for Phi3 {
         for (i, layer) in self.layers.iter().take(n).enumerate() {
             let (b, t) = (h.shape()[0], h.shape()[1]);
             h = step.hook(HookName::ResidPre(i), h)?;
-            let x = layer.input_norm.forward(&h)?;
+            let x = layer.input_norm.hooked(&h, HookName::ln1(i), step)?;
             let qkv = layer.qkv_proj.forward(&x)?;
             let split = [h_heads * hd, (h_heads + kv_heads) * hd];
             let qkv = split_last(&qkv, &split)?;
             let q = qkv[0].reshape(&[b, t, h_heads, hd])?;
             let k = qkv[1].reshape(&[b, t, kv_heads, hd])?;
             let v = qkv[2].reshape(&[b, t, kv_heads, hd])?;
-            let z = attend(
+            let attn_out = attend(
                 i,
                 q,
                 k,
@@ -214,16 +216,17 @@ impl Architecture for Phi3 {
                 cache.as_deref_mut(),
                 &mask,
                 &heads,
+                &layer.o_proj,
                 step,
             )?;
-            let attn_out = layer.o_proj.forward(&z)?;
             let attn_out = step.hook(HookName::AttnOut(i), attn_out)?;
             h = step.hook(HookName::ResidMid(i), h.add(&attn_out)?)?;
-            let x = layer.post_attn_norm.forward(&h)?;
+            let x = layer.post_attn_norm.hooked(&h, HookName::ln2(i), step)?;
             let gate_up = layer.gate_up_proj.forward(&x)?;
-            let parts = split_last(&gate_up, &[ff])?;
-            let post = nn::silu(&parts[0])?.multiply(&parts[1])?;
-            let post = step.hook(HookName::MlpPost(i), post)?;
+            let [gate, up]: [Array; 2] = split_last(&gate_up, &[ff])?
+                .try_into()
+                .map_err(|_| crate::Error::Model("gate_up_proj: expected two parts".into()))?;
+            let post = gated_mlp(i, gate, up, Act::Silu, step)?;
             let mlp_out = step.hook(HookName::MlpOut(i), layer.down_proj.forward(&post)?)?;
             h = step.hook(HookName::ResidPost(i), h.add(&mlp_out)?)?;
         }

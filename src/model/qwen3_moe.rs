@@ -13,14 +13,18 @@
 //! mlx-community's already stacked `mlp.switch_mlp.{gate,up,down}_proj.*`.
 //!
 //! `blocks.{i}.mlp.hook_post` on a sparse layer is `[batch, pos, k, moe_intermediate_size]`: the
-//! chosen experts' activations (before the router weights), highest router weight first.
+//! chosen experts' activations (before the router weights), highest router weight first;
+//! `mlp.hook_pre` and `mlp.hook_pre_linear` are those experts' gate and up projections, shaped
+//! the same.
 
 use mlx_rs::ops::argsort_axis;
 use mlx_rs::ops::indexing::{take_along_axis, TryIndexOp};
-use mlx_rs::{nn, ops, Array};
+use mlx_rs::{ops, Array};
 use serde::Deserialize;
 
-use super::layers::{attend, Heads, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step, Tail};
+use super::layers::{
+    attend, gated_mlp, Act, Heads, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step, Tail,
+};
 use super::validate;
 use super::weights::Weights;
 use super::{Architecture, Dims};
@@ -269,8 +273,8 @@ impl Qwen3Moe {
                 up_proj,
                 down_proj,
             } => {
-                let post = nn::silu(gate_proj.forward(x)?)?.multiply(up_proj.forward(x)?)?;
-                let post = step.hook(HookName::MlpPost(i), post)?;
+                let (gate, up) = (gate_proj.forward(x)?, up_proj.forward(x)?);
+                let post = gated_mlp(i, gate, up, Act::Silu, step)?;
                 down_proj.forward(&post)
             }
             Mlp::Sparse(moe) => {
@@ -283,12 +287,12 @@ impl Qwen3Moe {
                 if self.cfg.norm_topk_prob {
                     weights = weights.divide(weights.sum_axis(-1, true)?)?;
                 }
-                // [B, T, 1, 1, d] against experts `chosen` [B, T, k] -> [B, T, k, 1, ff].
+                // [B, T, 1, 1, d] against experts `chosen` [B, T, k] -> [B, T, k, 1, ff],
+                // hooked as [B, T, k, ff].
                 let xe = x.expand_dims_axes(&[-2, -3])?;
-                let gate = moe.gate_proj.gather(&xe, &chosen)?;
-                let up = moe.up_proj.gather(&xe, &chosen)?;
-                let post = nn::silu(&gate)?.multiply(&up)?.squeeze_axes(&[-2])?;
-                let post = step.hook(HookName::MlpPost(i), post)?;
+                let gate = moe.gate_proj.gather(&xe, &chosen)?.squeeze_axes(&[-2])?;
+                let up = moe.up_proj.gather(&xe, &chosen)?.squeeze_axes(&[-2])?;
+                let post = gated_mlp(i, gate, up, Act::Silu, step)?;
                 let out = moe
                     .down_proj
                     .gather(&post.expand_dims(-2)?, &chosen)?
@@ -318,13 +322,13 @@ impl Architecture for Qwen3Moe {
         for (i, layer) in self.layers.iter().take(n).enumerate() {
             let (b, t) = (h.shape()[0], h.shape()[1]);
             h = step.hook(HookName::ResidPre(i), h)?;
-            let x = layer.input_norm.forward(&h)?;
+            let x = layer.input_norm.hooked(&h, HookName::ln1(i), step)?;
             let q = layer.q_proj.forward(&x)?.reshape(&[b, t, h_heads, hd])?;
             let k = layer.k_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
             let v = layer.v_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
             let q = layer.q_norm.forward(&q)?;
             let k = layer.k_norm.forward(&k)?;
-            let z = attend(
+            let attn_out = attend(
                 i,
                 q,
                 k,
@@ -333,12 +337,12 @@ impl Architecture for Qwen3Moe {
                 cache.as_deref_mut(),
                 &mask,
                 &heads,
+                &layer.o_proj,
                 step,
             )?;
-            let attn_out = layer.o_proj.forward(&z)?;
             let attn_out = step.hook(HookName::AttnOut(i), attn_out)?;
             h = step.hook(HookName::ResidMid(i), h.add(&attn_out)?)?;
-            let x = layer.post_attn_norm.forward(&h)?;
+            let x = layer.post_attn_norm.hooked(&h, HookName::ln2(i), step)?;
             let mlp_out = self.mlp(i, &layer.mlp, &x, step)?;
             let mlp_out = step.hook(HookName::MlpOut(i), mlp_out)?;
             h = step.hook(HookName::ResidPost(i), h.add(&mlp_out)?)?;
