@@ -160,7 +160,7 @@ fn close(a: &[f32], b: &[f32], tol: f32) -> Result<(), String> {
     }
     for (j, (x, y)) in a.iter().zip(b).enumerate() {
         let same_inf = x.is_infinite() && x == y;
-        if !same_inf && !((x - y).abs() <= tol) {
+        if !(same_inf || (x - y).abs() <= tol) {
             return Err(format!("entry {j}: {x} against {y}"));
         }
     }
@@ -313,8 +313,8 @@ fn attention_points_match_their_definition() {
             let mut fail = |what: &str, r: usize, e: String| {
                 failures.push(format!("{case} layer {i} {what} row {r}: {e}"));
             };
-            for r in 0..rows().len() {
-                let t = rows()[r].len();
+            for (r, row) in rows().iter().enumerate() {
+                let t = row.len();
                 let v = |p: HookName| vals(&c[&p][r]);
                 let (q, k, rq, rk) = (v(Q(i)), v(K(i)), v(RotQ(i)), v(RotK(i)));
                 let (scores, pattern) = (v(AttnScores(i)), v(Pattern(i)));
@@ -430,13 +430,13 @@ fn mlp_points_match_their_definition() {
             let pts = [Ln2Normalized(i), MlpPre(i), MlpPreLinear(i), MlpPost(i)];
             let c = capture_all(&mut fx.model, &pts);
             let p = format!("model.layers.{i}.mlp");
-            for r in 0..rows().len() {
+            for (r, post) in c[&MlpPost(i)].iter().enumerate() {
                 let v = |p: HookName| vals(&c[&p][r]);
                 let (x, pre, lin, post) = (
                     v(Ln2Normalized(i)),
                     v(MlpPre(i)),
                     v(MlpPreLinear(i)),
-                    v(MlpPost(i)),
+                    vals(post),
                 );
                 let mut fail = |what: &str, e: String| {
                     failures.push(format!("{case} layer {i} {what} row {r}: {e}"));
@@ -598,8 +598,8 @@ fn zeroed_scores_give_a_uniform_pattern_over_visible_keys() {
             });
             let pattern = capture_all(model, &[HookName::Pattern(i)]);
             model.hooks.clear();
-            for r in 0..rows().len() {
-                let t = rows()[r].len();
+            for (r, row) in rows().iter().enumerate() {
+                let t = row.len();
                 let s = vals(&scores[&HookName::AttnScores(i)][r]);
                 let mut want = Vec::with_capacity(s.len());
                 for row in s.chunks(t) {
