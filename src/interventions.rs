@@ -353,6 +353,27 @@ impl Intervention {
                         )));
                     }
                 }
+                // Position i of the cache goes to position i of the run: a cache of another
+                // length would be patched in misaligned, so it is refused.
+                for r in 0..batch {
+                    let s = src_row(r);
+                    let (l, prompt) = (rows[s].shape()[0], ctx.prompt_len - ctx.pad(r));
+                    if l != prompt {
+                        return Err(Error::Invalid(format!(
+                            "patch at {}: the cache holds {l} positions for input {s}, this \
+                             run's prompt{} has {prompt} tokens; patching every position needs \
+                             inputs of the same length (capture the cache from prompts of the \
+                             same length, or patch one position with positions \"last\" or an \
+                             index)",
+                            self.point,
+                            if batch > 1 {
+                                format!(" {r}")
+                            } else {
+                                String::new()
+                            },
+                        )));
+                    }
+                }
                 let lmax = rows.iter().map(|a| a.shape()[0]).max().unwrap_or(0).max(1);
                 // One [n * lmax, ...] table; each (row, position) picks its entry.
                 let mut padded = Vec::with_capacity(rows.len());

@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod interrupt;
 pub mod interventions;
 pub mod model;
+pub mod patching;
 pub mod plot;
 pub mod probes;
 pub mod repl;

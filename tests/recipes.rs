@@ -60,7 +60,8 @@ fn every_script_is_tested() {
         "attention",
         "anatomy", // tests/recipes_plots.rs
         "steering",
-        "tensors", // tests/cli.rs, tests/hooks.rs
+        "tensors",  // tests/cli.rs, tests/hooks.rs
+        "patching", // here
     ];
     for entry in std::fs::read_dir(common::repo().join("scripts")).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
@@ -221,5 +222,34 @@ fn sweep_streams_cells() {
     svg(
         &out.path().join("sweep.svg"),
         "add along mean_diff direction",
+    );
+}
+
+#[test]
+fn patching_finds_the_fact_at_the_subject_then_the_last_token() {
+    let out = run_script("patching");
+    let j = json(&out.path().join("patching.json"));
+    let g = &j["grids"][0];
+    assert_eq!(g["point"], "hook_resid_pre");
+    let grid = g["grid"].as_array().unwrap();
+    assert_eq!(grid.len(), 30);
+    assert!(grid.iter().all(|r| r.as_array().unwrap().len() == 6));
+    assert!(f(&g["clean"]) - f(&g["corrupted"]) > 5.0, "{g}");
+    // The subject's tokens (positions 1-3: " E" "iffel" " Tower") carry the fact in the early and
+    // middle layers, the last token (5) in the late ones; the last token restores nothing
+    // before block 0 and everything before the last block.
+    let best: Vec<i64> = g["best_position"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert!(best[..12].iter().all(|p| (1..=3).contains(p)), "{best:?}");
+    assert!(best[26..].iter().all(|&p| p == 5), "{best:?}");
+    let at = |l: usize, p: usize| f(&grid[l][p]);
+    assert!(at(0, 5).abs() < 0.05 && at(29, 5) > 0.9, "{g}");
+    svg(
+        &out.path().join("hook_resid_pre.svg"),
+        "share of logit_diff",
     );
 }

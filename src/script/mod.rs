@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod model;
 pub mod modules;
 pub mod options;
+pub mod patch;
 pub mod plot;
 pub mod probe;
 pub mod progress;
@@ -324,6 +325,7 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
     analysis::register(&mut engine);
     inspect::register(&mut engine);
     plot::register(&mut engine);
+    patch::register(&mut engine);
     progress::register(&mut engine);
     results::register(&mut engine);
     engine

@@ -176,7 +176,24 @@ fn write_svg(ctx: &NativeCallContext, o: &Options, verb: &str, svg: &str) -> Res
             format!("charts are written as SVG: give a path ending in .svg, got \"{path}\""),
         ));
     }
-    let resolved = context(ctx).write_path(verb, &path)?;
+    write_svg_to(ctx, verb, &path, svg)
+}
+
+/// Writes `svg` to `path` (resolved and checked as every script path is), atomically; returns
+/// the path written.
+pub(super) fn write_svg_to(
+    ctx: &NativeCallContext,
+    verb: &str,
+    path: &str,
+    svg: &str,
+) -> Result<String> {
+    if !path.to_lowercase().ends_with(".svg") {
+        return Err(invalid(
+            verb,
+            format!("charts are written as SVG: give a path ending in .svg, got \"{path}\""),
+        ));
+    }
+    let resolved = context(ctx).write_path(verb, path)?;
     write_atomic(&resolved, svg.as_bytes())?;
     Ok(resolved.display().to_string())
 }
