@@ -26,6 +26,10 @@ pub struct BenchResult {
     pub model: String,
     pub quantization: String,
     pub dtype: String,
+    /// "cpu" or "gpu".
+    pub device: String,
+    /// The CPU BLAS of this build (see [`crate::BLAS`]).
+    pub blas: String,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
     pub trials: usize,
@@ -169,6 +173,8 @@ pub fn run(
         model: model.info.path.clone(),
         quantization: model.info.quantization.clone(),
         dtype: model.info.dtype.clone(),
+        device: model.info.device.clone(),
+        blas: crate::BLAS.into(),
         prompt_tokens,
         gen_tokens,
         trials: runs.len(),

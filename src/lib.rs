@@ -25,3 +25,15 @@ pub mod script;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+
+/// The BLAS behind MLX's CPU matmuls in this build: "mkl" or "openblas" (Linux with the CPU
+/// wheel, chosen by build.rs), "accelerate" (macOS), else "bundled" (the wheel's own).
+pub const BLAS: &str = if cfg!(mlxi_blas = "mkl") {
+    "mkl"
+} else if cfg!(mlxi_blas = "openblas") {
+    "openblas"
+} else if cfg!(target_os = "macos") {
+    "accelerate"
+} else {
+    "bundled"
+};

@@ -331,6 +331,10 @@ fn bench(
     } else {
         print_line(&format!("model          {}", r.model));
         print_line(&format!("dtype          {} ({})", r.dtype, r.quantization));
+        print_line(&format!(
+            "device         {} (CPU BLAS: {})",
+            r.device, r.blas
+        ));
         print_line(&format!("load           {:.2} s", r.load_s));
         print_line(&format!(
             "prefill        {:.1} tokens/s ({} tokens)",
