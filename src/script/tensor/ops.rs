@@ -321,12 +321,12 @@ const REDUCTIONS: &[Reduction] = &[
         axis_doc: "The standard deviation (ddof 0) over an axis or axes.\n\nExample: `std(tensor([[1, 3], [2, 2]]), 1)  // [1, 0]`",
     },
     Reduction {
-        name: "var",
+        name: "variance",
         apply: |a, ax, k| a.var_axes(ax, k, 0),
         float: true,
         logical: false,
-        whole_doc: "The variance of all the elements (population, ddof 0), as a number.\n\nExample: `var(tensor([1, 3]))  // 1.0`",
-        axis_doc: "The variance (ddof 0) over an axis or axes.\n\nExample: `var(tensor([[1, 3], [2, 2]]), 1)  // [1, 0]`",
+        whole_doc: "The variance of all the elements (population, ddof 0), as a number: numpy's `var`, a name Rhai reserves.\n\nExample: `variance(tensor([1, 3]))  // 1.0`",
+        axis_doc: "The variance (ddof 0) over an axis or axes.\n\nExample: `variance(tensor([[1, 3], [2, 2]]), 1)  // [1, 0]`",
     },
     Reduction {
         name: "norm",
