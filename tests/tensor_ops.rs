@@ -491,3 +491,36 @@ fn summaries_show_dtype_kinds_and_elide_large_tensors() {
          [0, 0, 0, ..., 0, 0, 0], [0, 0, 0, ..., 0, 0, 0], [0, 0, 0, ..., 0, 0, 0]]"
     );
 }
+
+/// `:help NAME` shows each Tensor function's doc comment with an example.
+#[test]
+fn every_tensor_function_has_help_with_an_example() {
+    let _mlx = mlx_lock();
+    let engine = mlxi::script::new_engine(Context::in_current_dir());
+    let index = mlxi::script::help::Index::build(&engine);
+    let names =
+        "T ndim size to_list item astype tensor reshape transpose permute swapaxes squeeze \
+        unsqueeze expand_dims flatten broadcast_to concat stack split clamp clip softmax \
+        log_softmax cumsum cumprod topk sort argsort argmax argmin matmul outer einsum where take \
+        zeros ones full arange linspace eye pow maximum minimum logical_and logical_or \
+        logical_not exp log abs sqrt square sign floor ceil round sin cos tanh sigmoid relu isnan \
+        sum mean max min prod std variance norm logsumexp any all";
+    for name in names.split_whitespace() {
+        let help = index
+            .get(name)
+            .unwrap_or_else(|| panic!("no help for {name}"))
+            .render();
+        assert!(help.contains("Example: `"), ":help {name}:\n{help}");
+    }
+    // Whole-tensor and per-axis forms are documented separately.
+    let sum = index.get("sum").expect("sum").render();
+    assert!(sum.contains("sum(t: Tensor) -> float"), "{sum}");
+    assert!(
+        sum.contains("sum(t: Tensor, axes: array, keepdims: bool) -> Tensor"),
+        "{sum}"
+    );
+    assert!(
+        sum.contains("as a number") && sum.contains("keepdims"),
+        "{sum}"
+    );
+}

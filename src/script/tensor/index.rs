@@ -249,10 +249,15 @@ impl Plan {
     fn ops(&self) -> Vec<ArrayIndexOp<'static>> {
         self.slices
             .iter()
-            .map(|&(s, e, step, len)| match () {
-                _ if len == 0 => (0..0).index_op(),
-                _ if step < 0 && e < 0 => (s..).stride_by(step).index_op(),
-                _ => (s..e).stride_by(step).index_op(),
+            .map(|&(s, e, step, len)| {
+                if len == 0 {
+                    (0..0).index_op()
+                } else if step < 0 && e < 0 {
+                    // Down to the first element: MLX reads an open end as "past the start".
+                    (s..).stride_by(step).index_op()
+                } else {
+                    (s..e).stride_by(step).index_op()
+                }
             })
             .collect()
     }

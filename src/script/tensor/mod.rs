@@ -683,6 +683,7 @@ mod tensor_functions {
     #[rhai_fn(pure, return_raw)]
     pub fn astype(t: &mut Tensor, dtype: &str) -> RhaiResult<Tensor> {
         let d = parse_dtype(dtype, "astype")?;
+        check_fits(t.shape(), d)?;
         Ok(Tensor::new(t.array.as_dtype(d).map_err(Error::from)?))
     }
 

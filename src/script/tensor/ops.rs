@@ -17,8 +17,8 @@ use rhai::{Array as RhaiArray, Dynamic, Engine, FuncRegistration, Map, FLOAT, IN
 
 use super::index::slice_axis;
 use super::{
-    broadcast, check_axis, is_float, mismatch, parse_dtype, resolve_axis, scalar_like, shape_arg,
-    tensor_or_number, Tensor,
+    broadcast, check_axis, from_rhai_as, is_float, leaves, mismatch, parse_dtype, resolve_axis,
+    scalar_like, shape_arg, tensor_or_number, Tensor,
 };
 use crate::arrays::{broadcast_shapes, check_fits, fmt_shape};
 use crate::script::RhaiResult;
@@ -1367,8 +1367,7 @@ mod op_functions {
             }
             None => match indices.read_lock::<RhaiArray>() {
                 Some(items) => {
-                    super::super::from_rhai_as(&Dynamic::from_array(items.clone()), Dtype::Int64)?
-                        .into_array()
+                    from_rhai_as(&Dynamic::from_array(items.clone()), Dtype::Int64)?.into_array()
                 }
                 None => {
                     return Err(Error::Invalid(
@@ -1379,7 +1378,7 @@ mod op_functions {
             },
         };
         let n = t.shape()[ax as usize] as i64;
-        let values = super::super::leaves(&idx)?;
+        let values = leaves(&idx)?;
         if let Some(bad) = values
             .iter()
             .filter_map(|v| v.as_int().ok())
