@@ -1,13 +1,19 @@
 //! The `Tensor` value: an MLX array with arithmetic, indexing, reductions, conversions to and from
 //! Rhai arrays, and safetensors files.
 //!
-//! Every operation checks shapes first and reports a mismatch naming both shapes, so MLX only
+//! Every operation checks shapes first and reports a mismatch naming the shapes, so MLX only
 //! sees operations it can do. Results of whole-tensor reductions (`norm(t)`, `sum(t)`, a dot
 //! product of two vectors) are plain numbers; everything else stays a `Tensor`.
+//!
+//! `index.rs` holds indexing and slice assignment, `ops.rs` the NumPy-named operations (math,
+//! comparisons, reductions, shapes, linear algebra, creation).
+
+mod index;
+mod ops;
 
 use mlx_rs::{Array, Dtype};
 use rhai::plugin::*;
-use rhai::{Array as RhaiArray, Dynamic, Engine, FuncRegistration, FLOAT, INT};
+use rhai::{Array as RhaiArray, Dynamic, Engine, FLOAT, INT};
 
 use super::{context, RhaiResult};
 use crate::arrays::{
@@ -104,7 +110,7 @@ impl Tensor {
                 elided[axis] = true;
             }
         }
-        let values = Tensor::new(a).to_f32_vec()?;
+        let values: Vec<String> = leaves(&a)?.iter().map(fmt_leaf).collect();
         let kept: Vec<usize> = shape
             .iter()
             .zip(&elided)
@@ -120,6 +126,15 @@ impl Tensor {
     }
 }
 
+/// One element as the summary shows it: `true`, `42`, `0.5`.
+fn fmt_leaf(x: &Dynamic) -> String {
+    if let Ok(f) = x.as_float() {
+        fmt_number(f as f32)
+    } else {
+        x.to_string()
+    }
+}
+
 struct Layout {
     edge: usize,
     multiline: bool,
@@ -129,13 +144,13 @@ impl Layout {
     fn write(
         &self,
         out: &mut String,
-        values: &[f32],
+        values: &[String],
         shape: &[usize],
         elided: &[bool],
         depth: usize,
     ) {
         let Some((&n, rest)) = shape.split_first() else {
-            out.push_str(&fmt_number(values.first().copied().unwrap_or(f32::NAN)));
+            out.push_str(values.first().map_or("nan", String::as_str));
             return;
         };
         let sep = if self.multiline && !rest.is_empty() {
@@ -176,17 +191,86 @@ fn is_float(d: Dtype) -> bool {
     )
 }
 
-/// An axis given by a script (negative counts from the end), checked against `ndim`.
-fn check_axis(t: &Tensor, axis: INT, verb: &str) -> Result<i32> {
-    let n = t.ndim() as INT;
+/// The dtypes a script may ask for, by name (numpy's names, and mlxi's short float names).
+const DTYPES: [(&str, Dtype); 14] = [
+    ("bool", Dtype::Bool),
+    ("uint8", Dtype::Uint8),
+    ("uint16", Dtype::Uint16),
+    ("uint32", Dtype::Uint32),
+    ("uint64", Dtype::Uint64),
+    ("int8", Dtype::Int8),
+    ("int16", Dtype::Int16),
+    ("int32", Dtype::Int32),
+    ("int64", Dtype::Int64),
+    ("float16", Dtype::Float16),
+    ("float32", Dtype::Float32),
+    ("bfloat16", Dtype::Bfloat16),
+    ("f16", Dtype::Float16),
+    ("f32", Dtype::Float32),
+];
+
+/// A dtype named by a script; an unknown name is an error listing the valid ones.
+fn parse_dtype(name: &str, verb: &str) -> Result<Dtype> {
+    let name = name.trim();
+    if name == "bf16" {
+        return Ok(Dtype::Bfloat16);
+    }
+    DTYPES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, d)| d)
+        .ok_or_else(|| {
+            let names: Vec<&str> = DTYPES.iter().map(|(n, _)| *n).collect();
+            Error::Invalid(format!(
+                "{verb}: unknown dtype \"{name}\"; valid: {}, bf16",
+                names.join(", ")
+            ))
+        })
+}
+
+/// An axis given by a script (negative counts from the end), checked against `ndim` axes of a
+/// tensor of shape `shape` (`ndim` is one more than its rank for verbs that insert an axis).
+fn resolve_axis(verb: &str, axis: INT, ndim: usize, shape: &[i32]) -> Result<i32> {
+    let n = ndim as INT;
     let a = if axis < 0 { axis + n } else { axis };
     if n == 0 || !(0..n).contains(&a) {
         return Err(Error::Invalid(format!(
             "{verb}: axis {axis} is out of range for a tensor of shape {}",
-            fmt_shape(t.shape())
+            fmt_shape(shape)
         )));
     }
     Ok(a as i32)
+}
+
+/// [`resolve_axis`] for an axis of `t`.
+fn check_axis(t: &Tensor, axis: INT, verb: &str) -> Result<i32> {
+    resolve_axis(verb, axis, t.ndim(), t.shape())
+}
+
+/// A shape mismatch, the one form every such error takes: `verb: shape mismatch: [2, 3] @ [4, 5]
+/// (why)`. Operators (`+`, `>`, ...) have no verb; `joiner` goes between the shapes.
+fn mismatch(verb: &str, shapes: &[&[i32]], joiner: &str, why: &str) -> Error {
+    let shapes: Vec<String> = shapes.iter().map(|s| fmt_shape(s)).collect();
+    let verb = if verb.is_empty() {
+        String::new()
+    } else {
+        format!("{verb}: ")
+    };
+    Error::Invalid(format!(
+        "{verb}shape mismatch: {} ({why})",
+        shapes.join(&format!(" {joiner} "))
+    ))
+}
+
+/// The shape `shapes` broadcast to, checked to fit in memory; a mismatch names them all.
+fn broadcast(verb: &str, shapes: &[&[i32]], joiner: &str) -> Result<Vec<i32>> {
+    let mut out: Vec<i32> = Vec::new();
+    for s in shapes {
+        out = broadcast_shapes(&out, s)
+            .ok_or_else(|| mismatch(verb, shapes, joiner, "shapes must be equal or broadcast"))?;
+    }
+    check_fits(&out, Dtype::Float32)?;
+    Ok(out)
 }
 
 /// A shape given by a script: an array of non-negative integers.
@@ -203,103 +287,24 @@ fn shape_arg(shape: &RhaiArray, verb: &str) -> Result<Vec<i32>> {
         .collect()
 }
 
-// ---------------------------------------------------------------------------------------------
-// Arithmetic
-
-#[derive(Clone, Copy)]
-enum Op {
-    Add,
-    Sub,
-    Mul,
-    Div,
-}
-
-impl Op {
-    const ALL: [Op; 4] = [Op::Add, Op::Sub, Op::Mul, Op::Div];
-
-    fn symbol(self) -> &'static str {
-        match self {
-            Op::Add => "+",
-            Op::Sub => "-",
-            Op::Mul => "*",
-            Op::Div => "/",
-        }
-    }
-
-    fn apply(self, a: &Array, b: &Array) -> Result<Array> {
-        Ok(match self {
-            Op::Add => a.add(b)?,
-            Op::Sub => a.subtract(b)?,
-            Op::Mul => a.multiply(b)?,
-            Op::Div => a.divide(b)?,
-        })
-    }
-}
-
-fn tensor_op(op: Op, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let Some(shape) = broadcast_shapes(a.shape(), b.shape()) else {
-        return Err(Error::Invalid(format!(
-            "shape mismatch: {} {} {} (shapes must be equal or broadcast)",
-            fmt_shape(a.shape()),
-            op.symbol(),
-            fmt_shape(b.shape())
-        )));
-    };
-    check_fits(&shape, Dtype::Float32)?;
-    Ok(Tensor::new(op.apply(&a.array, &b.array)?))
-}
-
 /// A number as a 0-d array that keeps `like`'s dtype where that loses nothing: a float tensor
 /// stays in its float type, an integer tensor stays integer with an integer.
-fn scalar_like(x: Dynamic, like: &Tensor) -> Result<Array> {
-    let d = like.array.dtype();
+fn scalar_like(x: Dynamic, like: Dtype) -> Result<Array> {
     if let Ok(i) = x.as_int() {
-        if !is_float(d) && i32::try_from(i).is_ok() {
-            return Ok(Array::from_int(i as i32).as_dtype(d)?);
+        if !is_float(like) && like != Dtype::Bool && i32::try_from(i).is_ok() {
+            return Ok(Array::from_int(i as i32).as_dtype(like)?);
         }
         let s = Array::from_f32(i as f32);
-        return Ok(if is_float(d) { s.as_dtype(d)? } else { s });
+        return Ok(if is_float(like) { s.as_dtype(like)? } else { s });
+    }
+    if let Ok(b) = x.as_bool() {
+        return Ok(Array::from_bool(b));
     }
     let x = x
         .as_float()
         .map_err(|t| Error::Invalid(format!("expected a number, got {t}")))?;
     let s = Array::from_f32(x as f32);
-    Ok(if is_float(d) { s.as_dtype(d)? } else { s })
-}
-
-fn with_number(op: Op, t: &Tensor, x: Dynamic, number_first: bool) -> Result<Tensor> {
-    let s = scalar_like(x, t)?;
-    let r = if number_first {
-        op.apply(&s, &t.array)?
-    } else {
-        op.apply(&t.array, &s)?
-    };
-    Ok(Tensor::new(r))
-}
-
-/// `+ - * /` between tensors (broadcasting) and with numbers in either order, and unary minus.
-fn register_arithmetic(engine: &mut Engine) {
-    for op in Op::ALL {
-        let reg = || FuncRegistration::new(op.symbol());
-        reg().register_into_engine(engine, move |a: Tensor, b: Tensor| -> RhaiResult<Tensor> {
-            Ok(tensor_op(op, &a, &b)?)
-        });
-        reg().register_into_engine(engine, move |a: Tensor, x: INT| -> RhaiResult<Tensor> {
-            Ok(with_number(op, &a, x.into(), false)?)
-        });
-        reg().register_into_engine(engine, move |x: INT, b: Tensor| -> RhaiResult<Tensor> {
-            Ok(with_number(op, &b, x.into(), true)?)
-        });
-        reg().register_into_engine(engine, move |a: Tensor, x: FLOAT| -> RhaiResult<Tensor> {
-            Ok(with_number(op, &a, x.into(), false)?)
-        });
-        reg().register_into_engine(engine, move |x: FLOAT, b: Tensor| -> RhaiResult<Tensor> {
-            Ok(with_number(op, &b, x.into(), true)?)
-        });
-    }
-    FuncRegistration::new("-").register_into_engine(engine, |a: Tensor| -> RhaiResult<Tensor> {
-        Ok(Tensor::new(a.array.negative().map_err(Error::from)?))
-    });
+    Ok(if is_float(like) { s.as_dtype(like)? } else { s })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,6 +315,13 @@ const MAX_DIMS: usize = 32;
 
 /// Nested Rhai arrays of numbers to an f32 tensor; ragged nesting is an error.
 pub fn from_rhai(value: &Dynamic) -> Result<Tensor> {
+    from_rhai_as(value, Dtype::Float32)
+}
+
+/// Nested Rhai arrays of numbers (or bools) to a tensor of `dtype`; ragged nesting is an error,
+/// and so is an integer that `dtype` cannot hold. Floats become integers by truncation, as in
+/// numpy.
+fn from_rhai_as(value: &Dynamic, dtype: Dtype) -> Result<Tensor> {
     let mut shape = Vec::new();
     let mut probe = value.clone();
     while let Some(a) = probe.clone().try_cast::<RhaiArray>() {
@@ -326,10 +338,48 @@ pub fn from_rhai(value: &Dynamic) -> Result<Tensor> {
     }
     let mut data = Vec::with_capacity(shape.iter().map(|&d| d as usize).product());
     flatten(value, &shape, &mut Vec::new(), &mut data)?;
-    Ok(Tensor::new(Array::from_slice(&data, &shape)))
+    let array = if is_float(dtype) {
+        let data: Vec<f32> = data.iter().map(|&x| x as f32).collect();
+        Array::from_slice(&data, &shape)
+    } else if dtype == Dtype::Bool {
+        let data: Vec<bool> = data.iter().map(|&x| x != 0.0).collect();
+        Array::from_slice(&data, &shape)
+    } else {
+        let (lo, hi) = int_range(dtype);
+        let data = data
+            .iter()
+            .map(|&x| {
+                let i = x.trunc();
+                if i.is_finite() && (lo..=hi).contains(&i) {
+                    Ok(i as i64)
+                } else {
+                    Err(Error::Invalid(format!(
+                        "tensor: {x} does not fit in {}",
+                        dtype_name(dtype)
+                    )))
+                }
+            })
+            .collect::<Result<Vec<i64>>>()?;
+        Array::from_slice(&data, &shape)
+    };
+    Ok(Tensor::new(array.as_dtype(dtype)?))
 }
 
-fn flatten(value: &Dynamic, shape: &[i32], at: &mut Vec<usize>, out: &mut Vec<f32>) -> Result<()> {
+/// The integers an integer dtype holds, as f64 bounds (int64 and uint64 as far as i64 goes).
+fn int_range(d: Dtype) -> (f64, f64) {
+    match d {
+        Dtype::Uint8 => (0.0, u8::MAX as f64),
+        Dtype::Uint16 => (0.0, u16::MAX as f64),
+        Dtype::Uint32 => (0.0, u32::MAX as f64),
+        Dtype::Uint64 => (0.0, i64::MAX as f64),
+        Dtype::Int8 => (i8::MIN as f64, i8::MAX as f64),
+        Dtype::Int16 => (i16::MIN as f64, i16::MAX as f64),
+        Dtype::Int32 => (i32::MIN as f64, i32::MAX as f64),
+        _ => (i64::MIN as f64, i64::MAX as f64),
+    }
+}
+
+fn flatten(value: &Dynamic, shape: &[i32], at: &mut Vec<usize>, out: &mut Vec<f64>) -> Result<()> {
     let where_ = || {
         if at.is_empty() {
             "the array".to_string()
@@ -341,9 +391,11 @@ fn flatten(value: &Dynamic, shape: &[i32], at: &mut Vec<usize>, out: &mut Vec<f3
     match shape.split_first() {
         None => {
             let x = if let Ok(i) = value.as_int() {
-                i as f32
+                i as f64
             } else if let Ok(f) = value.as_float() {
-                f as f32
+                f
+            } else if let Ok(b) = value.as_bool() {
+                f64::from(u8::from(b))
             } else if value.is_array() {
                 return Err(Error::Invalid(format!(
                     "tensor: ragged array: {} should be a number, got an array",
@@ -385,32 +437,87 @@ fn flatten(value: &Dynamic, shape: &[i32], at: &mut Vec<usize>, out: &mut Vec<f3
     Ok(())
 }
 
-/// A tensor as nested Rhai arrays of floats (a 0-d tensor as a float).
-pub fn to_rhai(t: &Tensor) -> Result<Dynamic> {
-    let values = t.to_f32_vec()?;
-    fn build(values: &[f32], shape: &[i32]) -> Dynamic {
-        match shape.split_first() {
-            None => Dynamic::from_float(f32_to_f64(values[0])),
-            Some((&n, rest)) => {
-                let stride: usize = rest.iter().map(|&d| d as usize).product();
-                let items = (0..n as usize)
-                    .map(|i| build(&values[i * stride..(i + 1) * stride], rest))
-                    .collect::<RhaiArray>();
-                Dynamic::from_array(items)
-            }
+/// Every element as a script value, in row-major order: bools for a bool tensor, integers for
+/// an integer one, floats otherwise (evaluates the array).
+fn leaves(a: &Array) -> Result<Vec<Dynamic>> {
+    if a.size() == 0 {
+        return Ok(Vec::new());
+    }
+    let d = a.dtype();
+    let read =
+        |e: &dyn std::fmt::Display| Error::Invalid(format!("cannot read tensor values: {e}"));
+    if is_float(d) {
+        let v = crate::arrays::to_f32_vec(a)?;
+        return Ok(v
+            .iter()
+            .map(|&x| Dynamic::from_float(f32_to_f64(x)))
+            .collect());
+    }
+    let want = if d == Dtype::Bool { d } else { Dtype::Int64 };
+    let a = a.as_dtype(want)?.contiguous()?;
+    a.eval()?;
+    if d == Dtype::Bool {
+        let v = a.to_vec_exact::<bool>().map_err(|e| read(&e))?;
+        Ok(v.into_iter().map(Dynamic::from_bool).collect())
+    } else {
+        let v = a.to_vec_exact::<i64>().map_err(|e| read(&e))?;
+        Ok(v.into_iter().map(Dynamic::from_int).collect())
+    }
+}
+
+/// Flat values as nested Rhai arrays of `shape` (a 0-d tensor as its one value).
+fn nest(values: &[Dynamic], shape: &[i32]) -> Dynamic {
+    match shape.split_first() {
+        None => values.first().cloned().unwrap_or(Dynamic::UNIT),
+        Some((&n, rest)) => {
+            let stride: usize = rest.iter().map(|&d| d as usize).product();
+            let items = (0..n as usize)
+                .map(|i| nest(&values[i * stride..(i + 1) * stride], rest))
+                .collect::<RhaiArray>();
+            Dynamic::from_array(items)
         }
     }
-    Ok(build(&values, t.shape()))
+}
+
+/// A tensor as nested Rhai arrays of floats (a 0-d tensor as a float).
+pub fn to_rhai(t: &Tensor) -> Result<Dynamic> {
+    let values: Vec<Dynamic> = t
+        .to_f32_vec()?
+        .into_iter()
+        .map(|x| Dynamic::from_float(f32_to_f64(x)))
+        .collect();
+    Ok(nest(&values, t.shape()))
+}
+
+/// A tensor as nested Rhai arrays of its own kind of value (bools, integers or floats).
+fn to_list_impl(t: &Tensor) -> Result<Dynamic> {
+    Ok(nest(&leaves(&t.array)?, t.shape()))
+}
+
+/// The one value of a single-element tensor as a bool, integer or float.
+fn item_impl(t: &Tensor) -> Result<Dynamic> {
+    if t.array.size() != 1 {
+        return Err(Error::Invalid(format!(
+            "item: expected a single value, got a tensor of shape {}",
+            fmt_shape(t.shape())
+        )));
+    }
+    Ok(leaves(&t.array)?.remove(0))
+}
+
+/// A Tensor result, or a number (bool, integer or float, by dtype) when the result has no
+/// dimensions left.
+fn tensor_or_number(a: Array) -> Result<Dynamic> {
+    let t = Tensor::new(a);
+    if t.ndim() == 0 {
+        item_impl(&t)
+    } else {
+        Ok(Dynamic::from(t))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Script functions
-
-fn reduce_all(t: &Tensor, mean: bool) -> Result<f64> {
-    let a = t.array.as_dtype(Dtype::Float32)?;
-    let r = if mean { a.mean(None)? } else { a.sum(None)? };
-    Tensor::new(r).scalar()
-}
 
 fn l2_last_axis(a: &Array) -> Result<Array> {
     Ok(a.square()?.sum_axis(-1, true)?.sqrt()?)
@@ -427,26 +534,8 @@ fn normalized(t: &Tensor) -> Result<Array> {
     Ok(a.divide(n)?)
 }
 
-/// A Tensor result, or a number when the result has no dimensions left.
-fn tensor_or_number(a: Array) -> Result<Dynamic> {
-    let t = Tensor::new(a);
-    if t.ndim() == 0 {
-        Ok(Dynamic::from_float(t.scalar()?))
-    } else {
-        Ok(Dynamic::from(t))
-    }
-}
-
 fn dot_impl(a: &Tensor, b: &Tensor) -> Result<Dynamic> {
     let (sa, sb) = (a.shape(), b.shape());
-    let mismatch = || {
-        Error::Invalid(format!(
-            "dot: shape mismatch: {} and {} (the last axis of the first must match {} of the second)",
-            fmt_shape(sa),
-            fmt_shape(sb),
-            if sb.len() == 1 { "the length" } else { "the first axis" }
-        ))
-    };
     if sa.is_empty() || sb.is_empty() || sb.len() > 2 {
         return Err(Error::Invalid(format!(
             "dot: takes tensors of 1 or more dimensions (the second at most 2), got {} and {}",
@@ -454,9 +543,13 @@ fn dot_impl(a: &Tensor, b: &Tensor) -> Result<Dynamic> {
             fmt_shape(sb)
         )));
     }
-    let inner_b = sb[0];
-    if sa[sa.len() - 1] != inner_b {
-        return Err(mismatch());
+    if sa[sa.len() - 1] != sb[0] {
+        let why = if sb.len() == 1 {
+            "the last axis of the first must match the length of the second"
+        } else {
+            "the last axis of the first must match the first axis of the second"
+        };
+        return Err(mismatch("dot", &[sa, sb], "and", why));
     }
     let out: Vec<i32> = sa[..sa.len() - 1].iter().chain(&sb[1..]).copied().collect();
     check_fits(&out, Dtype::Float32)?;
@@ -470,11 +563,12 @@ pub fn cosine_impl(a: &Tensor, b: &Tensor) -> Result<Dynamic> {
         || sa.last() != sb.last()
         || broadcast_shapes(sa, sb).is_none()
     {
-        return Err(Error::Invalid(format!(
-            "cosine: shape mismatch: {} and {} (the last axes must match and the rest broadcast)",
-            fmt_shape(sa),
-            fmt_shape(sb)
-        )));
+        return Err(mismatch(
+            "cosine",
+            &[sa, sb],
+            "and",
+            "the last axes must match and the rest broadcast",
+        ));
     }
     let c = normalized(a)?
         .multiply(normalized(b)?)?
@@ -499,7 +593,7 @@ mod tensor_functions {
             .collect()
     }
 
-    /// The element type, e.g. "float32", "bfloat16", "int32".
+    /// The element type, e.g. "float32", "bfloat16", "int32", "bool".
     ///
     /// Example: `zeros([2]).dtype  // "float32"`
     #[rhai_fn(get = "dtype", pure)]
@@ -507,28 +601,20 @@ mod tensor_functions {
         t.dtype_name().to_string()
     }
 
-    /// The i-th entry along the first axis (negative counts from the end): a Tensor, or a
-    /// number when `t` has one dimension.
+    /// The number of dimensions.
     ///
-    /// Example: `tensor([[1, 2], [3, 4]])[-1]  // Tensor[2] [3, 4]`
-    #[rhai_fn(index_get, pure, return_raw)]
-    pub fn index(t: &mut Tensor, i: INT) -> RhaiResult<Dynamic> {
-        let Some(&n) = t.shape().first() else {
-            return Err(Error::Invalid("cannot index a 0-dimensional tensor".into()).into());
-        };
-        let k = if i < 0 { i + n as INT } else { i };
-        if !(0..n as INT).contains(&k) {
-            return Err(Error::Invalid(format!(
-                "index {i} is out of bounds for a tensor of shape {}",
-                fmt_shape(t.shape())
-            ))
-            .into());
-        }
-        let row = t
-            .array
-            .take_axis(Array::from_int(k as i32), 0)
-            .map_err(Error::from)?;
-        Ok(tensor_or_number(row)?)
+    /// Example: `zeros([2, 3]).ndim  // 2`
+    #[rhai_fn(get = "ndim", pure)]
+    pub fn ndim(t: &mut Tensor) -> INT {
+        t.ndim() as INT
+    }
+
+    /// The number of elements (numpy's `size`, torch's `numel()`).
+    ///
+    /// Example: `zeros([2, 3]).size  // 6`
+    #[rhai_fn(get = "size", pure)]
+    pub fn size(t: &mut Tensor) -> INT {
+        t.array.size() as INT
     }
 
     /// The length of the first axis.
@@ -537,16 +623,6 @@ mod tensor_functions {
     #[rhai_fn(pure)]
     pub fn len(t: &mut Tensor) -> INT {
         t.shape().first().copied().unwrap_or(0) as INT
-    }
-
-    /// The L2 norm of all the elements, as a number.
-    ///
-    /// Example: `norm(tensor([3, 4]))  // 5.0`
-    #[rhai_fn(pure, return_raw)]
-    pub fn norm(t: &mut Tensor) -> RhaiResult<FLOAT> {
-        let a = t.array.as_dtype(Dtype::Float32).map_err(Error::from)?;
-        let n = a.square().and_then(|s| s.sum(None)).and_then(|s| s.sqrt());
-        Ok(Tensor::new(n.map_err(Error::from)?).scalar()?)
     }
 
     /// Each vector along the last axis scaled to length 1 (zero vectors stay zero); float32.
@@ -575,53 +651,40 @@ mod tensor_functions {
         Ok(cosine_impl(&a, &b)?)
     }
 
-    /// The mean over one axis (negative counts from the end), as a Tensor with that axis
-    /// removed.
-    ///
-    /// Example: `mean(tensor([[1, 2], [3, 4]]), 0)  // Tensor[2] [2, 3]`
-    #[rhai_fn(name = "mean", pure, return_raw)]
-    pub fn mean_axis(t: &mut Tensor, axis: INT) -> RhaiResult<Tensor> {
-        let ax = check_axis(t, axis, "mean")?;
-        let a = t
-            .array
-            .as_dtype(Dtype::Float32)
-            .and_then(|a| a.mean_axis(ax, None));
-        Ok(Tensor::new(a.map_err(Error::from)?))
-    }
-
-    /// The mean of all the elements, as a number.
-    ///
-    /// Example: `mean(tensor([1, 2, 3, 4]))  // 2.5`
-    #[rhai_fn(name = "mean", pure, return_raw)]
-    pub fn mean_all(t: &mut Tensor) -> RhaiResult<FLOAT> {
-        Ok(reduce_all(t, true)?)
-    }
-
-    /// The sum over one axis (negative counts from the end), as a Tensor with that axis removed.
-    ///
-    /// Example: `sum(tensor([[1, 2], [3, 4]]), -1)  // Tensor[2] [3, 7]`
-    #[rhai_fn(name = "sum", pure, return_raw)]
-    pub fn sum_axis(t: &mut Tensor, axis: INT) -> RhaiResult<Tensor> {
-        let ax = check_axis(t, axis, "sum")?;
-        Ok(Tensor::new(
-            t.array.sum_axis(ax, None).map_err(Error::from)?,
-        ))
-    }
-
-    /// The sum of all the elements, as a number.
-    ///
-    /// Example: `sum(tensor([1, 2, 3]))  // 6.0`
-    #[rhai_fn(name = "sum", pure, return_raw)]
-    pub fn sum_all(t: &mut Tensor) -> RhaiResult<FLOAT> {
-        Ok(reduce_all(t, false)?)
-    }
-
-    /// The values as nested arrays of floats (a 0-d tensor as one float).
+    /// The values as nested arrays of floats (a 0-d tensor as one float), whatever the dtype.
     ///
     /// Example: `to_array(zeros([2, 2]))  // [[0.0, 0.0], [0.0, 0.0]]`
     #[rhai_fn(pure, return_raw)]
     pub fn to_array(t: &mut Tensor) -> RhaiResult<Dynamic> {
         Ok(to_rhai(t)?)
+    }
+
+    /// The values as nested arrays of the tensor's own kind: integers for an integer tensor,
+    /// bools for a bool tensor, floats otherwise (torch's `tolist`).
+    ///
+    /// Example: `to_list(arange(3))  // [0, 1, 2]`
+    #[rhai_fn(pure, return_raw)]
+    pub fn to_list(t: &mut Tensor) -> RhaiResult<Dynamic> {
+        Ok(to_list_impl(t)?)
+    }
+
+    /// The one value of a single-element tensor (any shape), as a bool, integer or float.
+    ///
+    /// Example: `item(tensor([[2.5]]))  // 2.5`
+    #[rhai_fn(pure, return_raw)]
+    pub fn item(t: &mut Tensor) -> RhaiResult<Dynamic> {
+        Ok(item_impl(t)?)
+    }
+
+    /// The tensor converted to another dtype ("float32", "float16", "bfloat16", "int32",
+    /// "int64", "bool", ...); floats become integers by truncation toward zero.
+    ///
+    /// Example: `astype(tensor([1.7, -1.7]), "int32")  // Tensor[2] int32 [1, -1]`
+    #[rhai_fn(pure, return_raw)]
+    pub fn astype(t: &mut Tensor, dtype: &str) -> RhaiResult<Tensor> {
+        let d = parse_dtype(dtype, "astype")?;
+        check_fits(t.shape(), d)?;
+        Ok(Tensor::new(t.array.as_dtype(d).map_err(Error::from)?))
     }
 
     /// A float32 tensor from nested arrays of numbers (every row the same length).
@@ -630,6 +693,16 @@ mod tensor_functions {
     #[rhai_fn(name = "tensor", return_raw)]
     pub fn tensor_from_array(values: RhaiArray) -> RhaiResult<Tensor> {
         Ok(from_rhai(&Dynamic::from_array(values))?)
+    }
+
+    /// A tensor of the given dtype from nested arrays of numbers or bools; an integer that
+    /// does not fit the dtype is an error.
+    ///
+    /// Example: `tensor([1, 2, 3], "int32")`
+    #[rhai_fn(name = "tensor", return_raw)]
+    pub fn tensor_with_dtype(values: RhaiArray, dtype: &str) -> RhaiResult<Tensor> {
+        let d = parse_dtype(dtype, "tensor")?;
+        Ok(from_rhai_as(&Dynamic::from_array(values), d)?)
     }
 
     /// A 0-dimensional float32 tensor holding one number.
@@ -646,17 +719,6 @@ mod tensor_functions {
     #[rhai_fn(name = "tensor")]
     pub fn tensor_from_int(x: INT) -> Tensor {
         Tensor::new(Array::from_f32(x as f32))
-    }
-
-    /// A float32 tensor of zeros.
-    ///
-    /// Example: `zeros([2, 768])`
-    #[rhai_fn(return_raw)]
-    pub fn zeros(shape: RhaiArray) -> RhaiResult<Tensor> {
-        let shape = shape_arg(&shape, "zeros")?;
-        check_fits(&shape, Dtype::Float32)?;
-        let a = mlx_rs::ops::zeros_dtype(&shape, Dtype::Float32).map_err(Error::from)?;
-        Ok(Tensor::new(a))
     }
 
     /// A float32 tensor of standard normal samples; the same seed gives the same values.
@@ -717,7 +779,8 @@ mod tensor_functions {
 pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<Tensor>("Tensor");
     engine.register_global_module(exported_module!(tensor_functions).into());
-    register_arithmetic(engine);
+    index::register(engine);
+    ops::register(engine);
 }
 
 #[cfg(test)]
@@ -727,5 +790,13 @@ mod tests {
     #[test]
     fn numbers_read_well() {
         assert_eq!(f32_to_f64(0.1), 0.1);
+    }
+
+    #[test]
+    fn dtype_names_round_trip() {
+        for (name, d) in DTYPES {
+            assert_eq!(parse_dtype(name, "t").ok(), Some(d));
+        }
+        assert!(parse_dtype("float128", "t").is_err());
     }
 }
