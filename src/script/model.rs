@@ -135,16 +135,40 @@ fn load_impl(ctx: &NativeCallContext, source: Option<&str>, opts: &Map) -> Resul
             .map(|_| o.bool("dequantize", true))
             .transpose()?,
     };
+    use crate::model::source;
     let m = match source {
         None | Some("default") => Model::load_default(&lo)?,
         Some(s) => {
-            if crate::model::source::needs_download(s) {
-                context(ctx).permissions().net(&format!(
-                    "load(\"{s}\"): {s} is not in the Hugging Face cache ({}), and downloading it",
-                    crate::model::source::hf_cache_dir().display()
-                ))?;
+            let ctx = context(ctx);
+            // A path resolves as every file verb's does: `~/` is the home folder, a relative
+            // path is relative to the script's folder. Reading it is not restricted (models
+            // load from anywhere readable); a repo id needs the network only to download.
+            let local = ctx.permissions().resolve(s).ok().filter(|p| p.exists());
+            match local {
+                Some(path) => Model::load(&path.to_string_lossy(), &lo)?,
+                None if source::looks_like_repo_id(s) => {
+                    if source::needs_download(s) {
+                        ctx.permissions().net(&format!(
+                            "load(\"{s}\"): {s} is not in the Hugging Face cache ({}), and \
+                             downloading it",
+                            source::hf_cache_dir().display()
+                        ))?;
+                    }
+                    // Named by the repo id, not by the snapshot folder (a commit hash).
+                    let mut m = Model::load(s, &lo)?;
+                    m.info.name = s.to_string();
+                    m
+                }
+                None => {
+                    return Err(Error::Model(format!(
+                        "{}: no such file or folder (a model source is a folder with \
+                         config.json, a .gguf file, or a Hugging Face repo id like \
+                         \"mlx-community/Qwen3-8B-4bit\"; a relative path is relative to the \
+                         script's folder)",
+                        ctx.resolve_path(s).display()
+                    )))
+                }
             }
-            Model::load(s, &lo)?
         }
     };
     Ok(ModelHandle(Rc::new(RefCell::new(m))))
@@ -615,7 +639,9 @@ mod model_functions {
     }
 
     /// A model from a folder (Hugging Face or mlx-community layout), a `.gguf` file, or a
-    /// Hugging Face repo id (from the local Hugging Face cache, downloaded when online).
+    /// Hugging Face repo id (from the local Hugging Face cache, downloaded when online; the
+    /// model is named by the id). A path may start with `~/`; a relative one is relative to
+    /// the script's folder.
     ///
     /// Example: `let m = load("mlx-community/Qwen3-0.6B-4bit");`
     #[rhai_fn(name = "load", return_raw)]
