@@ -80,6 +80,11 @@ pub struct ActivationCache {
     pub n: usize,
     /// FNV-1a hash of the inputs' token ids (hex), to tell caches of different prompts apart.
     pub prompts_hash: String,
+    /// The inputs' texts, when they were given as texts (set by the caller that tokenized
+    /// them); `None` for token ids.
+    pub prompts: Option<Vec<String>>,
+    /// Each input's token ids; `None` for a cache saved before mlxi recorded them.
+    pub ids: Option<Vec<Vec<u32>>>,
     pub entries: HashMap<HookName, Captured>,
 }
 
@@ -100,7 +105,7 @@ impl ActivationCache {
 
     /// Writes the cache as safetensors, atomically: one tensor per point (`NAME#i` per input
     /// for positions "all") and metadata `format` "mlxi.cache", `model`, `n_layers`, `points`
-    /// (JSON), `positions`, `n` and `prompts_hash`.
+    /// (JSON), `positions`, `n`, `prompts_hash`, and where known `ids` and `prompts` (JSON).
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors: Vec<(String, &Array)> = Vec::new();
         for p in &self.points {
@@ -115,7 +120,7 @@ impl ActivationCache {
             }
         }
         let points: Vec<String> = self.points.iter().map(|p| p.to_string()).collect();
-        let meta: HashMap<String, String> = [
+        let mut meta: HashMap<String, String> = [
             ("format", "mlxi.cache".to_string()),
             ("model", self.model.clone()),
             ("n_layers", self.n_layers.to_string()),
@@ -130,6 +135,14 @@ impl ActivationCache {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if let Some(ids) = &self.ids {
+            let text = serde_json::to_string(ids).map_err(|e| Error::Invalid(e.to_string()))?;
+            meta.insert("ids".into(), text);
+        }
+        if let Some(prompts) = &self.prompts {
+            let text = serde_json::to_string(prompts).map_err(|e| Error::Invalid(e.to_string()))?;
+            meta.insert("prompts".into(), text);
+        }
         let refs: Vec<(&str, &Array)> = tensors.iter().map(|(n, a)| (n.as_str(), *a)).collect();
         write_safetensors(path, &refs, Some(meta))
     }
@@ -178,6 +191,20 @@ impl ActivationCache {
             };
             entries.insert(*p, c);
         }
+        // Caches saved before mlxi recorded their inputs have neither.
+        let ids: Option<Vec<Vec<u32>>> = match meta.get("ids") {
+            Some(t) => Some(serde_json::from_str(t).map_err(|_| bad("ids"))?),
+            None => None,
+        };
+        let prompts: Option<Vec<String>> = match meta.get("prompts") {
+            Some(t) => Some(serde_json::from_str(t).map_err(|_| bad("prompts"))?),
+            None => None,
+        };
+        if ids.as_ref().is_some_and(|v| v.len() != n)
+            || prompts.as_ref().is_some_and(|v| v.len() != n)
+        {
+            return Err(bad("ids or prompts do not match n"));
+        }
         Ok(ActivationCache {
             model: field("model")?,
             n_layers,
@@ -185,6 +212,8 @@ impl ActivationCache {
             positions,
             n,
             prompts_hash: field("prompts_hash")?,
+            prompts,
+            ids,
             entries,
         })
     }
@@ -286,17 +315,105 @@ fn reducer(point: HookName, positions: Positions) -> Reducer {
     })
 }
 
-/// Runs `rows` (token ids) through `model` in batches of `batch_size`, keeping `positions` of
-/// the activations at `points`. Hooks attached to the model run as usual. `progress` shows a
-/// progress bar (on a terminal) when there is more than one batch.
-pub fn capture(
-    model: &mut Model,
-    rows: &[Vec<u32>],
-    points: &[HookName],
-    positions: Positions,
-    batch_size: usize,
-    progress: bool,
-) -> Result<ActivationCache> {
+/// What a capture keeps, gathered batch by batch.
+#[derive(Default)]
+struct Gathered {
+    stacked: HashMap<HookName, Vec<Array>>,
+    per_input: HashMap<HookName, Vec<Array>>,
+}
+
+impl Gathered {
+    /// Takes what the hooks kept of one batch (`n_rows` rows left-padded by `pads` to length
+    /// `t`). Returns the arrays to evaluate now.
+    fn add(
+        &mut self,
+        got: &HashMap<HookName, Vec<Array>>,
+        points: &[HookName],
+        positions: Positions,
+        n_rows: usize,
+        pads: &[i32],
+        t: i32,
+    ) -> Result<Vec<Array>> {
+        let mut fresh = Vec::new();
+        for p in points {
+            let a = got
+                .get(p)
+                .and_then(|v| v.last())
+                .cloned()
+                .ok_or_else(|| Error::Invalid(format!("capture: {p} was not reached")))?;
+            // The batch's activation is computed here; its rows are views, made when first read.
+            fresh.push(a.clone());
+            if positions == Positions::All {
+                for r in 0..n_rows {
+                    let pad = pads.get(r).copied().unwrap_or(0);
+                    let r = r as i32;
+                    // Slices, not gathers: a row of a `[batch, pos, ...]` activation is a view
+                    // of the batch's buffer (no copy, no kernel launch on a GPU, still row
+                    // contiguous). A pattern's rows are cut on two axes, so they are copied.
+                    let row = match p {
+                        p if p.is_attention_map() => {
+                            let keep = Array::from_iter(pad..t, &[t - pad]);
+                            let row = a
+                                .take_axis(Array::from_int(r), 0)?
+                                .take_axis(&keep, 1)?
+                                .take_axis(&keep, 2)?;
+                            // Copied now, so that the batch's patterns can be freed.
+                            fresh.push(row.clone());
+                            row
+                        }
+                        _ => a.try_index((r..r + 1, pad..t))?.squeeze_axes(&[0])?,
+                    };
+                    self.per_input.entry(*p).or_default().push(row);
+                }
+            } else {
+                self.stacked.entry(*p).or_default().push(a);
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// The cache of `rows` captured at `points`.
+    fn into_cache(
+        mut self,
+        model: &Model,
+        rows: &[Vec<u32>],
+        points: &[HookName],
+        positions: Positions,
+    ) -> Result<ActivationCache> {
+        let mut entries = HashMap::new();
+        for p in points {
+            let c = if positions == Positions::All {
+                Captured::PerInput(self.per_input.remove(p).unwrap_or_default())
+            } else {
+                let parts = self.stacked.remove(p).unwrap_or_default();
+                let a = if parts.len() == 1 {
+                    parts
+                        .into_iter()
+                        .next()
+                        .unwrap_or_else(|| Array::from_f32(0.0))
+                } else {
+                    ops::concatenate(&parts, 0)?
+                };
+                Captured::Stacked(a)
+            };
+            entries.insert(*p, c);
+        }
+        Ok(ActivationCache {
+            model: model.info.name.clone(),
+            n_layers: model.n_layers(),
+            points: points.to_vec(),
+            positions,
+            n: rows.len(),
+            prompts_hash: hash_ids(rows),
+            prompts: None,
+            ids: Some(rows.to_vec()),
+            entries,
+        })
+    }
+}
+
+/// Checks what a capture is asked for.
+fn check_request(rows: &[Vec<u32>], points: &[HookName], positions: Positions) -> Result<()> {
     if rows.is_empty() {
         return Err(Error::Invalid("capture: no inputs".into()));
     }
@@ -309,6 +426,21 @@ pub fn capture(
                 .into(),
         ));
     }
+    Ok(())
+}
+
+/// Runs `rows` (token ids) through `model` in batches of `batch_size`, keeping `positions` of
+/// the activations at `points`. Hooks attached to the model run as usual. `progress` shows a
+/// progress bar (on a terminal) when there is more than one batch.
+pub fn capture(
+    model: &mut Model,
+    rows: &[Vec<u32>],
+    points: &[HookName],
+    positions: Positions,
+    batch_size: usize,
+    progress: bool,
+) -> Result<ActivationCache> {
+    check_request(rows, points, positions)?;
     let batch_size = batch_size.max(1);
     let n_blocks = if points.iter().any(HookName::is_final_norm) {
         None
@@ -332,8 +464,7 @@ pub fn capture(
         );
         bar
     });
-    let mut stacked: HashMap<HookName, Vec<Array>> = HashMap::new();
-    let mut per_input: HashMap<HookName, Vec<Array>> = HashMap::new();
+    let mut gathered = Gathered::default();
     let pad_id = model.pad_id();
     for chunk in rows.chunks(batch_size) {
         crate::interrupt::check()?;
@@ -344,42 +475,7 @@ pub fn capture(
         let run = model.run_hidden(&ids, &pads, n_blocks);
         let got = model.hooks.take_capture();
         run?;
-        let t = ids.shape()[1];
-        let mut fresh = Vec::new();
-        for p in points {
-            let a = got
-                .get(p)
-                .and_then(|v| v.last())
-                .cloned()
-                .ok_or_else(|| Error::Invalid(format!("capture: {p} was not reached")))?;
-            // The batch's activation is computed here; its rows are views, made when first read.
-            fresh.push(a.clone());
-            if positions == Positions::All {
-                for (r, _) in chunk.iter().enumerate() {
-                    let pad = pads.get(r).copied().unwrap_or(0);
-                    let r = r as i32;
-                    // Slices, not gathers: a row of a `[batch, pos, ...]` activation is a view
-                    // of the batch's buffer (no copy, no kernel launch on a GPU, still row
-                    // contiguous). A pattern's rows are cut on two axes, so they are copied.
-                    let row = match p {
-                        p if p.is_attention_map() => {
-                            let keep = Array::from_iter(pad..t, &[t - pad]);
-                            let row = a
-                                .take_axis(Array::from_int(r), 0)?
-                                .take_axis(&keep, 1)?
-                                .take_axis(&keep, 2)?;
-                            // Copied now, so that the batch's patterns can be freed.
-                            fresh.push(row.clone());
-                            row
-                        }
-                        _ => a.try_index((r..r + 1, pad..t))?.squeeze_axes(&[0])?,
-                    };
-                    per_input.entry(*p).or_default().push(row);
-                }
-            } else {
-                stacked.entry(*p).or_default().push(a);
-            }
-        }
+        let fresh = gathered.add(&got, points, positions, chunk.len(), &pads, ids.shape()[1])?;
         mlx_rs::transforms::eval(fresh.iter())?;
         if let Some(bar) = &bar {
             bar.inc(chunk.len() as u64);
@@ -388,33 +484,32 @@ pub fn capture(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let mut entries = HashMap::new();
-    for p in points {
-        let c = if positions == Positions::All {
-            Captured::PerInput(per_input.remove(p).unwrap_or_default())
-        } else {
-            let parts = stacked.remove(p).unwrap_or_default();
-            let a = if parts.len() == 1 {
-                parts
-                    .into_iter()
-                    .next()
-                    .unwrap_or_else(|| Array::from_f32(0.0))
-            } else {
-                ops::concatenate(&parts, 0)?
-            };
-            Captured::Stacked(a)
-        };
-        entries.insert(*p, c);
-    }
-    Ok(ActivationCache {
-        model: model.info.name.clone(),
-        n_layers: model.n_layers(),
-        points: points.to_vec(),
-        positions,
-        n: rows.len(),
-        prompts_hash: hash_ids(rows),
-        entries,
-    })
+    gathered.into_cache(model, rows, points, positions)
+}
+
+/// One forward of `rows` (one batch, left-padded as `Model::forward_ids` pads) that returns
+/// both the logits `[batch, pos, vocab]` (float32, as `forward_ids` gives them) and the cache
+/// of `positions` at `points`, as [`capture`] would keep them.
+pub fn run_with_cache(
+    model: &mut Model,
+    rows: &[Vec<u32>],
+    points: &[HookName],
+    positions: Positions,
+) -> Result<(Array, ActivationCache)> {
+    check_request(rows, points, positions)?;
+    crate::interrupt::check()?;
+    let (ids, pads) = pad_left(rows, 0)?;
+    model
+        .hooks
+        .start_capture_with(points.iter().map(|&p| (p, reducer(p, positions))).collect());
+    let run = model.run(&ids, &pads, None, false);
+    let got = model.hooks.take_capture();
+    let logits = run?.as_dtype(Dtype::Float32)?;
+    let mut gathered = Gathered::default();
+    let mut fresh = gathered.add(&got, points, positions, rows.len(), &pads, ids.shape()[1])?;
+    fresh.push(logits.clone());
+    mlx_rs::transforms::eval(fresh.iter())?;
+    Ok((logits, gathered.into_cache(model, rows, points, positions)?))
 }
 
 #[cfg(test)]

@@ -3,11 +3,21 @@
 //!
 //! Greedy decoding takes the argmax on the device; sampling copies each step's logits to the
 //! host and samples there with a seeded ChaCha generator, so a seed reproduces a run exactly.
+//!
+//! When asked, each step also records the chosen token's log-probability and the most likely
+//! alternatives: the log-softmax of the model's logits at that step (after hooks and steering,
+//! before temperature, repetition penalty and the top-k/top-p/min-p cuts), computed on the
+//! device so that only `k + 1` numbers per row reach the host.
+//!
+//! Scoring ([`Model::continuation_logprobs`]) gives the log-probability of given continuation
+//! tokens after their prompts, from one batched forward.
 
-use mlx_rs::{ops::indexing::TryIndexOp, Array, Dtype};
+use mlx_rs::ops::indexing::{argmax_axis, TryIndexOp};
+use mlx_rs::{Array, Dtype};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::arrays::to_f32_vec;
 use crate::error::{Error, Result};
 use crate::model::layers::KvCache;
 use crate::model::{pad_left, Model};
@@ -24,6 +34,11 @@ pub struct GenerateOptions {
     pub repetition_penalty: Option<f32>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    /// Record each generated token's log-probability ([`Generation::logprobs`]).
+    pub logprobs: bool,
+    /// Record this many most likely tokens at each step ([`Generation::top`]); needs
+    /// `logprobs`.
+    pub alternatives: usize,
 }
 
 impl Default for GenerateOptions {
@@ -37,6 +52,8 @@ impl Default for GenerateOptions {
             repetition_penalty: None,
             seed: None,
             stop: Vec::new(),
+            logprobs: false,
+            alternatives: 0,
         }
     }
 }
@@ -47,10 +64,28 @@ const REPETITION_CONTEXT: usize = 20;
 /// One generated row.
 #[derive(Debug, Clone, Default)]
 pub struct Generation {
+    /// The generated ids (an end-of-sequence token is not included; the token that completed a
+    /// stop string is).
     pub ids: Vec<u32>,
     pub text: String,
-    /// Why it stopped: "eos", "stop", or "length".
+    /// Why it stopped: "eos", "stop", "length", or "callback" (the sink's `step` said stop).
     pub finish: String,
+    /// With `logprobs`: the log-probability of each of `ids` (log-softmax of the model's logits
+    /// at that step, before temperature and the sampling cuts).
+    pub logprobs: Vec<f32>,
+    /// With `alternatives`: for each of `ids`, the most likely tokens at that step as
+    /// `(id, log-probability)`, most likely first.
+    pub top: Vec<Vec<(u32, f32)>>,
+}
+
+/// A token just appended to a row, as [`Sink::step`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct StepToken {
+    /// The step (from 0).
+    pub step: usize,
+    pub id: u32,
+    /// The token's log-probability, when the generation records them.
+    pub logprob: Option<f32>,
 }
 
 /// What the caller learns after every step, to stream text or stop early.
@@ -59,6 +94,11 @@ pub trait Sink {
     fn text(&mut self, row: usize, piece: &str) -> Result<()>;
     /// Called once per step, right after the step's tokens are known (`step` counts from 0).
     fn token(&mut self, _step: usize) {}
+    /// Called for each token appended to `row` (after its text was handed to [`Sink::text`]);
+    /// returning `false` ends that row (finish "callback"), an error ends generation.
+    fn step(&mut self, _row: usize, _token: &StepToken) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 impl<F: FnMut(usize, &str) -> Result<()>> Sink for F {
@@ -90,6 +130,75 @@ impl Model {
         let tokenizer = self.tokenizer.clone();
         let decode = move |ids: &[u32]| tokenizer.decode(ids, true);
         generate(self, prompts, opts, &eos, pad, &decode, sink)
+    }
+}
+
+/// The score of one continuation after its prompt.
+#[derive(Debug, Clone, Default)]
+pub struct Scored {
+    /// The log-probability of each continuation token given everything before it.
+    pub logprobs: Vec<f32>,
+    /// Whether each continuation token was the most likely one (greedy decoding would pick it).
+    pub greedy: Vec<bool>,
+}
+
+impl Model {
+    /// The log-probability of each `continuation` token after its `prompt` (token ids), for
+    /// every pair, from one batched forward of `prompt ++ continuation` (rows left-padded):
+    /// the log-softmax of the logits (after hooks and steering) at the position before each
+    /// continuation token, taken at that token. Every prompt and continuation needs a token.
+    pub fn continuation_logprobs(&mut self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Scored>> {
+        if pairs.is_empty() {
+            return Err(Error::Invalid("logprobs: no inputs".into()));
+        }
+        if pairs.iter().any(|(p, c)| p.is_empty() || c.is_empty()) {
+            return Err(Error::Invalid(
+                "logprobs: a prompt and a continuation each need at least one token".into(),
+            ));
+        }
+        let rows: Vec<Vec<u32>> = pairs
+            .iter()
+            .map(|(p, c)| p.iter().chain(c).copied().collect())
+            .collect();
+        let (ids, pads) = pad_left(&rows, 0)?;
+        let t = ids.shape()[1];
+        let b = ids.shape()[0];
+        let pad = |r: usize| pads.get(r).copied().unwrap_or(0);
+        // Only the positions that predict a continuation token are scored: from the earliest
+        // row's last prompt token on.
+        let first = (0..pairs.len())
+            .map(|r| pad(r) + pairs[r].0.len() as i32 - 1)
+            .min()
+            .unwrap_or(0);
+        let logits = self.run(&ids, &pads, None, false)?;
+        let lf = logits
+            .try_index((.., first..t - 1, ..))?
+            .as_dtype(Dtype::Float32)?;
+        let targets = ids.try_index((.., first + 1..))?.as_dtype(Dtype::Int32)?;
+        let n = t - 1 - first;
+        let picked = lf
+            .take_along_axis(targets.reshape(&[b, n, 1])?, -1)?
+            .reshape(&[b, n])?
+            .subtract(logsumexp_rows(&lf)?.reshape(&[b, n])?)?;
+        let best = argmax_axis(&lf, -1, false)?
+            .as_dtype(Dtype::Int32)?
+            .eq(&targets)?;
+        mlx_rs::transforms::eval([&picked, &best])?;
+        let (picked, best) = (to_f32_vec(&picked)?, to_f32_vec(&best)?);
+        Ok(pairs
+            .iter()
+            .enumerate()
+            .map(|(r, (p, c))| {
+                // Continuation token j sits at padded position pad + |p| + j and is predicted
+                // from the position before it.
+                let start = (pad(r) + p.len() as i32 - 1 - first) as usize;
+                let at = r * n as usize + start;
+                Scored {
+                    logprobs: picked[at..at + c.len()].to_vec(),
+                    greedy: best[at..at + c.len()].iter().map(|&x| x > 0.5).collect(),
+                }
+            })
+            .collect())
     }
 }
 
@@ -134,23 +243,25 @@ pub fn generate(
         let more = step_no + 1 < opts.max_tokens;
         let queued = if pipelined && more {
             let logits = model.run(
-                &pending.reshape(&[batch, 1])?,
+                &pending.tokens.reshape(&[batch, 1])?,
                 &pads,
                 Some(&mut cache),
                 true,
             )?;
             let n = next_tokens(&logits, &rows, opts, &mut rng)?;
-            mlx_rs::transforms::async_eval([&n])?;
+            mlx_rs::transforms::async_eval(n.arrays())?;
             Some(n)
         } else {
             None
         };
         let next: Vec<u32> = pending
+            .tokens
             .as_dtype(Dtype::Int32)?
             .as_slice::<i32>()
             .iter()
             .map(|&i| i as u32)
             .collect();
+        let (logprobs, top) = pending.host()?;
         sink.token(step_no);
         for (r, row) in rows.iter_mut().enumerate() {
             if row.done {
@@ -163,6 +274,12 @@ pub fn generate(
                 continue;
             }
             row.out.ids.push(tok);
+            if let Some(lp) = &logprobs {
+                row.out.logprobs.push(lp[r]);
+            }
+            if let Some(top) = &top {
+                row.out.top.push(top[r].clone());
+            }
             let text = decode(&row.out.ids)?;
             // Hold back an incomplete UTF-8 sequence (decoded as U+FFFD) until it completes.
             let stable = text.trim_end_matches('\u{FFFD}');
@@ -195,6 +312,15 @@ pub fn generate(
             if row.done {
                 row.out.text = stable[..end].to_string();
             }
+            let token = StepToken {
+                step: step_no,
+                id: tok,
+                logprob: logprobs.as_ref().map(|lp| lp[r]),
+            };
+            if !sink.step(r, &token)? && !row.done {
+                row.done = true;
+                row.out.finish = "callback".into();
+            }
         }
         if rows.iter().all(|r| r.done) || !more {
             break;
@@ -218,10 +344,44 @@ pub fn generate(
                 sink.text(r, &text[row.emitted..])?;
             }
             row.out.text = text;
+        } else if row.out.finish == "callback" {
+            // Stopped by the caller: its text is everything decoded so far.
+            let text = decode(&row.out.ids)?;
+            if text.len() > row.emitted && text.is_char_boundary(row.emitted) {
+                sink.text(r, &text[row.emitted..])?;
+            }
+            row.out.text = text;
         }
         out.push(row.out);
     }
     Ok(out)
+}
+
+/// The log-sum-exp of every row of `x` (over its last axis), flat: `[rows]`, float32. The
+/// exponentials are summed in blocks of 256, then the blocks: MLX's f32 sum over a whole
+/// vocabulary row on the CPU accumulates in sequence and is off by about 1e-4 relative for
+/// 50k entries (so is `logsumexp`), the blocks keep it near f32 precision.
+fn logsumexp_rows(x: &Array) -> Result<Array> {
+    const BLOCK: i32 = 256;
+    let v = *x.shape().last().unwrap_or(&1);
+    let x = x.as_dtype(Dtype::Float32)?.reshape(&[-1, v])?;
+    let rows = x.shape()[0];
+    let max = x.max_axis(-1, true)?;
+    let e = x.subtract(&max)?.exp()?;
+    let full = v / BLOCK * BLOCK;
+    let mut total = Array::zeros::<f32>(&[rows])?;
+    if full > 0 {
+        let head = e
+            .try_index((.., ..full))?
+            .reshape(&[rows, full / BLOCK, BLOCK])?
+            .sum_axis(-1, false)?
+            .sum_axis(-1, false)?;
+        total = total.add(&head)?;
+    }
+    if full < v {
+        total = total.add(e.try_index((.., full..))?.sum_axis(-1, false)?)?;
+    }
+    Ok(total.log()?.add(max.reshape(&[rows])?)?)
 }
 
 /// Length of the longest proper prefix of `stop` that `text` ends with.
@@ -232,20 +392,112 @@ fn partial_suffix(text: &str, stop: &str) -> Option<usize> {
         .find(|&n| text.ends_with(&stop[..n]))
 }
 
-/// Next token for every row from logits `[batch, 1, vocab]`, as an int32 array `[batch]`:
-/// computed lazily on the device for greedy decoding, sampled on the host otherwise.
+/// One step's choice for every row: the tokens `[batch]` (int32) and, when the generation
+/// records them, their log-probabilities `[batch]` and the top alternatives (ids and
+/// log-probabilities, `[batch, k]`, unordered).
+struct Next {
+    tokens: Array,
+    logprobs: Option<Array>,
+    top: Option<(Array, Array)>,
+}
+
+impl Next {
+    /// The arrays to evaluate.
+    fn arrays(&self) -> Vec<&Array> {
+        let mut v = vec![&self.tokens];
+        v.extend(&self.logprobs);
+        if let Some((i, l)) = &self.top {
+            v.push(i);
+            v.push(l);
+        }
+        v
+    }
+
+    /// The log-probabilities per row and the alternatives per row (most likely first), on the
+    /// host.
+    #[allow(clippy::type_complexity)]
+    fn host(&self) -> Result<(Option<Vec<f32>>, Option<Vec<Vec<(u32, f32)>>>)> {
+        let lps = match &self.logprobs {
+            Some(a) => Some(to_f32_vec(a)?),
+            None => None,
+        };
+        let top = match &self.top {
+            Some((ids, lps)) => {
+                let k = ids.shape()[1] as usize;
+                // Ids are exact in f32 (vocabularies are far below 2^24).
+                let (ids, lps) = (to_f32_vec(ids)?, to_f32_vec(lps)?);
+                Some(
+                    ids.chunks(k)
+                        .zip(lps.chunks(k))
+                        .map(|(i, l)| {
+                            let mut row: Vec<(u32, f32)> =
+                                i.iter().zip(l).map(|(&i, &l)| (i as u32, l)).collect();
+                            row.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                            row
+                        })
+                        .collect(),
+                )
+            }
+            None => None,
+        };
+        Ok((lps, top))
+    }
+}
+
+/// Next token for every row from logits `[batch, 1, vocab]`: computed lazily on the device for
+/// greedy decoding, sampled on the host otherwise; with `opts.logprobs`, its log-probability
+/// (and the top alternatives) from the log-softmax of the logits, on the device.
 fn next_tokens(
     logits: &Array,
     rows: &[Row],
     opts: &GenerateOptions,
     rng: &mut ChaCha8Rng,
-) -> Result<Array> {
+) -> Result<Next> {
     let b = logits.shape()[0];
     let v = logits.shape()[2];
     let last = logits.try_index((.., -1, ..))?;
+    let tokens = choose(&last, b, v, rows, opts, rng)?;
+    if !opts.logprobs {
+        return Ok(Next {
+            tokens,
+            logprobs: None,
+            top: None,
+        });
+    }
+    let lf = last.as_dtype(Dtype::Float32)?;
+    let logp = lf.subtract(logsumexp_rows(&lf)?.reshape(&[b, 1])?)?;
+    let chosen = logp
+        .take_along_axis(tokens.reshape(&[b, 1])?, -1)?
+        .reshape(&[b])?;
+    let top = if opts.alternatives > 0 {
+        let k = (opts.alternatives as i32).min(v);
+        let idx = mlx_rs::ops::argpartition_axis(logp.negative()?, k - 1, -1)?
+            .try_index((.., ..k))?
+            .as_dtype(Dtype::Int32)?;
+        let vals = logp.take_along_axis(&idx, -1)?;
+        Some((idx, vals))
+    } else {
+        None
+    };
+    Ok(Next {
+        tokens,
+        logprobs: Some(chosen),
+        top,
+    })
+}
+
+/// The tokens `[b]` (int32) chosen from the last position's logits `[b, v]`.
+fn choose(
+    last: &Array,
+    b: i32,
+    v: i32,
+    rows: &[Row],
+    opts: &GenerateOptions,
+    rng: &mut ChaCha8Rng,
+) -> Result<Array> {
     let greedy = opts.temperature == 0.0 && opts.repetition_penalty.is_none();
     if greedy {
-        return Ok(mlx_rs::ops::indexing::argmax_axis(&last, -1, false)?.as_dtype(Dtype::Int32)?);
+        return Ok(argmax_axis(last, -1, false)?.as_dtype(Dtype::Int32)?);
     }
     let host = last.as_dtype(Dtype::Float32)?;
     let all = host.as_slice::<f32>();

@@ -343,10 +343,12 @@ impl Repl {
 
     /// Compiles and runs one input; prints its value or its error.
     pub fn submit(&mut self, code: &str) {
-        match self.eval(code) {
+        let result = self.eval(code);
+        crate::script::progress::clear_all();
+        match result {
             Ok(Some(text)) => print_line(&text),
             Ok(None) => {}
-            Err(Error::Interrupted) => eprintln!("interrupted"),
+            Err(Error::Interrupted) => interrupted(),
             Err(e) => eprintln!("{e}"),
         }
     }
@@ -556,9 +558,11 @@ impl Repl {
                 return Flow::Continue;
             }
         };
-        if let Err(e) = self.load(&path, &code) {
+        let result = self.load(&path, &code);
+        crate::script::progress::clear_all();
+        if let Err(e) = result {
             match e {
-                Error::Interrupted => eprintln!("interrupted"),
+                Error::Interrupted => interrupted(),
                 e => eprintln!("{e}"),
             }
         }
@@ -584,6 +588,12 @@ impl Default for Repl {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Reports a command stopped by Ctrl-C on a line of its own: the terminal has echoed `^C`
+/// after whatever was being printed (streamed text, a progress bar).
+fn interrupted() {
+    eprintln!("\ninterrupted");
 }
 
 fn history_path() -> PathBuf {

@@ -38,12 +38,13 @@ fn a_cached_repo_loads_by_id_offline() {
         .env_remove("HF_HUB_CACHE")
         .args([
             "-e",
-            r#"let m = load("test-org/tiny-llama"); [m.info().arch, m.n_layers]"#,
+            r#"let m = load("test-org/tiny-llama"); [m.info().arch, m.n_layers, m.info().name]"#,
         ])
         .output()
         .unwrap()
         .into();
-    assert_eq!(out.ok(), r#"["llama", 2]"#);
+    // Named by the repo id, not by the snapshot folder (a commit hash).
+    assert_eq!(out.ok(), r#"["llama", 2, "test-org/tiny-llama"]"#);
 
     let listed: Run = mlxi(home.path())
         .env("HF_HOME", hf.path())

@@ -154,3 +154,55 @@ fn the_banner_states_what_the_session_may_touch() {
     p.exp_eof().expect("exits");
     assert!(!extra.path().join("x.json").exists());
 }
+
+#[test]
+fn input_typed_while_a_command_runs_is_kept() {
+    let home = scratch();
+    let mut p = start(home.path());
+    p.send_line("let n = 0; while n < 1000000 { n += 1; } \"slow done\"")
+        .expect("send");
+    // Typed while the loop runs: read by the next prompt, not lost.
+    std::thread::sleep(Duration::from_millis(50));
+    p.send_line("40 + 2").expect("send");
+    p.exp_string("slow done")
+        .expect("the slow command finishes");
+    p.exp_string(PROMPT).expect("prompt");
+    p.exp_string("42").expect("the typed-ahead line runs");
+    p.exp_string(PROMPT).expect("prompt");
+    p.send_line(":quit").expect("send");
+    p.exp_eof().expect("exits");
+}
+
+#[test]
+fn interrupted_starts_on_its_own_line() {
+    let home = scratch();
+    let mut p = start(home.path());
+    p.send_line("let n = 0; loop { n += 1; }").expect("send");
+    std::thread::sleep(Duration::from_millis(500));
+    p.send_control('c').expect("ctrl-c");
+    let before = p.exp_string("interrupted").expect("the loop stops");
+    assert!(before.ends_with('\n'), "{before:?}");
+    p.exp_string(PROMPT).expect("prompt");
+    p.send_line(":quit").expect("send");
+    p.exp_eof().expect("exits");
+}
+
+#[test]
+fn a_finished_progress_bar_is_not_drawn_again() {
+    let home = scratch();
+    let mut p = start(home.path());
+    p.send_line(
+        "let bar = progress(3, \"steps\"); bar.tick(); bar.tick(); bar.tick(); bar.finish(); \"after\"",
+    )
+    .expect("send");
+    p.exp_string("steps 3/3 done in")
+        .expect("the finished line");
+    p.exp_string("after").expect("the value");
+    p.exp_string(PROMPT).expect("prompt");
+    p.send_line("\"next\" + \" command\"").expect("send");
+    let between = p.exp_string("next command").expect("the next value");
+    assert!(!between.contains("steps"), "{between:?}");
+    p.exp_string(PROMPT).expect("prompt");
+    p.send_line(":quit").expect("send");
+    p.exp_eof().expect("exits");
+}

@@ -304,7 +304,13 @@ pub fn steer(m: &mut Model, d: &Direction, s: &Steering) -> Result<()> {
             op,
             window: s.window.clone(),
         };
-        iv.check(&point_widths(&m.info, &point))?;
+        iv.check(&point_widths(&m.info, &point))
+            .map_err(|e| match e {
+                Error::Invalid(msg) => {
+                    Error::Invalid(format!("steer: {msg} (model {})", m.info.name))
+                }
+                e => e,
+            })?;
         ivs.push(iv);
     }
     for iv in ivs {

@@ -45,7 +45,8 @@ pub fn hf_cache_dir() -> PathBuf {
     hf_hub::Cache::from_env().path().clone()
 }
 
-fn looks_like_repo_id(s: &str) -> bool {
+/// Whether `s` has the form of a Hugging Face repo id (`org/name`).
+pub fn looks_like_repo_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     parts.len() == 2
         && parts.iter().all(|p| {
@@ -574,6 +575,7 @@ mod tests {
     #[test]
     fn repo_ids_are_recognised() {
         assert!(looks_like_repo_id("mlx-community/Qwen3-8B-4bit"));
+
         assert!(!looks_like_repo_id("./models/x"));
         assert!(!looks_like_repo_id("a/b/c"));
         assert!(!looks_like_repo_id("/abs"));

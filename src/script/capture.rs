@@ -11,7 +11,10 @@ use super::model::{input, Input, ModelHandle};
 use super::options::Options;
 use super::tensor::Tensor;
 use super::{context, RhaiResult};
-use crate::capture::{capture, expand_points, ActivationCache, Captured, Positions};
+use crate::capture::{
+    capture, expand_points, run_with_cache, ActivationCache, Captured, Positions,
+};
+use crate::hooks::HookName;
 use crate::model::Model;
 use crate::{Error, Result};
 
@@ -80,13 +83,21 @@ pub fn parse_positions(o: &Options, verb: &str) -> Result<Positions> {
 
 const CAPTURE_KEYS: &[&str] = &["points", "positions", "batch_size", "progress"];
 
-fn capture_impl(m: &mut Model, inputs: &Dynamic, opts: &Map) -> Result<Cache> {
-    let o = Options::parse("capture", opts, CAPTURE_KEYS)?;
-    let n = m.n_layers();
+/// `points`: a name or an array of names (`*` for every layer), or "all" (every hook point;
+/// attention patterns only with positions "all"); default every `hook_resid_post`.
+fn parse_points(o: &Options, n: usize, positions: Positions, verb: &str) -> Result<Vec<HookName>> {
     let patterns: Vec<String> = match o.get("points") {
         None => vec!["blocks.*.hook_resid_post".into()],
         Some(v) => {
             if let Ok(s) = v.clone().into_immutable_string() {
+                if s == "all" {
+                    return Ok(HookName::all(n)
+                        .into_iter()
+                        .filter(|p| {
+                            positions == Positions::All || !matches!(p, HookName::Pattern(_))
+                        })
+                        .collect());
+                }
                 vec![s.to_string()]
             } else {
                 o.array("points")?
@@ -94,15 +105,37 @@ fn capture_impl(m: &mut Model, inputs: &Dynamic, opts: &Map) -> Result<Cache> {
                     .iter()
                     .map(|p| {
                         p.clone().into_string().map_err(|_| {
-                            Error::Invalid("capture: points must be hook names (strings)".into())
+                            Error::Invalid(format!("{verb}: points must be hook names (strings)"))
                         })
                     })
                     .collect::<Result<_>>()?
             }
         }
     };
-    let points = expand_points(&patterns, n)?;
+    expand_points(&patterns, n)
+}
+
+/// The texts of `inputs` when every input is text (one text, or an array of texts).
+pub fn texts_of(inputs: &Dynamic) -> Option<Vec<String>> {
+    if let Ok(s) = inputs.clone().into_immutable_string() {
+        return Some(vec![s.to_string()]);
+    }
+    let a = inputs.read_lock::<RhaiArray>()?;
+    a.iter()
+        .map(|x| {
+            x.clone()
+                .into_immutable_string()
+                .ok()
+                .map(|s| s.to_string())
+        })
+        .collect()
+}
+
+fn capture_impl(m: &mut Model, inputs: &Dynamic, opts: &Map) -> Result<Cache> {
+    let o = Options::parse("capture", opts, CAPTURE_KEYS)?;
+    let n = m.n_layers();
     let positions = parse_positions(&o, "capture")?;
+    let points = parse_points(&o, n, positions, "capture")?;
     let batch_size = o.int("batch_size", 32)?;
     if batch_size < 1 {
         return Err(Error::Invalid(
@@ -111,8 +144,42 @@ fn capture_impl(m: &mut Model, inputs: &Dynamic, opts: &Map) -> Result<Cache> {
     }
     let rows = rows_of(m, inputs, "capture")?;
     let progress = o.bool("progress", true)?;
-    let c = capture(m, &rows, &points, positions, batch_size as usize, progress)?;
+    let mut c = capture(m, &rows, &points, positions, batch_size as usize, progress)?;
+    c.prompts = texts_of(inputs);
     Ok(Cache(Rc::new(c)))
+}
+
+const RUN_WITH_CACHE_KEYS: &[&str] = &["points", "positions"];
+
+/// `#{logits, cache}` from one forward of `inputs`.
+fn run_with_cache_impl(m: &mut Model, inputs: &Dynamic, opts: &Map) -> Result<Map> {
+    let o = Options::parse("run_with_cache", opts, RUN_WITH_CACHE_KEYS)?;
+    let n = m.n_layers();
+    let positions = match o.get("positions") {
+        None => Positions::All,
+        Some(_) => parse_positions(&o, "run_with_cache")?,
+    };
+    let points = parse_points(&o, n, positions, "run_with_cache")?;
+    let batch = inputs
+        .read_lock::<RhaiArray>()
+        .is_some_and(|a| !a.iter().all(|x| x.is_int()));
+    let rows = rows_of(m, inputs, "run_with_cache")?;
+    let t = rows.iter().map(Vec::len).max().unwrap_or(0) as i32;
+    crate::arrays::check_fits(
+        &[rows.len() as i32, t, m.info.vocab],
+        mlx_rs::Dtype::Float32,
+    )?;
+    let (logits, mut c) = run_with_cache(m, &rows, &points, positions)?;
+    c.prompts = texts_of(inputs);
+    let logits = if batch {
+        logits
+    } else {
+        logits.reshape(&[t, -1])?
+    };
+    let mut out = Map::new();
+    out.insert("logits".into(), Dynamic::from(Tensor::new(logits)));
+    out.insert("cache".into(), Dynamic::from(Cache(Rc::new(c))));
+    Ok(out)
 }
 
 #[export_module]
@@ -153,6 +220,74 @@ mod capture_functions {
     ) -> RhaiResult<Cache> {
         let mut g = m.get()?;
         Ok(with_call(&ctx, || capture_impl(&mut g, &inputs, &opts))?)
+    }
+
+    /// One forward of `input` (text, ids, or an array of texts) that gives both its logits and
+    /// its activations: `#{logits, cache}`. `logits` as `forward` gives them; `cache` a Cache
+    /// of every `hook_resid_post` at every position (`cache[name][i]` is input i's
+    /// `[pos, d_model]`).
+    ///
+    /// Example: `let r = run_with_cache(m, "The capital of France is"); r.cache["blocks.5.hook_resid_post"][0]`
+    #[rhai_fn(name = "run_with_cache", return_raw)]
+    pub fn run_with_cache_default(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        input: Dynamic,
+    ) -> RhaiResult<Map> {
+        let mut g = m.get()?;
+        Ok(with_call(&ctx, || {
+            run_with_cache_impl(&mut g, &input, &Map::new())
+        })?)
+    }
+
+    /// `run_with_cache` with options: `points` (names, `*` for every layer, or "all" for
+    /// every hook point as TransformerLens caches them; default every `hook_resid_post`),
+    /// `positions` ("all" (default), "last", "mean", or an index).
+    ///
+    /// Example: `run_with_cache(m, text, #{points: ["blocks.*.hook_resid_post", "blocks.*.attn.hook_pattern"]})`
+    #[rhai_fn(name = "run_with_cache", return_raw)]
+    pub fn run_with_cache_with(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        input: Dynamic,
+        opts: Map,
+    ) -> RhaiResult<Map> {
+        let mut g = m.get()?;
+        Ok(with_call(&ctx, || {
+            run_with_cache_impl(&mut g, &input, &opts)
+        })?)
+    }
+
+    /// The texts the cache was captured from, or `()` when it was given token ids (or saved
+    /// before caches recorded them).
+    ///
+    /// Example: `c.prompts  // ["I love it", "I hate it"]`
+    #[rhai_fn(get = "prompts", pure)]
+    pub fn prompts(c: &mut Cache) -> Dynamic {
+        match &c.0.prompts {
+            Some(p) => Dynamic::from_array(p.iter().map(|s| Dynamic::from(s.clone())).collect()),
+            None => Dynamic::UNIT,
+        }
+    }
+
+    /// The token ids of each input (an array of arrays), or `()` for a cache saved before
+    /// caches recorded them.
+    ///
+    /// Example: `c.ids[0]  // [57, 1123, 357]`
+    #[rhai_fn(get = "ids", pure)]
+    pub fn ids(c: &mut Cache) -> Dynamic {
+        match &c.0.ids {
+            Some(rows) => Dynamic::from_array(
+                rows.iter()
+                    .map(|r| {
+                        Dynamic::from_array(
+                            r.iter().map(|&i| Dynamic::from_int(i as INT)).collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+            None => Dynamic::UNIT,
+        }
     }
 
     /// The activations at a hook point: a Tensor `[n_inputs, ...]`, or for positions "all" an
@@ -198,8 +333,8 @@ mod capture_functions {
         c.0.positions.to_string()
     }
 
-    /// Writes the cache as safetensors with its metadata (model, points, positions, prompts'
-    /// hash), atomically.
+    /// Writes the cache as safetensors with its metadata (model, points, positions, the
+    /// inputs' ids and texts), atomically.
     ///
     /// Example: `save(c, "acts.safetensors")`
     #[rhai_fn(name = "save", return_raw)]

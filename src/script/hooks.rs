@@ -46,7 +46,7 @@ pub fn with_call<R>(ctx: &NativeCallContext, f: impl FnOnce() -> R) -> R {
 }
 
 /// Calls a script function with `args` in the context of the verb now running.
-fn call_script(f: &FnPtr, args: Vec<Dynamic>) -> std::result::Result<Dynamic, String> {
+pub(super) fn call_script(f: &FnPtr, args: Vec<Dynamic>) -> std::result::Result<Dynamic, String> {
     let Some(ptr) = CALL.with(|c| c.get()) else {
         return Err("a script hook ran outside a script call".into());
     };

@@ -8,13 +8,13 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rhai::plugin::*;
-use rhai::{Array as RhaiArray, Dynamic, Engine, Map, FLOAT, INT};
+use rhai::{Array as RhaiArray, Dynamic, Engine, FnPtr, Map, FLOAT, INT};
 
 use super::hooks::with_call;
 use super::options::Options;
 use super::tensor::Tensor;
 use super::{context, RhaiResult};
-use crate::generate::{GenerateOptions, Sink};
+use crate::generate::{GenerateOptions, Sink, StepToken};
 use crate::hooks::HookName;
 use crate::model::{parse_dtype, LoadOptions, Model};
 use crate::tokenizer::ChatMessage;
@@ -135,16 +135,40 @@ fn load_impl(ctx: &NativeCallContext, source: Option<&str>, opts: &Map) -> Resul
             .map(|_| o.bool("dequantize", true))
             .transpose()?,
     };
+    use crate::model::source;
     let m = match source {
         None | Some("default") => Model::load_default(&lo)?,
         Some(s) => {
-            if crate::model::source::needs_download(s) {
-                context(ctx).permissions().net(&format!(
-                    "load(\"{s}\"): {s} is not in the Hugging Face cache ({}), and downloading it",
-                    crate::model::source::hf_cache_dir().display()
-                ))?;
+            let ctx = context(ctx);
+            // A path resolves as every file verb's does: `~/` is the home folder, a relative
+            // path is relative to the script's folder. Reading it is not restricted (models
+            // load from anywhere readable); a repo id needs the network only to download.
+            let local = ctx.permissions().resolve(s).ok().filter(|p| p.exists());
+            match local {
+                Some(path) => Model::load(&path.to_string_lossy(), &lo)?,
+                None if source::looks_like_repo_id(s) => {
+                    if source::needs_download(s) {
+                        ctx.permissions().net(&format!(
+                            "load(\"{s}\"): {s} is not in the Hugging Face cache ({}), and \
+                             downloading it",
+                            source::hf_cache_dir().display()
+                        ))?;
+                    }
+                    // Named by the repo id, not by the snapshot folder (a commit hash).
+                    let mut m = Model::load(s, &lo)?;
+                    m.info.name = s.to_string();
+                    m
+                }
+                None => {
+                    return Err(Error::Model(format!(
+                        "{}: no such file or folder (a model source is a folder with \
+                         config.json, a .gguf file, or a Hugging Face repo id like \
+                         \"mlx-community/Qwen3-8B-4bit\"; a relative path is relative to the \
+                         script's folder)",
+                        ctx.resolve_path(s).display()
+                    )))
+                }
             }
-            Model::load(s, &lo)?
         }
     };
     Ok(ModelHandle(Rc::new(RefCell::new(m))))
@@ -230,9 +254,12 @@ fn top_k_impl(m: &mut Model, value: &Dynamic, k: INT) -> Result<RhaiArray> {
         .collect())
 }
 
-/// Prints the first row's text as it comes, and stops on Ctrl-C.
+/// Prints the first row's text as it comes, stops on Ctrl-C, and calls the script's
+/// `on_token` function after each token.
 struct Printer {
     print: bool,
+    on_token: Option<FnPtr>,
+    tokenizer: crate::tokenizer::Tokenizer,
 }
 
 impl Sink for Printer {
@@ -243,6 +270,31 @@ impl Sink for Printer {
         interrupt::check()
     }
     fn token(&mut self, _step: usize) {}
+    fn step(&mut self, row: usize, t: &StepToken) -> Result<bool> {
+        let Some(f) = &self.on_token else {
+            return Ok(true);
+        };
+        let mut map = Map::new();
+        map.insert("step".into(), (t.step as INT).into());
+        map.insert("row".into(), (row as INT).into());
+        map.insert("id".into(), (t.id as INT).into());
+        map.insert(
+            "token".into(),
+            self.tokenizer.decode(&[t.id], false)?.into(),
+        );
+        map.insert(
+            "logprob".into(),
+            t.logprob.map_or(Dynamic::UNIT, |x| (x as FLOAT).into()),
+        );
+        let out = super::hooks::call_script(f, vec![Dynamic::from_map(map)]).map_err(|e| {
+            if e == "interrupted" {
+                Error::Interrupted
+            } else {
+                Error::Invalid(format!("generate: in the on_token function: {e}"))
+            }
+        })?;
+        Ok(out.as_bool().map_or(true, |b| b))
+    }
 }
 
 const GENERATE_KEYS: &[&str] = &[
@@ -257,7 +309,55 @@ const GENERATE_KEYS: &[&str] = &[
     "chat",
     "stream",
     "steer",
+    "output",
+    "alternatives",
+    "on_token",
 ];
+
+/// A generated row as `generate(..., #{output: "full"})` gives it.
+fn full_map(m: &Model, g: crate::generate::Generation) -> Result<Dynamic> {
+    let int = |i: u32| Dynamic::from_int(i as INT);
+    let tokens = g
+        .ids
+        .iter()
+        .map(|&i| m.tokenizer.decode(&[i], false).map(Dynamic::from))
+        .collect::<Result<RhaiArray>>()?;
+    let top = g
+        .top
+        .iter()
+        .map(|alts| {
+            alts.iter()
+                .map(|&(id, lp)| {
+                    let mut a = Map::new();
+                    a.insert("token".into(), m.tokenizer.decode(&[id], false)?.into());
+                    a.insert("id".into(), int(id));
+                    a.insert("logprob".into(), (lp as FLOAT).into());
+                    Ok(Dynamic::from_map(a))
+                })
+                .collect::<Result<RhaiArray>>()
+                .map(Dynamic::from_array)
+        })
+        .collect::<Result<RhaiArray>>()?;
+    let mut map = Map::new();
+    map.insert("text".into(), g.text.into());
+    map.insert(
+        "ids".into(),
+        Dynamic::from_array(g.ids.iter().map(|&i| int(i)).collect()),
+    );
+    map.insert("tokens".into(), Dynamic::from_array(tokens));
+    map.insert(
+        "logprobs".into(),
+        Dynamic::from_array(
+            g.logprobs
+                .iter()
+                .map(|&x| Dynamic::from_float(x as FLOAT))
+                .collect(),
+        ),
+    );
+    map.insert("top".into(), Dynamic::from_array(top));
+    map.insert("finish".into(), g.finish.into());
+    Ok(Dynamic::from_map(map))
+}
 
 pub(super) fn generate_impl(m: &mut Model, prompt: &Dynamic, opts: &Map) -> Result<Dynamic> {
     let o = Options::parse("generate", opts, GENERATE_KEYS)?;
@@ -265,6 +365,27 @@ pub(super) fn generate_impl(m: &mut Model, prompt: &Dynamic, opts: &Map) -> Resu
     if max_tokens < 0 {
         return Err(Error::Invalid("generate: max_tokens must be >= 0".into()));
     }
+    let full = o.choice("output", &["text", "full"], "text")? == "full";
+    let alternatives = o.int("alternatives", if full { 5 } else { 0 })?;
+    if o.get("alternatives").is_some() && !full {
+        return Err(Error::Invalid(
+            "generate: 'alternatives' applies to output: \"full\" only".into(),
+        ));
+    }
+    if !(0..=1000).contains(&alternatives) {
+        return Err(Error::Invalid(format!(
+            "generate: alternatives must be between 0 and 1000, got {alternatives}"
+        )));
+    }
+    let on_token = match o.get("on_token") {
+        None => None,
+        Some(v) => Some(v.clone().try_cast::<FnPtr>().ok_or_else(|| {
+            Error::Invalid(format!(
+                "generate: option 'on_token' must be a function (|step| ...), got {}",
+                super::display::type_name(v)
+            ))
+        })?),
+    };
     let positive = |k: &str| -> Result<Option<f32>> { Ok(o.opt_float(k)?.map(|x| x as f32)) };
     let stop = match o.array("stop")? {
         Some(a) => a
@@ -289,6 +410,8 @@ pub(super) fn generate_impl(m: &mut Model, prompt: &Dynamic, opts: &Map) -> Resu
         repetition_penalty: positive("repetition_penalty")?,
         seed: o.opt_int("seed")?.map(|s| s as u64),
         stop,
+        logprobs: full || on_token.is_some(),
+        alternatives: alternatives as usize,
     };
     let chat = o.bool("chat", false)?;
     let batch = prompt.is_array()
@@ -330,16 +453,155 @@ pub(super) fn generate_impl(m: &mut Model, prompt: &Dynamic, opts: &Map) -> Resu
     }
     check_vocab(m, &rows, "generate")?;
     let stream = o.bool("stream", STREAM.load(Ordering::Relaxed) && !batch)?;
-    let mut printer = Printer { print: stream };
+    let mut printer = Printer {
+        print: stream,
+        on_token,
+        tokenizer: m.tokenizer.clone(),
+    };
     let out = m.generate_ids(&rows, &gopts, &mut printer)?;
     if stream {
         super::print_text("\n");
     }
-    let mut texts: Vec<Dynamic> = out.into_iter().map(|g| Dynamic::from(g.text)).collect();
+    let mut values: Vec<Dynamic> = out
+        .into_iter()
+        .map(|g| {
+            if full {
+                full_map(m, g)
+            } else {
+                Ok(Dynamic::from(g.text))
+            }
+        })
+        .collect::<Result<_>>()?;
     Ok(if batch {
-        Dynamic::from_array(texts)
+        Dynamic::from_array(values)
     } else {
-        texts.pop().unwrap_or_default()
+        values.pop().unwrap_or_default()
+    })
+}
+
+/// Whether `v` is a batch (an array of texts or of id arrays) rather than one input.
+fn is_batch(v: &Dynamic) -> bool {
+    v.read_lock::<RhaiArray>()
+        .is_some_and(|a| !a.is_empty() && !a.iter().all(|x| x.is_int()))
+}
+
+/// The elements of a batch, or the value itself as a batch of one.
+fn items(v: &Dynamic) -> Vec<Dynamic> {
+    if is_batch(v) {
+        v.read_lock::<RhaiArray>()
+            .map(|a| a.to_vec())
+            .unwrap_or_default()
+    } else {
+        vec![v.clone()]
+    }
+}
+
+/// One input's ids, refusing a nested batch.
+fn one_input(m: &Model, v: &Dynamic, verb: &str) -> Result<Vec<u32>> {
+    match input(m, v, verb)? {
+        Input::One(ids) => Ok(ids),
+        Input::Batch(_) => Err(Error::Invalid(format!(
+            "{verb}: each prompt and continuation is text or an array of ids"
+        ))),
+    }
+}
+
+/// The ids of a prompt and its continuation. Ids are used as given. Texts are tokenized as
+/// mlx-lm and lm-eval do for causal models: the prompt the model's default way (BOS where its
+/// config says), the continuation as the tokens of `prompt + continuation` after the prompt's
+/// own tokens, so scoring sees exactly the tokens of the whole text. Where no such split exists
+/// (a token of the whole text spans the boundary), the continuation is tokenized on its own,
+/// without special tokens.
+fn pair_ids(m: &Model, prompt: &Dynamic, cont: &Dynamic) -> Result<(Vec<u32>, Vec<u32>)> {
+    let p = one_input(m, prompt, "logprobs")?;
+    let text = |v: &Dynamic| v.clone().into_immutable_string().ok();
+    let c = match (text(prompt), text(cont)) {
+        (_, None) => one_input(m, cont, "logprobs")?,
+        (Some(pt), Some(ct)) => {
+            let whole = m.encode(&format!("{pt}{ct}"), true)?;
+            match whole.strip_prefix(p.as_slice()) {
+                Some(rest) if !rest.is_empty() => rest.to_vec(),
+                _ => m.encode(&ct, false)?,
+            }
+        }
+        (None, Some(ct)) => m.encode(&ct, false)?,
+    };
+    if p.is_empty() {
+        return Err(Error::Invalid(
+            "logprobs: the prompt has no tokens (the first continuation token needs a position \
+             before it)"
+                .into(),
+        ));
+    }
+    if c.is_empty() {
+        return Err(Error::Invalid(
+            "logprobs: the continuation has no tokens".into(),
+        ));
+    }
+    Ok((p, c))
+}
+
+fn logprobs_impl(m: &mut Model, prompt: &Dynamic, cont: &Dynamic) -> Result<Dynamic> {
+    interrupt::check()?;
+    let (ps, cs) = (items(prompt), items(cont));
+    let batch = is_batch(prompt) || is_batch(cont);
+    let n = ps.len().max(cs.len());
+    if ps.len() != cs.len() && ps.len() != 1 && cs.len() != 1 {
+        return Err(Error::Invalid(format!(
+            "logprobs: {} prompts and {} continuations; give as many of each, or one prompt \
+             for several continuations (or one continuation for several prompts)",
+            ps.len(),
+            cs.len()
+        )));
+    }
+    let pairs = (0..n)
+        .map(|i| pair_ids(m, &ps[i.min(ps.len() - 1)], &cs[i.min(cs.len() - 1)]))
+        .collect::<Result<Vec<_>>>()?;
+    let rows: Vec<Vec<u32>> = pairs
+        .iter()
+        .flat_map(|(p, c)| [p.clone(), c.clone()])
+        .collect();
+    check_vocab(m, &rows, "logprobs")?;
+    let t = pairs
+        .iter()
+        .map(|(p, c)| p.len() + c.len())
+        .max()
+        .unwrap_or(0);
+    crate::arrays::check_fits(&[n as i32, t as i32, m.info.vocab], mlx_rs::Dtype::Float32)?;
+    let scored = m.continuation_logprobs(&pairs)?;
+    let mut out = pairs
+        .iter()
+        .zip(scored)
+        .map(|((_, c), s)| {
+            let mut map = Map::new();
+            let total: f64 = s.logprobs.iter().map(|&x| x as f64).sum();
+            map.insert("total".into(), (total as FLOAT).into());
+            map.insert(
+                "per_token".into(),
+                Dynamic::from_array(
+                    s.logprobs
+                        .iter()
+                        .map(|&x| Dynamic::from_float(x as FLOAT))
+                        .collect(),
+                ),
+            );
+            let tokens = c
+                .iter()
+                .map(|&i| m.tokenizer.decode(&[i], false).map(Dynamic::from))
+                .collect::<Result<RhaiArray>>()?;
+            map.insert("tokens".into(), Dynamic::from_array(tokens));
+            map.insert(
+                "ids".into(),
+                Dynamic::from_array(c.iter().map(|&i| Dynamic::from_int(i as INT)).collect()),
+            );
+            map.insert("greedy".into(), s.greedy.iter().all(|&g| g).into());
+            Ok(Dynamic::from_map(map))
+        })
+        .collect::<Result<Vec<Dynamic>>>()?;
+    Ok(if batch {
+        Dynamic::from_array(out)
+    } else {
+        out.pop().unwrap_or_default()
     })
 }
 
@@ -377,7 +639,9 @@ mod model_functions {
     }
 
     /// A model from a folder (Hugging Face or mlx-community layout), a `.gguf` file, or a
-    /// Hugging Face repo id (from the local Hugging Face cache, downloaded when online).
+    /// Hugging Face repo id (from the local Hugging Face cache, downloaded when online; the
+    /// model is named by the id). A path may start with `~/`; a relative one is relative to
+    /// the script's folder.
     ///
     /// Example: `let m = load("mlx-community/Qwen3-0.6B-4bit");`
     #[rhai_fn(name = "load", return_raw)]
@@ -454,13 +718,16 @@ mod model_functions {
             .collect())
     }
 
-    /// Text of an array of token ids (special tokens included).
+    /// Text of an array of token ids (special tokens included); an id outside the model's
+    /// vocabulary is an error.
     ///
     /// Example: `decode(m, [504, 3575])  // "The capital"`
     #[rhai_fn(return_raw, pure)]
     pub fn decode(m: &mut Model, ids: RhaiArray) -> RhaiResult<String> {
         let ids = ids_of(&ids, "decode")?;
-        Ok(m.get()?.tokenizer.decode(&ids, false)?)
+        let g = m.get()?;
+        check_vocab(&g, std::slice::from_ref(&ids), "decode")?;
+        Ok(g.tokenizer.decode(&ids, false)?)
     }
 
     /// One string per token of `text`, as the model sees it.
@@ -520,9 +787,14 @@ mod model_functions {
 
     /// Generated text. opts: `max_tokens` (64), `temperature` (0 = greedy), `top_p`, `top_k`,
     /// `min_p`, `repetition_penalty`, `seed`, `stop` (array of strings), `chat` (wrap the prompt
-    /// in the chat template), `stream` (print as it goes; on in the REPL), `steer` (steering
-    /// for this call only, as `with_steering` takes it). An array of prompts gives an array of
-    /// strings, run as one batch.
+    /// in the chat template), `stream` (print the first prompt's text as it goes, on stdout;
+    /// on in the REPL, off in scripts), `steer` (steering for this call only, as
+    /// `with_steering` takes it), `output` ("text", or "full": a map `#{text, ids, tokens,
+    /// logprobs, top, finish}` per prompt, `logprobs` the log-softmax of the model's logits
+    /// before temperature and sampling cuts), `alternatives` (with "full": the `k` most likely
+    /// tokens `#{token, id, logprob}` per step in `top`, 5), `on_token` (a function called
+    /// after each token with `#{step, row, id, token, logprob}`; returning `false` ends that
+    /// prompt's generation). An array of prompts gives an array, run as one batch.
     ///
     /// Example: `m.generate("Once upon a time", #{max_tokens: 20, temperature: 0.7, seed: 1})`
     #[rhai_fn(name = "generate", return_raw, pure)]
@@ -535,6 +807,29 @@ mod model_functions {
         let mut g = m.get()?;
         Ok(with_call(&ctx, || {
             crate::script::scoped::generate_steered(&mut g, &prompt, &opts)
+        })?)
+    }
+
+    /// The log-probability of `continuation` after `prompt`, from one forward:
+    /// `#{total, per_token, tokens, ids, greedy}` (`per_token`: the log-softmax of the logits
+    /// at each continuation token; `greedy`: every token was the most likely one). Texts are
+    /// tokenized as mlx-lm and lm-eval do: the prompt with BOS where the model adds one, the
+    /// continuation as the tokens of `prompt + continuation` after the prompt's (put the space
+    /// in the continuation: `" Paris"`); ids are used as given. Arrays of prompts and
+    /// continuations (or one prompt and several continuations) give an array of maps, scored
+    /// in one batched forward.
+    ///
+    /// Example: `logprobs(m, "The capital of France is", " Paris").total`
+    #[rhai_fn(return_raw, pure)]
+    pub fn logprobs(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        prompt: Dynamic,
+        continuation: Dynamic,
+    ) -> RhaiResult<Dynamic> {
+        let mut g = m.get()?;
+        Ok(with_call(&ctx, || {
+            logprobs_impl(&mut g, &prompt, &continuation)
         })?)
     }
 

@@ -71,6 +71,26 @@ impl Progress {
         multi().remove(&self.bar);
     }
 
+    /// Ends the bar: it leaves the set of live bars (so it is never redrawn, e.g. over the
+    /// REPL's next input) and one plain line with its total and time is printed in its place.
+    pub fn finish(&self) {
+        if self.bar.is_finished() {
+            return;
+        }
+        let (pos, len) = (self.bar.position(), self.bar.length().unwrap_or(0));
+        let elapsed = indicatif::HumanDuration(self.bar.elapsed());
+        let label = if self.label.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", self.label)
+        };
+        let m = multi();
+        self.bar.finish_and_clear();
+        m.remove(&self.bar);
+        // Printed above the live bars; nothing when stderr is not a terminal (bars are hidden).
+        let _ = m.println(format!("{label}{pos}/{len} done in {elapsed}"));
+    }
+
     pub fn summary(&self) -> String {
         let name = if self.label.is_empty() {
             String::new()
@@ -87,6 +107,14 @@ impl Progress {
                 ""
             }
         )
+    }
+}
+
+/// Takes every bar off the screen and forgets them: the REPL calls it after each input, so
+/// that a bar left unfinished (an error, Ctrl-C) is not redrawn over what comes next.
+pub fn clear_all() {
+    if let Some(m) = BARS.with(|b| b.borrow_mut().take()) {
+        let _ = m.clear();
     }
 }
 
@@ -143,12 +171,13 @@ mod progress_functions {
         p.bar.set_message(text.to_string());
     }
 
-    /// Marks the bar finished; it stays on screen with the total time.
+    /// Marks the bar finished: it is replaced by one line with the total and the time taken,
+    /// and never redrawn.
     ///
     /// Example: `p.finish()`
     #[rhai_fn(name = "finish")]
     pub fn finish(p: &mut Progress) {
-        p.bar.finish();
+        super::Progress::finish(p);
     }
 
     /// Steps done so far.

@@ -16,6 +16,7 @@ use crate::capture::{Captured, Positions};
 pub use crate::directions::Direction;
 use crate::directions::{files, norm, steer, Method, Recipe, SteerMode, Steering};
 use crate::hooks::HookName;
+use crate::interventions::point_widths;
 use crate::model::Model;
 use crate::{Error, Result};
 
@@ -164,6 +165,121 @@ fn direction_impl(m: &mut Model, pos: &Dynamic, neg: &Dynamic, opts: &Map) -> Re
             "direction: give two arrays of texts or two Caches, not one of each".into(),
         )),
     }
+}
+
+const FROM_VECTOR_KEYS: &[&str] = &["layer", "point", "normalize", "method", "model"];
+
+/// A Direction from a vector `[d]`: `layer` (required), `point` (default "hook_resid_post"),
+/// `normalize` (false: the vector as given), `method` (a label, default "custom"), `model`
+/// (the Model it belongs to: its name and architecture are recorded, negative layers count
+/// from its end, and the length is checked now). Without `model`, the length is checked where
+/// it is used (`steer`).
+fn direction_from_tensor(t: &Tensor, opts: &Map) -> Result<Direction> {
+    let o = Options::parse("direction", opts, FROM_VECTOR_KEYS)?;
+    let model = o.value::<ModelHandle>("model", "a Model")?;
+    let (name, arch, n_layers, d_model) = match &model {
+        Some(h) => {
+            let g = h.get()?;
+            (
+                g.info.name.clone(),
+                g.info.arch.clone(),
+                Some(g.n_layers()),
+                Some(g.info.d_model),
+            )
+        }
+        None => (String::new(), String::new(), None, None),
+    };
+    let shape = t.shape().to_vec();
+    if shape.len() != 1 || shape[0] < 1 {
+        return Err(Error::Invalid(format!(
+            "direction: the vector must be 1-dimensional [d], got shape {shape:?}"
+        )));
+    }
+    let layer = o.opt_int("layer")?.ok_or_else(|| {
+        Error::Invalid(
+            "direction: a Direction from a vector needs its layer: direction(v, #{layer: 20})"
+                .into(),
+        )
+    })?;
+    let layer = match n_layers {
+        Some(n) if layer < 0 => layer + n as INT,
+        _ => layer,
+    };
+    if layer < 0 || n_layers.is_some_and(|n| layer >= n as INT) {
+        return Err(Error::Invalid(match n_layers {
+            Some(n) => {
+                format!("direction: layer {layer} is out of range for a model with {n} layers")
+            }
+            None => format!(
+                "direction: layer must be >= 0 (give #{{model: m}} to count from the end), \
+                 got {layer}"
+            ),
+        }));
+    }
+    let point = o
+        .string("point")?
+        .unwrap_or_else(|| "hook_resid_post".into());
+    let point = match point.strip_prefix("blocks.") {
+        Some(rest) => {
+            let (l, suffix) = rest.split_once('.').unwrap_or((rest, ""));
+            if l != layer.to_string() {
+                return Err(Error::Invalid(format!(
+                    "direction: point {point:?} names another layer than layer {layer}"
+                )));
+            }
+            suffix.to_string()
+        }
+        None => point,
+    };
+    // The point must name a per-layer hook point (checked on a model deep enough).
+    let hook = HookName::parse(
+        &format!("blocks.{layer}.{point}"),
+        n_layers.unwrap_or(layer as usize + 1),
+    )
+    .map_err(|e| {
+        Error::Invalid(format!(
+            "direction: point {point:?} is not a per-layer hook point (e.g. \"hook_resid_post\", \
+             \"attn.hook_z\"): {e}"
+        ))
+    })?;
+    let v = t.to_f32_vec()?;
+    if let (Some(d), true) = (d_model, hook.layer().is_some()) {
+        let h = model.as_ref().map(|h| h.get()).transpose()?;
+        let widths = h.map(|g| point_widths(&g.info, &hook)).unwrap_or_default();
+        if !widths.is_empty() && !widths.contains(&(v.len() as i32)) {
+            return Err(Error::Invalid(format!(
+                "direction: the vector has {} entries; {point} of model {name} takes {} \
+                 (d_model {d})",
+                v.len(),
+                widths
+                    .iter()
+                    .map(|w| w.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )));
+        }
+    }
+    let raw = norm(&v) as f64;
+    if !raw.is_finite() {
+        return Err(Error::Invalid(
+            "direction: the vector holds NaN or infinite values".into(),
+        ));
+    }
+    let v: Vec<f32> = if o.bool("normalize", false)? && raw > 0.0 {
+        v.iter().map(|x| x / raw as f32).collect()
+    } else {
+        v
+    };
+    Ok(Direction {
+        vector: Array::from_slice(&v, &[v.len() as i32]),
+        layer: layer as usize,
+        point,
+        method: o.string("method")?.unwrap_or_else(|| "custom".into()),
+        n: 0,
+        model: name,
+        arch,
+        norm: raw,
+    })
 }
 
 const DIRECTIONS_KEYS: &[&str] = &[
@@ -343,6 +459,18 @@ mod steer_functions {
         Ok(with_call(&ctx, || {
             direction_impl(&mut g, &positive, &negative, &Map::new())
         })?)
+    }
+
+    /// A Direction from any vector `[d]` (a Tensor), so a custom vector goes through `steer`,
+    /// `save` and `export_control_vector`. opts: `layer` (required), `point`
+    /// ("hook_resid_post"), `normalize` (false: kept as given), `method` (a label, "custom"),
+    /// `model` (records its name and architecture, allows negative layers and checks the
+    /// length now; otherwise `steer` checks it).
+    ///
+    /// Example: `let d = direction(v, #{layer: 20});`
+    #[rhai_fn(name = "direction", return_raw)]
+    pub fn direction_from_vector(vector: Tensor, opts: Map) -> RhaiResult<Direction> {
+        Ok(direction_from_tensor(&vector, &opts)?)
     }
 
     /// One Direction per layer from a single capture: opts as for `direction`, with `layers`
