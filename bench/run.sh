@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# mlxi next to mlx-lm on the same weights, same machine, one run.
+# mlxi next to mlx-lm and PyTorch + transformers on the same weights, same machine, one run.
 #
 #   bench/run.sh [PROMPT_TOKENS] [GEN_TOKENS] [TRIALS]
 #                (defaults 128 64 3; the 4-bit rows use 32 16 and one trial: mlx-lm's CPU 4-bit
 #                kernels run at about 1 token/s)
+#   CONTEXTS="1024 4096" bench/run.sh   also decode after prompts of these lengths (32 tokens,
+#                one trial), the three tools side by side: the cost of a step at long context
+#   TORCH=0 bench/run.sh                 without the PyTorch column
 #
 # Prepares (once) a reference venv with mlx-lm (tests/reference/requirements.txt), the default
 # model converted to a Hugging Face f32 folder (tests/reference/gguf_to_hf.py) and a 4-bit
 # mlx-community copy (tests/reference/quantize_dir.sh), builds mlxi in release mode, then measures
-# load time, prefill and decode speed, and peak memory for both tools and prints the ratios.
-# Both tools use OpenBLAS (mlx-lm through LD_PRELOAD, mlxi through its link line).
+# load time, prefill and decode speed, and peak memory for the tools and prints the ratios.
+# mlx-lm gets the BLAS mlxi was linked with (MKL or OpenBLAS, through LD_PRELOAD; `mlxi bench`
+# prints which); PyTorch (torch 2.15.0 from PyPI, installed into the reference venv the first
+# time: about 3 GB with its CUDA libraries, unused here) uses its own MKL and oneDNN.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MLXI_HOME="${MLXI_HOME:-$HOME/.cache/mlxi}"
@@ -32,37 +37,63 @@ fi
 [ -f "$Q4/config.json" ] || PYTHON="$REF/bin/python" "$ROOT/tests/reference/quantize_dir.sh" "$F32" "$Q4"
 (cd "$ROOT" && cargo build --release --quiet)
 MLXI="$ROOT/target/release/mlxi"
-OPENBLAS="$(ldconfig -p 2>/dev/null | awk '/libopenblas.so.0/ {print $NF; exit}')"
+TORCH="${TORCH:-1}"
+CONTEXTS="${CONTEXTS:-}"
+if [ "$TORCH" = 1 ] && ! "$REF/bin/python" -c 'import torch' 2>/dev/null; then
+    echo "==> PyTorch into $REF" >&2
+    "$REF/bin/pip" install -q "torch==2.15.0"
+fi
+# The BLAS mlxi links (build.rs), for mlx-lm too.
+if ldd "$MLXI" | grep -q libmkl_core; then
+    BLASDIR="$MLXI_HOME/blas"
+    PRELOAD="$BLASDIR/libmkl_intel_lp64.so.3 $BLASDIR/libmkl_gnu_thread.so.3 $BLASDIR/libmkl_core.so.3 libgomp.so.1"
+else
+    PRELOAD="$(ldconfig -p 2>/dev/null | awk '/libopenblas.so.0/ {print $NF; exit}')"
+fi
 
 run_ref() { # name dir pt gt trials
     echo "==> mlx-lm: $1" >&2
-    LD_PRELOAD="${OPENBLAS:-}" "$REF/bin/python" "$ROOT/tests/reference/mlxlm_bench.py" "$2" \
+    LD_PRELOAD="${PRELOAD:-}" "$REF/bin/python" "$ROOT/tests/reference/mlxlm_bench.py" "$2" \
         --prompt-tokens "$3" --gen-tokens "$4" --trials "$5" --json > "$OUT/ref-$1.json"
+}
+run_torch() { # name dir pt gt trials
+    echo "==> torch: $1" >&2
+    "$REF/bin/python" "$ROOT/tests/reference/torch_bench.py" "$2" \
+        --prompt-tokens "$3" --gen-tokens "$4" --trials "$5" --json > "$OUT/torch-$1.json"
 }
 run_mlxi() { # name source pt gt trials
     echo "==> mlxi: $1" >&2
     "$MLXI" bench "$2" --prompt-tokens "$3" --gen-tokens "$4" --trials "$5" --json > "$OUT/mlxi-$1.json"
 }
 
+"$MLXI" bench default --prompt-tokens 2 --gen-tokens 2 --trials 1 | grep device
 run_ref f32 "$F32" "$PT" "$GT" "$TRIALS"
 run_mlxi f32 "$F32" "$PT" "$GT" "$TRIALS"
+[ "$TORCH" = 1 ] && run_torch f32 "$F32" "$PT" "$GT" "$TRIALS"
+for ctx in $CONTEXTS; do
+    run_ref "f32-$ctx" "$F32" "$ctx" 32 1
+    run_mlxi "f32-$ctx" "$F32" "$ctx" 32 1
+    [ "$TORCH" = 1 ] && run_torch "f32-$ctx" "$F32" "$ctx" 32 1
+done
 run_mlxi gguf default "$PT" "$GT" "$TRIALS"
 run_ref q4 "$Q4" 32 16 1
 run_mlxi q4 "$Q4" 32 16 1
 
-"$REF/bin/python" - "$OUT" <<'PY'
+CONTEXTS="$CONTEXTS" "$REF/bin/python" - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
 load = lambda n: json.load(open(os.path.join(out, n)))
-rows = [
-    ("same f32 weights (HF folder)", load("ref-f32.json"), load("mlxi-f32.json")),
-    ("4-bit weights (mlx-community folder)", load("ref-q4.json"), load("mlxi-q4.json")),
-]
+maybe = lambda n: load(n) if os.path.exists(os.path.join(out, n)) else None
+rows = [("same f32 weights (HF folder)", load("ref-f32.json"), load("mlxi-f32.json"), maybe("torch-f32.json"))]
+for ctx in os.environ.get("CONTEXTS", "").split():
+    rows.append((f"same f32 weights, {ctx}-token context", load(f"ref-f32-{ctx}.json"),
+                 load(f"mlxi-f32-{ctx}.json"), maybe(f"torch-f32-{ctx}.json")))
+rows.append(("4-bit weights (mlx-community folder)", load("ref-q4.json"), load("mlxi-q4.json"), None))
 gguf = load("mlxi-gguf.json")
 mb = lambda b: f"{b / 1e6:.0f} MB"
 print()
-print(f"{'':38} {'metric':16} {'mlx-lm':>12} {'mlxi':>12} {'mlxi/mlx-lm':>12}")
-for name, r, m in rows:
+print(f"{'':38} {'metric':16} {'mlx-lm':>12} {'torch':>12} {'mlxi':>12} {'mlxi/mlx-lm':>12} {'mlxi/torch':>12}")
+for name, r, m, t in rows:
     print(f"{name} ({r['prompt_tokens']} prompt, {r['gen_tokens']} generated tokens, median of {r['trials']})")
     same = r["generated_ids"] == m["generated_ids"]
     for label, key, fmt, higher in [
@@ -73,8 +104,14 @@ for name, r, m in rows:
         ("max RSS", "max_rss_bytes", mb, False),
     ]:
         a, b = r[key], m[key]
-        print(f"{'':38} {label:16} {fmt(a):>12} {fmt(b):>12} {b / a:>11.2f}x")
-    print(f"{'':38} {'same tokens':16} {'':>12} {str(same):>12}")
+        c = t[key] if t else None
+        tc = fmt(c) if c is not None else "-"
+        tr = f"{b / c:>11.2f}x" if c else f"{'-':>12}"
+        print(f"{'':38} {label:16} {fmt(a):>12} {tc:>12} {fmt(b):>12} {b / a:>11.2f}x {tr}")
+    same_t = (t["generated_ids"] == m["generated_ids"]) if t else "-"
+    if t and t["prompt_ids_sha256"] != r["prompt_ids_sha256"]:
+        print("    warning: torch ran other prompt ids than mlx-lm")
+    print(f"{'':38} {'same tokens':16} {'':>12} {str(same_t):>12} {str(same):>12}")
 print(f"mlxi on the default GGUF ({gguf['prompt_tokens']}/{gguf['gen_tokens']}): load {gguf['load_s']:.2f} s, "
       f"prefill {gguf['prefill_tps']:.1f} tok/s, decode {gguf['decode_tps']:.1f} tok/s, peak {mb(gguf['peak_memory_bytes'])}")
 PY
