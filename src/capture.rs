@@ -261,7 +261,7 @@ pub fn expand_points(patterns: &[String], n_layers: usize) -> Result<Vec<HookNam
             out.push(HookName::parse(p, n_layers)?);
         }
     }
-    let order = HookName::all(n_layers);
+    let order = HookName::forward_order(n_layers);
     out.sort_by_key(|h| order.iter().position(|o| o == h));
     out.dedup();
     Ok(out)

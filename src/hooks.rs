@@ -7,6 +7,7 @@ use std::fmt;
 use mlx_rs::Array;
 
 use crate::error::{Error, Result};
+use crate::model::lora::Target;
 
 /// A hook point. Shapes are TransformerLens's: `[batch, pos, ...]`.
 ///
@@ -78,6 +79,11 @@ pub enum HookName {
     LnFinalScale,
     /// The final norm's output, `[batch, pos, d_model]`.
     LnFinal,
+    /// A LoRA adapter's update of one linear layer of block `i`, before it is added to the
+    /// layer's output: `scale * (x A) B`, shaped as the layer's output (`[batch, pos, out]`).
+    /// `blocks.{i}.attn.hook_lora_q|k|v|o` and `blocks.{i}.mlp.hook_lora_gate|up|down`; present
+    /// only where an unfused adapter is on (see [`HookName::lora_points`]).
+    Lora(usize, Target),
 }
 
 impl HookName {
@@ -113,6 +119,33 @@ impl HookName {
         v
     }
 
+    /// The adapter points of the layers `targets` (`(block, target)`), in forward order.
+    pub fn lora_points(targets: &[(usize, Target)]) -> Vec<HookName> {
+        let mut v: Vec<HookName> = targets.iter().map(|&(i, t)| HookName::Lora(i, t)).collect();
+        v.sort();
+        v
+    }
+
+    /// Every point of a model with `n_layers` blocks, adapter points included, in forward
+    /// order (for sorting names a script lists).
+    pub fn forward_order(n_layers: usize) -> Vec<HookName> {
+        let mut v = Vec::new();
+        for p in HookName::all(n_layers) {
+            let lora: &[Target] = match p {
+                HookName::Ln1Normalized(_) => &[Target::Q, Target::K, Target::V],
+                HookName::Z(_) => &[Target::O],
+                HookName::Ln2Normalized(_) => &[Target::Gate, Target::Up],
+                HookName::MlpPost(_) => &[Target::Down],
+                _ => &[],
+            };
+            v.push(p);
+            if let Some(i) = p.layer() {
+                v.extend(lora.iter().map(|t| HookName::Lora(i, *t)));
+            }
+        }
+        v
+    }
+
     /// The `(hook_scale, hook_normalized)` points of block `i`'s norm before attention.
     pub fn ln1(i: usize) -> (HookName, HookName) {
         (HookName::Ln1Scale(i), HookName::Ln1Normalized(i))
@@ -128,10 +161,28 @@ impl HookName {
         use HookName::*;
         match *self {
             Embed | LnFinalScale | LnFinal => None,
-            ResidPre(i) | Ln1Scale(i) | Ln1Normalized(i) | ResidMid(i) | Ln2Scale(i)
-            | Ln2Normalized(i) | ResidPost(i) | AttnOut(i) | MlpOut(i) | Q(i) | K(i) | V(i)
-            | RotQ(i) | RotK(i) | AttnScores(i) | Pattern(i) | Z(i) | HeadResult(i) | MlpPre(i)
-            | MlpPreLinear(i) | MlpPost(i) => Some(i),
+            ResidPre(i)
+            | Ln1Scale(i)
+            | Ln1Normalized(i)
+            | ResidMid(i)
+            | Ln2Scale(i)
+            | Ln2Normalized(i)
+            | ResidPost(i)
+            | AttnOut(i)
+            | MlpOut(i)
+            | Q(i)
+            | K(i)
+            | V(i)
+            | RotQ(i)
+            | RotK(i)
+            | AttnScores(i)
+            | Pattern(i)
+            | Z(i)
+            | HeadResult(i)
+            | MlpPre(i)
+            | MlpPreLinear(i)
+            | MlpPost(i)
+            | Lora(i, _) => Some(i),
         }
     }
 
@@ -165,7 +216,8 @@ impl HookName {
                  blocks.{{i}}.attn.hook_q|hook_k|hook_v|hook_rot_q|hook_rot_k|hook_attn_scores|\
                  hook_pattern|hook_z|hook_result, blocks.{{i}}.mlp.hook_pre|hook_pre_linear|hook_post, \
                  ln_final.hook_scale|hook_normalized (i in 0..{n_layers}, or negative from the end); \
-                 hook_points(m) lists them all"
+                 with an adapter, blocks.{{i}}.attn.hook_lora_q|k|v|o and \
+                 blocks.{{i}}.mlp.hook_lora_gate|up|down; hook_points(m) lists them all"
             ))
         };
         match name {
@@ -207,7 +259,12 @@ impl HookName {
             "mlp.hook_pre" => HookName::MlpPre(i),
             "mlp.hook_pre_linear" => HookName::MlpPreLinear(i),
             "mlp.hook_post" => HookName::MlpPost(i),
-            _ => return Err(unknown()),
+            _ => {
+                let lora = point
+                    .split_once('.')
+                    .and_then(|(group, p)| Target::from_hook(group, p));
+                return lora.map(|t| HookName::Lora(i, t)).ok_or_else(unknown);
+            }
         })
     }
 }
@@ -240,6 +297,10 @@ impl fmt::Display for HookName {
             MlpPre(i) => write!(f, "blocks.{i}.mlp.hook_pre"),
             MlpPreLinear(i) => write!(f, "blocks.{i}.mlp.hook_pre_linear"),
             MlpPost(i) => write!(f, "blocks.{i}.mlp.hook_post"),
+            Lora(i, t) => {
+                let group = if t.is_attention() { "attn" } else { "mlp" };
+                write!(f, "blocks.{i}.{group}.hook_lora_{}", t.short())
+            }
         }
     }
 }
@@ -427,9 +488,15 @@ mod tests {
 
     #[test]
     fn every_name_round_trips() {
-        for name in HookName::all(3) {
+        for name in HookName::forward_order(3) {
             assert_eq!(HookName::parse(&name.to_string(), 3).unwrap(), name);
         }
+        assert_eq!(
+            HookName::parse("blocks.1.mlp.hook_lora_down", 3).unwrap(),
+            HookName::Lora(1, Target::Down)
+        );
+        assert!(HookName::parse("blocks.1.attn.hook_lora_down", 3).is_err());
+        assert!(HookName::parse("blocks.1.mlp.hook_lora_q", 3).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use mlx_rs::{ops, Array, Dtype};
 
 use crate::error::{Error, Result};
 use crate::hooks::{HookCtx, HookFn, HookName};
+use crate::model::lora::Target;
 use crate::model::ModelInfo;
 
 /// Which query positions an intervention touches.
@@ -151,6 +152,12 @@ pub fn point_widths(info: &ModelInfo, point: &HookName) -> Vec<i32> {
         K(_) | V(_) | RotK(_) => vec![i.d_head, i.n_kv_heads * i.d_head],
         HeadResult(_) => vec![i.d_model, i.n_heads * i.d_model],
         Ln1Scale(_) | Ln2Scale(_) | LnFinalScale => vec![1],
+        Lora(_, t) => match t {
+            Target::Q => vec![i.n_heads * i.d_head],
+            Target::K | Target::V => vec![i.n_kv_heads * i.d_head],
+            Target::O | Target::Down => vec![i.d_model],
+            Target::Gate | Target::Up => vec![i.d_mlp],
+        },
         MlpPre(_) | MlpPreLinear(_) | MlpPost(_) | AttnScores(_) | Pattern(_) => Vec::new(),
     }
 }

@@ -324,6 +324,7 @@ fn bench(
     let opts = mlxi::model::LoadOptions {
         dtype: dtype.as_deref().map(mlxi::model::parse_dtype).transpose()?,
         dequantize: keep_quantized.then_some(false),
+        ..Default::default()
     };
     let r = mlxi::bench::run(source, &opts, prompt_tokens, gen_tokens, trials, batch)?;
     if json {

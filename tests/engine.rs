@@ -83,6 +83,7 @@ fn engine_without_rhai() {
     let opts = LoadOptions {
         dtype: Some(Dtype::Float32),
         dequantize: Some(true),
+        ..Default::default()
     };
     let mut model = Model::load_default(&opts).expect("run ./setup first");
     let n_layers = model.n_layers();

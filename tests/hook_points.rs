@@ -45,6 +45,7 @@ impl Fixture {
         let opts = LoadOptions {
             dtype: Some(Dtype::Float32),
             dequantize: Some(true),
+            ..Default::default()
         };
         let model = Model::load(&dir, &opts).unwrap();
         let cfg =

@@ -453,6 +453,7 @@ fn attention_patterns_match_an_independent_computation() {
     let opts = LoadOptions {
         dtype: Some(mlx_rs::Dtype::Float32),
         dequantize: Some(true),
+        ..Default::default()
     };
     let mut model = Model::load_default(&opts).unwrap();
     let cfg = match &model.net {

@@ -36,6 +36,7 @@ fn default_model_matches_mlx_lm() {
     let opts = LoadOptions {
         dtype: Some(Dtype::Float32),
         dequantize: Some(true),
+        ..Default::default()
     };
     let mut model = Model::load_default(&opts).expect("run ./setup first");
     assert_eq!(model.info.n_layers, 30);
@@ -97,6 +98,7 @@ fn left_padding_does_not_change_logits() {
     let opts = LoadOptions {
         dtype: Some(Dtype::Float32),
         dequantize: Some(true),
+        ..Default::default()
     };
     let mut model = Model::load_default(&opts).unwrap();
     let a = ids(&g["prompts"][0]["input_ids"]);

@@ -105,6 +105,7 @@ impl Model {
             offset: 0,
             pads: &[],
             hooks: &mut hooks,
+            lora: None,
         };
         let h = self.net.embed(&idx, &mut step)?;
         Ok(h.reshape(&[n, -1])?.as_dtype(Dtype::Float32)?)

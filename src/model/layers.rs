@@ -12,6 +12,7 @@ use mlx_rs::ops::{
 };
 use mlx_rs::{nn, Array, Dtype};
 
+use super::lora::{Adapter, Target};
 use super::weights::Weights;
 use crate::error::{Error, Result};
 use crate::hooks::{HookName, Hooks};
@@ -118,6 +119,22 @@ impl Linear {
     pub fn bias(&self) -> Option<&Array> {
         match self {
             Linear::Dense { bias, .. } | Linear::Quantized { bias, .. } => bias.as_ref(),
+        }
+    }
+
+    /// `(in, out)`: the input and output widths.
+    pub fn dims(&self) -> (i32, i32) {
+        match self {
+            Linear::Dense { weight, .. } => {
+                let s = weight.shape();
+                (s[s.len() - 1], s[s.len() - 2])
+            }
+            Linear::Quantized {
+                scales, group_size, ..
+            } => {
+                let s = scales.shape();
+                (s[s.len() - 1] * group_size, s[s.len() - 2])
+            }
         }
     }
 
@@ -469,9 +486,31 @@ pub struct Step<'a> {
     /// Left-padding length of each row (empty when no row is padded).
     pub pads: &'a [i32],
     pub hooks: &'a mut Hooks,
+    /// The model's LoRA adapter, when one is attached unfused (its `enabled` flag decides).
+    pub lora: Option<&'a Adapter>,
 }
 
 impl Step<'_> {
+    /// Block `layer`'s linear layer `target` applied to `x`, plus the adapter's low-rank update
+    /// when one is on for that layer (hooked as `hook_lora_*` before it is added).
+    pub fn project(
+        &mut self,
+        layer: usize,
+        target: Target,
+        linear: &Linear,
+        x: &Array,
+    ) -> Result<Array> {
+        let y = linear.forward(x)?;
+        match self.lora.and_then(|a| a.module(layer, target)) {
+            None => Ok(y),
+            Some(m) => {
+                let update = m.update(x)?;
+                let update = self.hook(HookName::Lora(layer, target), update)?;
+                Ok(y.add(&update)?)
+            }
+        }
+    }
+
     /// Pass `x` through whatever is attached at `name` (a no-op when nothing is).
     pub fn hook(&mut self, name: HookName, x: Array) -> Result<Array> {
         let ctx = crate::hooks::HookCtx {
@@ -620,8 +659,9 @@ fn output_projection(layer: usize, z: Array, o_proj: &Linear, step: &mut Step) -
     let shape = z.shape().to_vec();
     let (b, t, h, d) = (shape[0], shape[1], shape[2], shape[3]);
     let name = HookName::HeadResult(layer);
+    let z_flat = z.reshape(&[b, t, h * d])?;
     if !step.is_active(&name) {
-        return o_proj.forward(&z.reshape(&[b, t, h * d])?);
+        return step.project(layer, Target::O, o_proj, &z_flat);
     }
     let w = o_proj.dense_weight()?;
     let d_model = w.shape()[0];
@@ -635,10 +675,16 @@ fn output_projection(layer: usize, z: Array, o_proj: &Linear, step: &mut Step) -
         .as_dtype(z.dtype())?;
     let result = step.hook(name, result)?;
     let out = result.sum_axis(2, false)?;
-    Ok(match o_proj.bias() {
+    let out = match o_proj.bias() {
         Some(bias) => out.add(bias)?,
         None => out,
-    })
+    };
+    // An adapter's update of o_proj is not split by head: it is added after the heads' sum.
+    let Some(m) = step.lora.and_then(|a| a.module(layer, Target::O)) else {
+        return Ok(out);
+    };
+    let update = step.hook(HookName::Lora(layer, Target::O), m.update(&z_flat)?)?;
+    Ok(out.add(&update)?)
 }
 
 /// The attention core: roped `q` `[B, H, T, D]` against all cached `k`, `v` `[B, Hkv, S, D]`;

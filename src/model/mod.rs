@@ -7,6 +7,7 @@ pub mod gemma3_text;
 pub mod gguf;
 pub mod layers;
 pub mod llama;
+pub mod lora;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
@@ -24,7 +25,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::hooks::{HookName, Hooks};
 use crate::tokenizer::Tokenizer;
-use layers::{Heads, KvCache, Step, Tail};
+use layers::{Heads, KvCache, Linear, Step, Tail};
+use lora::{Adapter, Target};
 use weights::{QuantConfig, Weights};
 
 /// The architectures mlxi implements, by config.json `model_type`.
@@ -82,6 +84,11 @@ pub trait Architecture {
     fn quantization(&self) -> Option<(i32, i32)>;
     /// The sizes `m.info()` reports.
     fn dims(&self) -> Dims;
+    /// Block `layer`'s linear layer `target`, for LoRA adapters; `None` when the architecture
+    /// does not have it (or mlxi does not adapt it), which makes an adapter on it an error.
+    fn projection_mut(&mut self, _layer: usize, _target: Target) -> Option<&mut Linear> {
+        None
+    }
 }
 
 /// A model's sizes, as `m.info()` reports them.
@@ -97,6 +104,15 @@ pub struct Dims {
 impl Net {
     /// The architecture behind the enum.
     fn arch(&self) -> &dyn Architecture {
+        match self {
+            Net::Llama(m) => m,
+            Net::Gemma2(m) => m,
+            Net::Gemma3Text(m) => m,
+            Net::Phi3(m) => m,
+            Net::Qwen3Moe(m) => m,
+        }
+    }
+    fn arch_mut(&mut self) -> &mut dyn Architecture {
         match self {
             Net::Llama(m) => m,
             Net::Gemma2(m) => m,
@@ -200,6 +216,10 @@ pub struct LoadOptions {
     /// Dequantize quantized weights at load; default: true on the CPU backend (MLX's CPU
     /// quantized kernels are ~10x slower), false on a GPU.
     pub dequantize: Option<bool>,
+    /// A LoRA adapter folder (mlx-lm or PEFT layout) to attach after loading.
+    pub adapter: Option<std::path::PathBuf>,
+    /// Merge the adapter into the weights (it can then not be switched off).
+    pub fuse: bool,
 }
 
 /// `m.info()`: what a researcher wants to know about a loaded model.
@@ -221,6 +241,8 @@ pub struct ModelInfo {
     pub bytes: u64,
     pub device: String,
     pub path: String,
+    /// The LoRA adapter: "none", or its format, rank, layers, state (on, off, fused) and folder.
+    pub adapter: String,
 }
 
 /// How the weights were loaded: the parameter dtype, whether quantized layers were
@@ -244,6 +266,8 @@ pub struct Model {
     pub stored_quantization: Option<(i32, i32)>,
     /// Every parameter tensor, in load order (`weights(m)`).
     pub parameters: Vec<anatomy::ParamInfo>,
+    /// The LoRA adapter attached, if any.
+    pub adapter: Option<Adapter>,
 }
 
 /// True when MLX's default device is a GPU (Metal or CUDA), asked of the device itself.
@@ -298,18 +322,120 @@ pub fn parse_dtype(s: &str) -> Result<Dtype> {
 }
 
 impl Model {
-    /// Load from a folder, a `.gguf` file or a Hugging Face repo id.
+    /// Load from a folder, a `.gguf` file or a Hugging Face repo id (and attach the adapter
+    /// `opts` names).
     pub fn load(source: &str, opts: &LoadOptions) -> Result<Model> {
         let resolved = source::resolve(source)?;
-        if resolved.is_file() {
-            return Model::load_gguf(&resolved, opts);
-        }
-        Model::load_dir(&resolved, opts)
+        let m = if resolved.is_file() {
+            Model::load_gguf(&resolved, opts)?
+        } else {
+            Model::load_dir(&resolved, opts)?
+        };
+        m.with_adapter(opts)
     }
 
     /// The default model (SmolLM2-135M-Instruct, fetched by `./setup`).
     pub fn load_default(opts: &LoadOptions) -> Result<Model> {
-        Model::load_gguf(&source::default_model_path()?, opts)
+        Model::load_gguf(&source::default_model_path()?, opts)?.with_adapter(opts)
+    }
+
+    fn with_adapter(mut self, opts: &LoadOptions) -> Result<Model> {
+        if let Some(dir) = &opts.adapter {
+            self.attach_adapter(dir, opts.fuse)?;
+        } else if opts.fuse {
+            return Err(Error::Invalid(
+                "fuse: true needs an adapter to fuse (#{adapter: DIR, fuse: true})".into(),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Reads the LoRA adapter folder `dir` (mlx-lm or PEFT layout), checks it against this
+    /// model, and attaches it: switchable ([`Model::set_adapter`]) or, with `fuse`, merged
+    /// into the weights (`W + scale * (A B)^T`; a quantized layer becomes a dequantized one).
+    /// Nothing changes unless every check passes.
+    pub fn attach_adapter(&mut self, dir: &Path, fuse: bool) -> Result<()> {
+        if self.adapter.is_some() {
+            return Err(Error::Invalid(
+                "this model already has an adapter; load the base again for another".into(),
+            ));
+        }
+        let n = self.n_layers();
+        let arch = self.net.arch_mut();
+        let mut dims = HashMap::new();
+        for l in 0..n {
+            for t in Target::ALL {
+                if let Some(p) = arch.projection_mut(l, t) {
+                    dims.insert((l, t), p.dims());
+                }
+            }
+        }
+        if dims.is_empty() {
+            return Err(Error::Model(format!(
+                "adapters are not supported on {} models yet (supported: llama, mistral,                  qwen2, qwen3)",
+                self.info.arch
+            )));
+        }
+        let mut adapter = Adapter::load(dir, n, &|l, t| dims.get(&(l, t)).copied())?;
+        if fuse {
+            self.fuse(&mut adapter)?;
+        }
+        self.info.adapter = adapter.describe();
+        self.adapter = Some(adapter);
+        Ok(())
+    }
+
+    /// Merges `adapter` into the weights; computes every new weight before replacing any.
+    fn fuse(&mut self, adapter: &mut Adapter) -> Result<()> {
+        let arch = self.net.arch_mut();
+        let mut fused = Vec::new();
+        for (&(l, t), m) in &adapter.modules {
+            let Some(p) = arch.projection_mut(l, t) else {
+                return Err(Error::Model(format!(
+                    "the model has no layer {l} {}",
+                    t.module()
+                )));
+            };
+            let w = p.dense_weight()?;
+            let weight = w.add(m.delta()?.as_dtype(w.dtype())?)?;
+            weight.eval()?;
+            let bias = p.bias().cloned();
+            fused.push(((l, t), Linear::Dense { weight, bias }));
+        }
+        for ((l, t), linear) in fused {
+            let name = format!("model.layers.{l}.{}.weight", t.module());
+            if let Some(info) = self.parameters.iter_mut().find(|p| p.name == name) {
+                if let Linear::Dense { weight, .. } = &linear {
+                    info.dtype = crate::arrays::dtype_name(weight.dtype()).into();
+                    info.bytes = weight.nbytes() as u64;
+                    info.value = anatomy::ParamValue::Dense(weight.clone());
+                }
+            }
+            if let Some(p) = self.net.arch_mut().projection_mut(l, t) {
+                *p = linear;
+            }
+        }
+        adapter.modules.clear();
+        adapter.fused = true;
+        Ok(())
+    }
+
+    /// Switches the (unfused) adapter on or off. Errors when there is none or it is fused.
+    pub fn set_adapter(&mut self, on: bool) -> Result<()> {
+        match &mut self.adapter {
+            None => Err(Error::Invalid(
+                "adapter: this model has no adapter (load(base, #{adapter: DIR}))".into(),
+            )),
+            Some(a) if a.fused => Err(Error::Invalid(
+                "adapter: this adapter is fused into the weights and cannot be switched off;                  load without fuse: true to switch it"
+                    .into(),
+            )),
+            Some(a) => {
+                a.enabled = on;
+                self.info.adapter = a.describe();
+                Ok(())
+            }
+        }
     }
 
     fn resolve_opts(opts: &LoadOptions, stored: Option<Dtype>) -> (Dtype, bool) {
@@ -463,6 +589,7 @@ impl Model {
             bytes,
             device: if gpu_available() { "gpu" } else { "cpu" }.into(),
             path: path.display().to_string(),
+            adapter: "none".into(),
         };
         let mut info = info;
         info.quantization = match stored_quantization {
@@ -479,6 +606,7 @@ impl Model {
             info,
             stored_quantization,
             parameters,
+            adapter: None,
         })
     }
 
@@ -542,6 +670,7 @@ impl Model {
             offset,
             pads,
             hooks: &mut self.hooks,
+            lora: self.adapter.as_ref(),
         };
         let h = self.net.embed(ids, &mut step)?;
         let mut cache = cache;
@@ -583,6 +712,7 @@ impl Model {
             offset: 0,
             pads,
             hooks: &mut self.hooks,
+            lora: self.adapter.as_ref(),
         };
         let h = self.net.embed(ids, &mut step)?;
         match n_blocks {
@@ -609,6 +739,7 @@ impl Model {
             offset: 0,
             pads: &[],
             hooks: &mut Hooks::default(),
+            lora: None,
         };
         let x = self.net.final_norm(h, &mut step)?;
         self.net.unembed(&x)

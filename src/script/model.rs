@@ -49,13 +49,17 @@ impl ModelHandle {
     pub fn summary(&self) -> String {
         match self.0.try_borrow() {
             Ok(m) => format!(
-                "Model({}: {}, {} layers, d_model {}, {}, {})",
+                "Model({}: {}, {} layers, d_model {}, {}, {}{})",
                 m.info.name,
                 m.info.arch,
                 m.info.n_layers,
                 m.info.d_model,
                 m.info.dtype,
-                m.info.device
+                m.info.device,
+                match &m.adapter {
+                    Some(a) => format!(", adapter: {}", a.describe()),
+                    None => String::new(),
+                }
             ),
             Err(_) => "Model(busy)".into(),
         }
@@ -127,13 +131,30 @@ fn check_vocab(m: &Model, rows: &[Vec<u32>], verb: &str) -> Result<()> {
 }
 
 fn load_impl(ctx: &NativeCallContext, source: Option<&str>, opts: &Map) -> Result<ModelHandle> {
-    let o = Options::parse("load", opts, &["dtype", "dequantize"])?;
+    let o = Options::parse("load", opts, &["dtype", "dequantize", "adapter", "fuse"])?;
+    // An adapter folder resolves as a model path does (reading it is not restricted).
+    let adapter = o
+        .string("adapter")?
+        .map(|dir| {
+            let resolved = context(ctx).permissions().resolve(&dir)?;
+            if !resolved.is_dir() {
+                return Err(Error::Model(format!(
+                    "load: adapter {}: no such folder (a relative path is relative to the \
+                     script's folder)",
+                    resolved.display()
+                )));
+            }
+            Ok(resolved)
+        })
+        .transpose()?;
     let lo = LoadOptions {
         dtype: o.string("dtype")?.map(|s| parse_dtype(&s)).transpose()?,
         dequantize: o
             .get("dequantize")
             .map(|_| o.bool("dequantize", true))
             .transpose()?,
+        fuse: o.bool("fuse", false)?,
+        adapter,
     };
     use crate::model::source;
     let m = match source {
@@ -605,6 +626,35 @@ fn logprobs_impl(m: &mut Model, prompt: &Dynamic, cont: &Dynamic) -> Result<Dyna
     })
 }
 
+fn adapter_map(a: &crate::model::lora::Adapter) -> Map {
+    let mut layers: Vec<INT> = a.modules.keys().map(|(l, _)| *l as INT).collect();
+    layers.dedup();
+    let mut targets: Vec<&str> = a.modules.keys().map(|(_, t)| t.short()).collect();
+    targets.sort_by_key(|t| {
+        crate::model::lora::Target::ALL
+            .iter()
+            .position(|x| x.short() == *t)
+    });
+    targets.dedup();
+    let mut ranks: Vec<INT> = a.modules.values().map(|m| m.rank as INT).collect();
+    ranks.sort();
+    ranks.dedup();
+    let ints = |v: Vec<INT>| Dynamic::from_array(v.into_iter().map(Dynamic::from_int).collect());
+    let mut map = Map::new();
+    map.insert("format".into(), a.format.name().into());
+    map.insert("path".into(), a.path.display().to_string().into());
+    map.insert("on".into(), (a.enabled || a.fused).into());
+    map.insert("fused".into(), a.fused.into());
+    map.insert("layers".into(), ints(layers));
+    map.insert(
+        "targets".into(),
+        Dynamic::from_array(targets.into_iter().map(|t| t.into()).collect()),
+    );
+    map.insert("ranks".into(), ints(ranks));
+    map.insert("summary".into(), a.summary.clone().into());
+    map
+}
+
 fn info_map(m: &Model) -> Result<Map> {
     let v = serde_json::to_value(&m.info).map_err(|e| Error::Invalid(e.to_string()))?;
     let mut map = Map::new();
@@ -650,7 +700,8 @@ mod model_functions {
     }
 
     /// `load` with options: `dtype` ("f32", "f16", "bf16"), `dequantize` (bool; default true on
-    /// the CPU backend, false on a GPU).
+    /// the CPU backend, false on a GPU), `adapter` (a LoRA adapter folder from mlx-lm or PEFT),
+    /// `fuse` (merge the adapter into the weights; default false: switchable with `adapter`).
     ///
     /// Example: `let m = load("models/qwen3", #{dtype: "bf16"});`
     #[rhai_fn(name = "load", return_raw)]
@@ -659,7 +710,8 @@ mod model_functions {
     }
 
     /// A map describing the model: name, arch, n_layers, d_model, n_heads, n_kv_heads, d_head,
-    /// d_mlp, vocab, params, dtype, quantization, bytes, device, path.
+    /// d_mlp, vocab, params, dtype, quantization, bytes, device, path, adapter ("none" or a
+    /// description of the LoRA adapter).
     ///
     /// Example: `load().info().n_layers  // 30`
     #[rhai_fn(return_raw, pure)]
@@ -838,11 +890,40 @@ mod model_functions {
     /// Example: `hook_points(m)[0]  // "hook_embed"`
     #[rhai_fn(return_raw, pure)]
     pub fn hook_points(m: &mut Model) -> RhaiResult<RhaiArray> {
-        let n = m.get()?.n_layers();
-        Ok(HookName::all(n)
+        let g = m.get()?;
+        let n = g.n_layers();
+        let lora: Vec<HookName> = match &g.adapter {
+            Some(a) => HookName::lora_points(&a.targets()),
+            None => Vec::new(),
+        };
+        Ok(HookName::forward_order(n)
             .into_iter()
+            .filter(|h| !matches!(h, HookName::Lora(..)) || lora.contains(h))
             .map(|h| Dynamic::from(h.to_string()))
             .collect())
+    }
+
+    /// Switches the model's LoRA adapter off (`false`) or on (`true`), so the same prompts run
+    /// on the base model and the fine-tune without reloading. A fused adapter cannot be
+    /// switched (an error says so).
+    ///
+    /// Example: `adapter(m, false); let base = forward(m, "Hi"); adapter(m, true);`
+    #[rhai_fn(name = "adapter", return_raw)]
+    pub fn set_adapter(m: &mut Model, on: bool) -> RhaiResult<()> {
+        Ok(m.get()?.set_adapter(on)?)
+    }
+
+    /// The model's LoRA adapter: `#{format, path, on, fused, layers, targets, ranks, summary}`
+    /// (`layers`: the blocks adapted; `targets`: "q", "v", ...), or `()` without one.
+    ///
+    /// Example: `adapter(m).on  // true`
+    #[rhai_fn(name = "adapter", return_raw, pure)]
+    pub fn get_adapter(m: &mut Model) -> RhaiResult<Dynamic> {
+        let g = m.get()?;
+        let Some(a) = &g.adapter else {
+            return Ok(Dynamic::UNIT);
+        };
+        Ok(Dynamic::from_map(adapter_map(a)))
     }
 
     /// A short description of the model.
