@@ -413,3 +413,43 @@ fn broken_adapters_are_clear_errors_that_change_nothing() {
         .unwrap_err();
     assert!(e.to_string().contains("not supported on gemma2"), "{e}");
 }
+
+/// The script verbs: `load(base, #{adapter, fuse})`, `adapter(m)`, `adapter(m, on)`,
+/// `hook_points` with the adapter's points, a script hook on `hook_lora_*`, `m.info().adapter`.
+#[test]
+fn scripts_load_switch_and_hook_adapters() {
+    let code = format!(
+        r#"let m = load("{FIXTURES}/llama", #{{adapter: "{ADAPTERS}/llama-mlx"}});
+        let a = adapter(m);
+        let on = forward(m, [5, 6, 7]);
+        adapter(m, false);
+        let off = forward(m, [5, 6, 7]);
+        adapter(m, true);
+        let lora = hook_points(m).filter(|p| p.contains("lora"));
+        let seen = [];
+        hook(m, "blocks.1.attn.hook_lora_q", |x| {{ seen.push(x.shape); () }});
+        forward(m, [5, 6, 7]);
+        let zero = |x| x * 0.0;
+        for p in lora {{ hook(m, p, zero); }}
+        let zeroed = forward(m, [5, 6, 7]);
+        let f = load("{FIXTURES}/llama", #{{adapter: "{ADAPTERS}/llama-mlx", fuse: true}});
+        let err = "";
+        try {{ adapter(f, false); }} catch (e) {{ err = `${{e}}`; }}
+        [a.format, a.layers, a.targets, a.ranks, a.on, max(abs(on - off)) > 0.1,
+         lora.len(), lora[0], seen, max(abs(zeroed - off)) < 1e-4, err.contains("fused"),
+         adapter(f).fused, m.info().adapter.contains("(on;"), `${{m}}`.contains("adapter: mlx-lm LoRA"),
+         adapter(load("{FIXTURES}/llama")) == ()]"#
+    );
+    let r = common::eval(&code);
+    // The q hook saw both later forwards (it stays attached while the zeroing hooks run).
+    let want = r#"["mlx-lm", [1], ["q", "k", "v", "o", "gate", "up", "down"], [4], true, true, 7,
+        "blocks.1.attn.hook_lora_q", [[1, 3, 64], [1, 3, 64]], true, true, true, true, true, true,]"#;
+    let squash = |s: &str| s.split_whitespace().collect::<String>();
+    assert_eq!(squash(r.ok()), squash(want));
+    let bad = common::eval(&format!(
+        r#"load("{FIXTURES}/llama", #{{adapter: "{ADAPTERS}/no-such-adapter"}})"#
+    ));
+    assert!(bad.stderr.contains("no such folder"), "{}", bad.stderr);
+    let typo = common::eval(&format!(r#"load("{FIXTURES}/llama", #{{adaptor: "x"}})"#));
+    assert!(typo.stderr.contains("adapter"), "{}", typo.stderr);
+}

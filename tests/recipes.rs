@@ -62,6 +62,7 @@ fn every_script_is_tested() {
         "steering",
         "tensors",  // tests/cli.rs, tests/hooks.rs
         "patching", // here
+        "finetune", // here
     ];
     for entry in std::fs::read_dir(common::repo().join("scripts")).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
@@ -251,5 +252,59 @@ fn patching_finds_the_fact_at_the_subject_then_the_last_token() {
     svg(
         &out.path().join("hook_resid_pre.svg"),
         "share of logit_diff",
+    );
+}
+
+/// The finetune recipe on the default model with the test adapter (tests/fixtures/adapters/
+/// smollm2-peft): a change at every layer, concept cosines, plots, and the KL of the first
+/// prompt's next token equal to one computed here from the model's logits with the adapter off
+/// and on (through the Rust API, not the recipe's tensor code).
+#[test]
+fn finetune_compares_base_and_adapter() {
+    let out = run_script("finetune");
+    let v = json(&out.path().join("finetune.json"));
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 30);
+    for l in layers {
+        assert!(f(&l["relative"]) > 0.01, "{l}");
+        let c = f(&l["cosines"]["positive"]);
+        assert!((-1.0..=1.0).contains(&c), "{l}");
+        assert!((-1.0..=1.0).contains(&f(&l["consistency"])), "{l}");
+    }
+    let kl = v["kl"]["per_prompt"].as_array().unwrap();
+    assert_eq!(kl.len(), 3);
+    assert!(v["adapter"].as_str().unwrap().contains("peft LoRA, rank 4"));
+    svg(&out.path().join("finetune.svg"), "What the adapter changes");
+    svg(&out.path().join("concepts.svg"), "Concept directions");
+
+    let dir = common::repo().join("tests/fixtures/adapters/smollm2-peft");
+    let opts = mlxi::model::LoadOptions {
+        dtype: Some(mlx_rs::Dtype::Float32),
+        dequantize: Some(true),
+        adapter: Some(dir),
+        fuse: false,
+    };
+    let mut m = mlxi::model::Model::load_default(&opts).unwrap();
+    let ids = m.encode("Tell me about your day.", true).unwrap();
+    let last = |m: &mut mlxi::model::Model| -> Vec<f64> {
+        let logits = m.forward_ids(std::slice::from_ref(&ids)).unwrap();
+        let all = logits.as_slice::<f32>();
+        let row = &all[all.len() - m.info.vocab as usize..];
+        let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+        row.iter().map(|&x| x as f64 - max - z.ln()).collect()
+    };
+    let tuned = last(&mut m);
+    m.set_adapter(false).unwrap();
+    let base = last(&mut m);
+    let want: f64 = tuned
+        .iter()
+        .zip(&base)
+        .map(|(t, b)| t.exp() * (t - b))
+        .sum();
+    let got = f(&kl[0]);
+    assert!(
+        (got - want).abs() < 1e-3 * want.max(1.0),
+        "recipe {got}, Rust {want}"
     );
 }
