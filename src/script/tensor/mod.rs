@@ -768,6 +768,38 @@ mod tensor_functions {
         }
     }
 
+    /// Writes several named tensors (a map name -> Tensor) to one safetensors file, atomically:
+    /// e.g. an adapter's matrices. A relative path is relative to the script's folder.
+    ///
+    /// Example: `save_tensors(#{a: zeros([2, 3]), b: ones([3])}, "two.safetensors")`
+    #[rhai_fn(return_raw)]
+    pub fn save_tensors(ctx: NativeCallContext, tensors: rhai::Map, path: &str) -> RhaiResult<()> {
+        let path = context(&ctx).write_path("save_tensors", path)?;
+        let mut named = Vec::with_capacity(tensors.len());
+        for (k, v) in &tensors {
+            let t = v.clone().try_cast::<Tensor>().ok_or_else(|| {
+                Error::Invalid(format!("save_tensors: the value for {k:?} is not a Tensor"))
+            })?;
+            named.push((k.to_string(), t.array().clone()));
+        }
+        let refs: Vec<(&str, &Array)> = named.iter().map(|(k, a)| (k.as_str(), a)).collect();
+        Ok(write_safetensors(&path, &refs, None)?)
+    }
+
+    /// Every tensor of a safetensors file, as a map name -> Tensor (e.g. an adapter's
+    /// matrices). A relative path is relative to the script's folder.
+    ///
+    /// Example: `let w = load_tensors("adapters.safetensors"); keys(w)`
+    #[rhai_fn(return_raw)]
+    pub fn load_tensors(ctx: NativeCallContext, path: &str) -> RhaiResult<rhai::Map> {
+        let full = context(&ctx).read_path("load_tensors", path)?;
+        let (tensors, _) = read_safetensors(&full)?;
+        Ok(tensors
+            .into_iter()
+            .map(|(k, a)| (k.into(), Dynamic::from(Tensor::new(a))))
+            .collect())
+    }
+
     /// `Tensor[shape] dtype` and a few values.
     #[rhai_fn(name = "to_string", name = "to_debug", pure)]
     pub fn to_string(t: &mut Tensor) -> String {
