@@ -453,3 +453,33 @@ fn scripts_load_switch_and_hook_adapters() {
     let typo = common::eval(&format!(r#"load("{FIXTURES}/llama", #{{adaptor: "x"}})"#));
     assert!(typo.stderr.contains("adapter"), "{}", typo.stderr);
 }
+
+/// `load_tensors` reads every matrix of an adapter file; `save_tensors` writes them back.
+#[test]
+fn adapter_matrices_round_trip_through_scripts() {
+    let home = common::scratch();
+    let dir = common::scratch();
+    // A script reads only inside its folder (unless allowed): the file is copied there.
+    std::fs::copy(
+        format!("{ADAPTERS}/llama-mlx/adapters.safetensors"),
+        dir.path().join("adapters.safetensors"),
+    )
+    .unwrap();
+    let code = r#"let w = load_tensors("adapters.safetensors");
+        save_tensors(w, "copy.safetensors");
+        let again = load_tensors("copy.safetensors");
+        let same = true;
+        for k in keys(w) { if max(abs(w[k] - again[k])) != 0.0 { same = false; } }
+        [keys(w).len(), w["model.layers.1.self_attn.q_proj.lora_a"].shape, same]"#;
+    let r = common::eval_in(home.path(), dir.path(), code);
+    assert_eq!(
+        r.ok().split_whitespace().collect::<String>(),
+        "[14,[64,4],true]"
+    );
+    let bad = common::eval_in(
+        home.path(),
+        dir.path(),
+        r#"save_tensors(#{a: 1}, "x.safetensors")"#,
+    );
+    assert!(bad.stderr.contains("is not a Tensor"), "{}", bad.stderr);
+}
