@@ -458,6 +458,15 @@ impl KvCache {
             offset: 0,
         }
     }
+
+    /// The buffers every layer holds, to evaluate them (e.g. between prefill chunks).
+    pub fn arrays(&self) -> Vec<&Array> {
+        self.layers
+            .iter()
+            .flat_map(|l| [l.keys.as_ref(), l.values.as_ref()])
+            .flatten()
+            .collect()
+    }
 }
 
 /// Per-forward facts every layer needs: where the queries sit and which keys each row may see.
@@ -747,11 +756,15 @@ pub enum Act {
 pub fn gated_mlp(layer: usize, gate: Array, up: Array, act: Act, step: &mut Step) -> Result<Array> {
     let gate = step.hook(HookName::MlpPre(layer), gate)?;
     let up = step.hook(HookName::MlpPreLinear(layer), up)?;
-    let activated = match act {
-        Act::Silu => nn::silu(&gate)?,
-        Act::GeluTanh => nn::gelu_approximate(&gate)?,
+    let post = match super::fastmath::gated(act, &gate, &up)? {
+        Some(post) => post,
+        None => match act {
+            Act::Silu => nn::silu(&gate)?,
+            Act::GeluTanh => nn::gelu_approximate(&gate)?,
+        }
+        .multiply(&up)?,
     };
-    step.hook(HookName::MlpPost(layer), activated.multiply(&up)?)
+    step.hook(HookName::MlpPost(layer), post)
 }
 
 /// Take the last position of `[B, T, ...]` as `[B, 1, ...]`.

@@ -2,6 +2,7 @@
 //! maps `model_type` to an architecture; the forward pass with hooks, padding and a KV cache.
 
 pub mod anatomy;
+pub mod fastmath;
 pub mod gemma2;
 pub mod gemma3_text;
 pub mod gguf;
@@ -18,6 +19,7 @@ pub mod weights;
 use std::collections::HashMap;
 use std::path::Path;
 
+use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::{Array, Dtype};
 use serde::Serialize;
 
@@ -26,6 +28,9 @@ use crate::hooks::{HookName, Hooks};
 use crate::tokenizer::Tokenizer;
 use layers::{Heads, KvCache, Step, Tail};
 use weights::{QuantConfig, Weights};
+
+/// Positions a long prompt is run through at a time when generating (see [`Model::prefill`]).
+pub const PREFILL_CHUNK: i32 = 256;
 
 /// The architectures mlxi implements, by config.json `model_type`.
 pub const SUPPORTED: &[&str] = &[
@@ -537,6 +542,49 @@ impl Model {
         if offset == 0 {
             self.hooks.prompt_len = len;
         }
+        self.step(ids, pads, cache, last_only)
+    }
+
+    /// Run a prompt `ids` `[batch, pos]` into an empty `cache`, [`PREFILL_CHUNK`] positions at a
+    /// time (each chunk's keys and values evaluated before the next is queued), and return the
+    /// last position's logits `[batch, 1, vocab]`. The same as one [`Model::run`] of the whole
+    /// prompt within float rounding, but attention's scores are at most `[heads, chunk, pos]`
+    /// instead of `[heads, pos, pos]`, and keys after a chunk are not scored at all. Hooks see
+    /// each chunk as one call (its `offset` and `len`); the whole prompt counts as the prompt.
+    pub fn prefill(&mut self, ids: &Array, pads: &[i32], cache: &mut KvCache) -> Result<Array> {
+        let len = ids.shape()[1];
+        if cache.offset != 0 {
+            return Err(Error::Invalid(
+                "prefill: the cache already holds positions".into(),
+            ));
+        }
+        self.hooks.prompt_len = len;
+        let mut start = 0;
+        while len - start > PREFILL_CHUNK {
+            crate::interrupt::check()?;
+            let chunk = ids.try_index((.., start..start + PREFILL_CHUNK))?;
+            self.step(&chunk, pads, Some(cache), true)?;
+            mlx_rs::transforms::eval(cache.arrays())?;
+            start += PREFILL_CHUNK;
+        }
+        let rest = if start == 0 {
+            ids.clone()
+        } else {
+            ids.try_index((.., start..))?
+        };
+        self.step(&rest, pads, Some(cache), true)
+    }
+
+    /// One forward call from `cache`'s offset; `hooks.prompt_len` is already set.
+    fn step(
+        &mut self,
+        ids: &Array,
+        pads: &[i32],
+        cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<Array> {
+        let len = ids.shape()[1];
+        let offset = cache.as_ref().map_or(0, |c| c.offset);
         let mut step = Step {
             len,
             offset,
