@@ -73,8 +73,12 @@ run_mlxi() { # name source pt gt trials [extra args]
 
 "$MLXI" bench default --prompt-tokens 2 --gen-tokens 2 --trials 1 | grep device
 run_ref f32 "$F32" "$PT" "$GT" "$TRIALS"
-run_mlxi f32 "$F32" "$PT" "$GT" "$TRIALS" ${GB_ARGS[@]+"${GB_ARGS[@]}"}
-[ "$TORCH" = 1 ] && run_torch f32 "$F32" "$PT" "$GT" "$TRIALS" ${GB_ARGS[@]+"${GB_ARGS[@]}"}
+run_mlxi f32 "$F32" "$PT" "$GT" "$TRIALS"
+[ "$TORCH" = 1 ] && run_torch f32 "$F32" "$PT" "$GT" "$TRIALS"
+if [ -n "$GEN_BATCHES" ]; then  # separate processes: their peak memory is not the rows' above
+    run_mlxi f32-batches "$F32" 8 "$GT" "$TRIALS" "${GB_ARGS[@]}"
+    [ "$TORCH" = 1 ] && run_torch f32-batches "$F32" 8 "$GT" "$TRIALS" "${GB_ARGS[@]}"
+fi
 for ctx in $CONTEXTS; do
     run_ref "f32-$ctx" "$F32" "$ctx" 32 1
     run_mlxi "f32-$ctx" "$F32" "$ctx" 32 1
@@ -117,12 +121,13 @@ for name, r, m, t in rows:
     if t and t["prompt_ids_sha256"] != r["prompt_ids_sha256"]:
         print("    warning: torch ran other prompt ids than mlx-lm")
     print(f"{'':38} {'same tokens':16} {'':>12} {str(same_t):>12} {str(same):>12}")
-mb_ = load("mlxi-f32.json").get("gen_batches", [])
-tb_ = {g["batch"]: g for g in (maybe("torch-f32.json") or {}).get("gen_batches", [])}
+mb_ = (maybe("mlxi-f32-batches.json") or {}).get("gen_batches", [])
+tb_ = {g["batch"]: g for g in (maybe("torch-f32-batches.json") or {}).get("gen_batches", [])}
 if mb_:
     one = next((g["new_tps"] for g in mb_ if g["batch"] == 1), None)
     tone = tb_.get(1, {}).get("new_tps")
-    print(f"batched greedy generation ({mb_[0]['len']} prompt + {mb_[0]['gen_tokens']} new tokens a row, median of {r['trials']}): total new tok/s")
+    trials = load("mlxi-f32-batches.json")["trials"]
+    print(f"batched greedy generation ({mb_[0]['len']} prompt + {mb_[0]['gen_tokens']} new tokens a row, median of {trials}): total new tok/s")
     print(f"{'':38} {'batch':16} {'torch':>12} {'mlxi':>12} {'mlxi/torch':>12} {'mlxi/batch 1':>12} {'torch/batch 1':>13} {'same row 0':>10}")
     for g in mb_:
         t = tb_.get(g["batch"])

@@ -135,3 +135,55 @@ fn generation_after_a_long_prompt_keeps_its_prompt_window() {
     assert_eq!(plain[0].ids[0], steered[0].ids[0]);
     assert_ne!(plain[0].ids, steered[0].ids, "the steering had no effect");
 }
+
+/// Sliding-window layers' caches are trimmed during a long generation (the gemma2 and
+/// gemma3_text checkpoints have 4-key windows): through several trims, each step's logits from
+/// the cache equal those of one forward without a cache over the prompt and every generated
+/// token, and the windowed layers hold at most `window - 1 + 256 + 1` positions.
+#[test]
+fn long_generation_with_trimmed_window_caches_matches_a_cacheless_forward() {
+    use mlx_rs::ops::indexing::{argmax_axis, TryIndexOp};
+    let _g = lock();
+    common::full_f32();
+    for case in ["gemma2", "gemma3_text"] {
+        let mut m = load(case);
+        let n = m.n_layers();
+        let prompt = ids(10, 7);
+        let (input, pads) = pad_left(std::slice::from_ref(&prompt), 0).unwrap();
+        let mut cache = KvCache::new(n);
+        let mut logits = m.prefill(&input, &pads, &mut cache).unwrap();
+        let mut seq = prompt.clone();
+        let mut steps = Vec::new();
+        for _ in 0..600 {
+            let tok = argmax_axis(logits.try_index((0, -1)).unwrap(), -1, false)
+                .unwrap()
+                .item::<u32>();
+            steps.push(logits.try_index((0, -1)).unwrap());
+            seq.push(tok);
+            let next = Array::from_slice(&[tok as i32], &[1, 1]);
+            logits = m.run(&next, &pads, Some(&mut cache), true).unwrap();
+        }
+        assert!(cache.window_start > 300, "{case}: never trimmed");
+        let windowed = m.windows();
+        let held: Vec<i32> = cache.layers.iter().map(|l| l.held()).collect();
+        for (h, w) in held.iter().zip(&windowed) {
+            match w {
+                Some(w) => assert!(*h <= w - 1 + 256 + 1, "{case}: holds {h}"),
+                None => assert_eq!(*h, seq.len() as i32, "{case}"),
+            }
+        }
+        assert!(
+            windowed.iter().any(|w| w.is_some()),
+            "{case}: no windowed layer"
+        );
+        let (all, p) = pad_left(std::slice::from_ref(&seq), 0).unwrap();
+        let full = m.run(&all, &p, None, false).unwrap();
+        for (i, step) in steps.iter().enumerate() {
+            let want = full
+                .try_index((0, prompt.len() as i32 - 1 + i as i32))
+                .unwrap();
+            let d = max_abs_diff(step, &want);
+            assert!(d < 1e-4, "{case}: step {i} differs by {d}");
+        }
+    }
+}

@@ -87,6 +87,10 @@ pub trait Architecture {
     fn quantization(&self) -> Option<(i32, i32)>;
     /// The sizes `m.info()` reports.
     fn dims(&self) -> Dims;
+    /// Each layer's sliding window (`None`: full attention); empty when no layer has one.
+    fn windows(&self) -> Vec<Option<i32>> {
+        Vec::new()
+    }
 }
 
 /// A model's sizes, as `m.info()` reports them.
@@ -491,6 +495,11 @@ impl Model {
         self.net.n_layers()
     }
 
+    /// Each layer's sliding window (`None`: full attention); empty when no layer has one.
+    pub fn windows(&self) -> Vec<Option<i32>> {
+        self.net.arch().windows()
+    }
+
     /// Token ids for `text`; `special` adds BOS etc. as the model's tokenizer does by default.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         self.tokenizer.encode(text, special)
@@ -585,14 +594,22 @@ impl Model {
     ) -> Result<Array> {
         let len = ids.shape()[1];
         let offset = cache.as_ref().map_or(0, |c| c.offset);
+        let mut cache = cache;
+        let window_start = match cache.as_deref_mut() {
+            Some(c) => {
+                c.trim_windows(&self.net.arch().windows())?;
+                c.window_start
+            }
+            None => 0,
+        };
         let mut step = Step {
             len,
             offset,
+            window_start,
             pads,
             hooks: &mut self.hooks,
         };
         let h = self.net.embed(ids, &mut step)?;
-        let mut cache = cache;
         let h = self.net.blocks(h, cache.as_deref_mut(), &mut step, None)?;
         let whole_final_norm = [HookName::LnFinalScale, HookName::LnFinal]
             .iter()
@@ -629,6 +646,7 @@ impl Model {
         let mut step = Step {
             len,
             offset: 0,
+            window_start: 0,
             pads,
             hooks: &mut self.hooks,
         };
@@ -655,6 +673,7 @@ impl Model {
         let mut step = Step {
             len: h.shape().get(1).copied().unwrap_or(1),
             offset: 0,
+            window_start: 0,
             pads: &[],
             hooks: &mut Hooks::default(),
         };
