@@ -157,7 +157,9 @@ fn long_generation_with_trimmed_window_caches_matches_a_cacheless_forward() {
         for _ in 0..600 {
             let tok = argmax_axis(logits.try_index((0, -1)).unwrap(), -1, false)
                 .unwrap()
-                .item::<u32>();
+                .as_dtype(Dtype::Int32)
+                .unwrap()
+                .item_exact::<i32>() as u32;
             steps.push(logits.try_index((0, -1)).unwrap());
             seq.push(tok);
             let next = Array::from_slice(&[tok as i32], &[1, 1]);
