@@ -7,6 +7,8 @@
 #   CONTEXTS="1024 4096" bench/run.sh   also decode after prompts of these lengths (32 tokens,
 #                one trial), the three tools side by side: the cost of a step at long context
 #   TORCH=0 bench/run.sh                 without the PyTorch column
+#   GEN_BATCHES="1 8 32" bench/run.sh    also batched greedy generation (GEN_TOKENS new tokens
+#                for each of B rows of 32 prompt tokens): total new tokens/s, mlxi and PyTorch
 #
 # Prepares (once) a reference venv with mlx-lm (tests/reference/requirements.txt), the default
 # model converted to a Hugging Face f32 folder (tests/reference/gguf_to_hf.py) and a 4-bit
@@ -39,6 +41,9 @@ fi
 MLXI="$ROOT/target/release/mlxi"
 TORCH="${TORCH:-1}"
 CONTEXTS="${CONTEXTS:-}"
+GEN_BATCHES="${GEN_BATCHES:-}"
+GB_ARGS=()
+[ -n "$GEN_BATCHES" ] && GB_ARGS=(--gen-batches "${GEN_BATCHES// /,}")
 if [ "$TORCH" = 1 ] && ! "$REF/bin/python" -c 'import torch' 2>/dev/null; then
     echo "==> PyTorch into $REF" >&2
     "$REF/bin/pip" install -q "torch==2.15.0"
@@ -56,20 +61,24 @@ run_ref() { # name dir pt gt trials
     LD_PRELOAD="${PRELOAD:-}" "$REF/bin/python" "$ROOT/tests/reference/mlxlm_bench.py" "$2" \
         --prompt-tokens "$3" --gen-tokens "$4" --trials "$5" --json > "$OUT/ref-$1.json"
 }
-run_torch() { # name dir pt gt trials
+run_torch() { # name dir pt gt trials [extra args]
     echo "==> torch: $1" >&2
     "$REF/bin/python" "$ROOT/tests/reference/torch_bench.py" "$2" \
-        --prompt-tokens "$3" --gen-tokens "$4" --trials "$5" --json > "$OUT/torch-$1.json"
+        --prompt-tokens "$3" --gen-tokens "$4" --trials "$5" "${@:6}" --json > "$OUT/torch-$1.json"
 }
-run_mlxi() { # name source pt gt trials
+run_mlxi() { # name source pt gt trials [extra args]
     echo "==> mlxi: $1" >&2
-    "$MLXI" bench "$2" --prompt-tokens "$3" --gen-tokens "$4" --trials "$5" --json > "$OUT/mlxi-$1.json"
+    "$MLXI" bench "$2" --prompt-tokens "$3" --gen-tokens "$4" --trials "$5" "${@:6}" --json > "$OUT/mlxi-$1.json"
 }
 
 "$MLXI" bench default --prompt-tokens 2 --gen-tokens 2 --trials 1 | grep device
 run_ref f32 "$F32" "$PT" "$GT" "$TRIALS"
 run_mlxi f32 "$F32" "$PT" "$GT" "$TRIALS"
 [ "$TORCH" = 1 ] && run_torch f32 "$F32" "$PT" "$GT" "$TRIALS"
+if [ -n "$GEN_BATCHES" ]; then  # separate processes: their peak memory is not the rows' above
+    run_mlxi f32-batches "$F32" 8 "$GT" "$TRIALS" "${GB_ARGS[@]}"
+    [ "$TORCH" = 1 ] && run_torch f32-batches "$F32" 8 "$GT" "$TRIALS" "${GB_ARGS[@]}"
+fi
 for ctx in $CONTEXTS; do
     run_ref "f32-$ctx" "$F32" "$ctx" 32 1
     run_mlxi "f32-$ctx" "$F32" "$ctx" 32 1
@@ -112,6 +121,22 @@ for name, r, m, t in rows:
     if t and t["prompt_ids_sha256"] != r["prompt_ids_sha256"]:
         print("    warning: torch ran other prompt ids than mlx-lm")
     print(f"{'':38} {'same tokens':16} {'':>12} {str(same_t):>12} {str(same):>12}")
+mb_ = (maybe("mlxi-f32-batches.json") or {}).get("gen_batches", [])
+tb_ = {g["batch"]: g for g in (maybe("torch-f32-batches.json") or {}).get("gen_batches", [])}
+if mb_:
+    one = next((g["new_tps"] for g in mb_ if g["batch"] == 1), None)
+    tone = tb_.get(1, {}).get("new_tps")
+    trials = load("mlxi-f32-batches.json")["trials"]
+    print(f"batched greedy generation ({mb_[0]['len']} prompt + {mb_[0]['gen_tokens']} new tokens a row, median of {trials}): total new tok/s")
+    print(f"{'':38} {'batch':16} {'torch':>12} {'mlxi':>12} {'mlxi/torch':>12} {'mlxi/batch 1':>12} {'torch/batch 1':>13} {'same row 0':>10}")
+    for g in mb_:
+        t = tb_.get(g["batch"])
+        tt = f"{t['new_tps']:.1f}" if t else "-"
+        ratio = f"{g['new_tps'] / t['new_tps']:.2f}x" if t else "-"
+        scale = f"{g['new_tps'] / one:.2f}x" if one else "-"
+        tscale = f"{t['new_tps'] / tone:.2f}x" if t and tone else "-"
+        same = str(t["row0_ids"] == g["row0_ids"]) if t else "-"
+        print(f"{'':38} {g['batch']:<16} {tt:>12} {g['new_tps']:>12.1f} {ratio:>12} {scale:>12} {tscale:>13} {same:>10}")
 print(f"mlxi on the default GGUF ({gguf['prompt_tokens']}/{gguf['gen_tokens']}): load {gguf['load_s']:.2f} s, "
       f"prefill {gguf['prefill_tps']:.1f} tok/s, decode {gguf['decode_tps']:.1f} tok/s, peak {mb(gguf['peak_memory_bytes'])}")
 PY

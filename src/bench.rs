@@ -44,6 +44,39 @@ pub struct BenchResult {
     /// The batched forward, when asked for (`--batch B --batch-len T`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchFigures>,
+    /// Batched generation, one entry per batch size asked for (`--gen-batches 1,8,32`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gen_batches: Vec<GenBatch>,
+}
+
+/// What to measure: one generation after a prompt (the main figures), optionally a batched
+/// forward and batched generation.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub trials: usize,
+    /// `(rows, tokens per row)` of a batched forward.
+    pub batch: Option<(usize, usize)>,
+    /// Batch sizes of batched generation (each row `gen_batch_len` prompt tokens, then
+    /// `gen_tokens` greedy tokens).
+    pub gen_batches: Vec<usize>,
+    pub gen_batch_len: usize,
+}
+
+/// Greedy generation of `gen_tokens` tokens for `batch` rows of `len` prompt tokens (rows as
+/// [`batch_rows`] builds them), end-of-sequence ignored: the median wall time of the trials
+/// (prefill included) and the total new tokens per second.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenBatch {
+    pub batch: usize,
+    pub len: usize,
+    pub gen_tokens: usize,
+    pub seconds: f64,
+    /// batch * gen_tokens / seconds.
+    pub new_tps: f64,
+    /// The ids of row 0 (the same at every batch size when batching changes nothing).
+    pub row0_ids: Vec<u32>,
 }
 
 /// A `[batch, len]` forward pass (logits evaluated), and the same inputs through `capture` of
@@ -139,14 +172,14 @@ fn max_rss_bytes() -> u64 {
 /// Load `source` and time a greedy generation of `gen_tokens` after a `prompt_tokens` prompt,
 /// after one short warm-up run (as the mlx-lm side does); times are the medians of `trials`
 /// runs.
-pub fn run(
-    source: &str,
-    opts: &LoadOptions,
-    prompt_tokens: usize,
-    gen_tokens: usize,
-    trials: usize,
-    batch: Option<(usize, usize)>,
-) -> Result<BenchResult> {
+pub fn run(source: &str, opts: &LoadOptions, spec: &BenchSpec) -> Result<BenchResult> {
+    let BenchSpec {
+        prompt_tokens,
+        gen_tokens,
+        trials,
+        batch,
+        ..
+    } = *spec;
     let t0 = Instant::now();
     let mut model = if source == "default" {
         Model::load_default(opts)?
@@ -168,6 +201,11 @@ pub fn run(
     let batch = batch
         .map(|b| batch_figures(&mut model, &base, b, trials))
         .transpose()?;
+    let gen_batches = spec
+        .gen_batches
+        .iter()
+        .map(|&b| gen_batch(&mut model, &base, b, spec.gen_batch_len, gen_tokens, trials))
+        .collect::<Result<Vec<_>>>()?;
     Ok(BenchResult {
         tool: "mlxi".into(),
         model: model.info.path.clone(),
@@ -187,6 +225,55 @@ pub fn run(
         max_rss_bytes: max_rss_bytes(),
         generated_ids: ids,
         batch,
+        gen_batches,
+    })
+}
+
+fn gen_batch(
+    model: &mut Model,
+    base: &[u32],
+    batch: usize,
+    len: usize,
+    gen_tokens: usize,
+    trials: usize,
+) -> Result<GenBatch> {
+    let rows = batch_rows(base, batch, len);
+    let opts = GenerateOptions {
+        max_tokens: gen_tokens,
+        batch_size: batch.max(1),
+        ..Default::default()
+    };
+    let once = |model: &mut Model| -> Result<(f64, Vec<u32>)> {
+        let mut clock = Clock { first: None };
+        let t = Instant::now();
+        let out = generate(
+            model,
+            &rows,
+            &opts,
+            &[],
+            0,
+            &|_| Ok(String::new()),
+            &mut clock,
+        )?;
+        let ids = out.into_iter().next().map(|g| g.ids).unwrap_or_default();
+        Ok((t.elapsed().as_secs_f64(), ids))
+    };
+    once(model)?;
+    let mut times = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..trials.max(1) {
+        let (s, i) = once(model)?;
+        times.push(s);
+        ids = i;
+    }
+    let seconds = median(times);
+    Ok(GenBatch {
+        batch,
+        len,
+        gen_tokens,
+        seconds,
+        new_tps: (batch * gen_tokens) as f64 / seconds,
+        row0_ids: ids,
     })
 }
 

@@ -39,7 +39,15 @@ pub struct GenerateOptions {
     /// Record this many most likely tokens at each step ([`Generation::top`]); needs
     /// `logprobs`.
     pub alternatives: usize,
+    /// Prompts generated together in one batch (at least 1); more prompts run in several
+    /// batches, one after the other, with the same results (each row samples from its own
+    /// random stream, numbered by its place among all the prompts).
+    pub batch_size: usize,
 }
+
+/// Rows generated together unless asked otherwise: batch 32 gives most of the throughput a
+/// larger batch would (BENCHMARKS.md) and bounds the memory of a long list of prompts.
+pub const DEFAULT_BATCH_SIZE: usize = 32;
 
 impl Default for GenerateOptions {
     fn default() -> Self {
@@ -54,6 +62,7 @@ impl Default for GenerateOptions {
             stop: Vec::new(),
             logprobs: false,
             alternatives: 0,
+            batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 }
@@ -108,6 +117,8 @@ impl<F: FnMut(usize, &str) -> Result<()>> Sink for F {
 }
 
 struct Row {
+    /// This row's random stream (sampling only).
+    rng: ChaCha8Rng,
     prompt_tail: Vec<u32>,
     out: Generation,
     /// Text already handed to the sink.
@@ -202,8 +213,8 @@ impl Model {
     }
 }
 
-/// Generate from already tokenized prompts. `decode` turns generated ids into text; `eos` ids
-/// end a row; `pad_id` fills left padding.
+/// Generate from already tokenized prompts, `opts.batch_size` rows at a time. `decode` turns
+/// generated ids into text; `eos` ids end a row; `pad_id` fills left padding.
 pub fn generate(
     model: &mut Model,
     prompts: &[Vec<u32>],
@@ -221,24 +232,75 @@ pub fn generate(
     if opts.temperature < 0.0 {
         return Err(Error::Invalid("temperature must be >= 0".into()));
     }
+    if opts.batch_size == 0 {
+        return Err(Error::Invalid("batch_size must be at least 1".into()));
+    }
+    let seed = opts.seed.unwrap_or_else(rand::random);
+    let mut out = Vec::with_capacity(prompts.len());
+    for (i, chunk) in prompts.chunks(opts.batch_size).enumerate() {
+        let first = i * opts.batch_size;
+        let mut sink = Offset { sink, first };
+        out.extend(generate_batch(
+            model, chunk, first, seed, opts, eos, pad_id, decode, &mut sink,
+        )?);
+    }
+    Ok(out)
+}
+
+/// A sink that sees rows numbered from `first` (the rows of one batch among all prompts).
+struct Offset<'a> {
+    sink: &'a mut dyn Sink,
+    first: usize,
+}
+
+impl Sink for Offset<'_> {
+    fn text(&mut self, row: usize, piece: &str) -> Result<()> {
+        self.sink.text(self.first + row, piece)
+    }
+    fn token(&mut self, step: usize) {
+        self.sink.token(step)
+    }
+    fn step(&mut self, row: usize, token: &StepToken) -> Result<bool> {
+        self.sink.step(self.first + row, token)
+    }
+}
+
+/// One batch of [`generate`]: `prompts` are rows `first..` of all the prompts.
+#[allow(clippy::too_many_arguments)]
+fn generate_batch(
+    model: &mut Model,
+    prompts: &[Vec<u32>],
+    first: usize,
+    seed: u64,
+    opts: &GenerateOptions,
+    eos: &[u32],
+    pad_id: u32,
+    decode: &dyn Fn(&[u32]) -> Result<String>,
+    sink: &mut dyn Sink,
+) -> Result<Vec<Generation>> {
     let (ids, pads) = pad_left(prompts, pad_id)?;
     let mut rows: Vec<Row> = prompts
         .iter()
-        .map(|p| Row {
-            prompt_tail: p[p.len().saturating_sub(REPETITION_CONTEXT)..].to_vec(),
-            out: Generation::default(),
-            emitted: 0,
-            done: false,
+        .enumerate()
+        .map(|(r, p)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream((first + r) as u64);
+            Row {
+                rng,
+                prompt_tail: p[p.len().saturating_sub(REPETITION_CONTEXT)..].to_vec(),
+                out: Generation::default(),
+                emitted: 0,
+                done: false,
+            }
         })
         .collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed.unwrap_or_else(rand::random));
     let mut cache = KvCache::new(model.n_layers());
     let batch = prompts.len() as i32;
     // Greedy decoding never needs the host between steps: each step's forward is queued before
     // the previous step's tokens are read (as mlx-lm does), so graph building overlaps compute.
     let pipelined = opts.temperature == 0.0 && opts.repetition_penalty.is_none();
-    let logits = model.run(&ids, &pads, Some(&mut cache), true)?;
-    let mut pending = next_tokens(&logits, &rows, opts, &mut rng)?;
+    let logits = model.prefill(&ids, &pads, &mut cache)?;
+    let mut pending = next_tokens(&logits, &mut rows, opts)?;
     for step_no in 0..opts.max_tokens {
         let more = step_no + 1 < opts.max_tokens;
         let queued = if pipelined && more {
@@ -248,7 +310,7 @@ pub fn generate(
                 Some(&mut cache),
                 true,
             )?;
-            let n = next_tokens(&logits, &rows, opts, &mut rng)?;
+            let n = next_tokens(&logits, &mut rows, opts)?;
             mlx_rs::transforms::async_eval(n.arrays())?;
             Some(n)
         } else {
@@ -331,7 +393,7 @@ pub fn generate(
                 let step: Vec<i32> = next.iter().map(|&t| t as i32).collect();
                 let input = Array::from_slice(&step, &[batch, 1]);
                 let logits = model.run(&input, &pads, Some(&mut cache), true)?;
-                next_tokens(&logits, &rows, opts, &mut rng)?
+                next_tokens(&logits, &mut rows, opts)?
             }
         };
     }
@@ -447,16 +509,11 @@ impl Next {
 /// Next token for every row from logits `[batch, 1, vocab]`: computed lazily on the device for
 /// greedy decoding, sampled on the host otherwise; with `opts.logprobs`, its log-probability
 /// (and the top alternatives) from the log-softmax of the logits, on the device.
-fn next_tokens(
-    logits: &Array,
-    rows: &[Row],
-    opts: &GenerateOptions,
-    rng: &mut ChaCha8Rng,
-) -> Result<Next> {
+fn next_tokens(logits: &Array, rows: &mut [Row], opts: &GenerateOptions) -> Result<Next> {
     let b = logits.shape()[0];
     let v = logits.shape()[2];
     let last = logits.try_index((.., -1, ..))?;
-    let tokens = choose(&last, b, v, rows, opts, rng)?;
+    let tokens = choose(&last, b, v, rows, opts)?;
     if !opts.logprobs {
         return Ok(Next {
             tokens,
@@ -487,14 +544,7 @@ fn next_tokens(
 }
 
 /// The tokens `[b]` (int32) chosen from the last position's logits `[b, v]`.
-fn choose(
-    last: &Array,
-    b: i32,
-    v: i32,
-    rows: &[Row],
-    opts: &GenerateOptions,
-    rng: &mut ChaCha8Rng,
-) -> Result<Array> {
+fn choose(last: &Array, b: i32, v: i32, rows: &mut [Row], opts: &GenerateOptions) -> Result<Array> {
     let greedy = opts.temperature == 0.0 && opts.repetition_penalty.is_none();
     if greedy {
         return Ok(argmax_axis(last, -1, false)?.as_dtype(Dtype::Int32)?);
@@ -517,7 +567,7 @@ fn choose(
                 }
             }
         }
-        out.push(sample_row(&mut row, opts, rng) as i32);
+        out.push(sample_row(&mut row, opts, &mut rows[r].rng) as i32);
     }
     Ok(Array::from_slice(&out, &[b]))
 }

@@ -105,6 +105,13 @@ enum Command {
         /// Tokens per row of the batched forward
         #[arg(long, default_value_t = 64)]
         batch_len: usize,
+        /// Also time batched greedy generation (--gen-tokens new tokens per row) at these batch
+        /// sizes, e.g. 1,8,32
+        #[arg(long, value_delimiter = ',')]
+        gen_batches: Vec<usize>,
+        /// Prompt tokens per row of the batched generation
+        #[arg(long, default_value_t = 32)]
+        gen_batch_len: usize,
         /// Print one JSON object
         #[arg(long)]
         json: bool,
@@ -216,11 +223,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             keep_quantized,
             batch,
             batch_len,
+            gen_batches,
+            gen_batch_len,
             json,
         }) => bench(
             &source,
-            (prompt_tokens, gen_tokens, trials),
-            (batch > 0).then_some((batch, batch_len.max(1))),
+            &mlxi::bench::BenchSpec {
+                prompt_tokens,
+                gen_tokens,
+                trials,
+                batch: (batch > 0).then_some((batch, batch_len.max(1))),
+                gen_batches,
+                gen_batch_len,
+            },
             dtype,
             keep_quantized,
             json,
@@ -310,15 +325,18 @@ fn models(json: bool) -> anyhow::Result<()> {
 
 fn bench(
     source: &str,
-    (prompt_tokens, gen_tokens, trials): (usize, usize, usize),
-    batch: Option<(usize, usize)>,
+    spec: &mlxi::bench::BenchSpec,
     dtype: Option<String>,
     keep_quantized: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
-        prompt_tokens >= 1 && gen_tokens >= 2,
+        spec.prompt_tokens >= 1 && spec.gen_tokens >= 2,
         "bench needs --prompt-tokens >= 1 and --gen-tokens >= 2"
+    );
+    anyhow::ensure!(
+        spec.gen_batch_len >= 1 && spec.gen_batches.iter().all(|&b| (1..=4096).contains(&b)),
+        "bench needs --gen-batch-len >= 1 and --gen-batches between 1 and 4096"
     );
     interrupt::install_handler(true)?;
     let opts = mlxi::model::LoadOptions {
@@ -326,7 +344,7 @@ fn bench(
         dequantize: keep_quantized.then_some(false),
         ..Default::default()
     };
-    let r = mlxi::bench::run(source, &opts, prompt_tokens, gen_tokens, trials, batch)?;
+    let r = mlxi::bench::run(source, &opts, spec)?;
     if json {
         print_line(&serde_json::to_string(&r)?);
     } else {
@@ -361,6 +379,20 @@ fn bench(
                 "capture        {:.1} ms (every hook_resid_post, {:.2}x the forward)",
                 b.capture_s * 1e3,
                 b.capture_ratio
+            ));
+        }
+        let single = r
+            .gen_batches
+            .iter()
+            .find(|g| g.batch == 1)
+            .map(|g| g.new_tps);
+        for g in &r.gen_batches {
+            let ratio = single.map_or(String::new(), |s| {
+                format!(", {:.2}x batch 1", g.new_tps / s)
+            });
+            print_line(&format!(
+                "generate x{:<4}  {:.1} new tokens/s ({} rows x {} prompt + {} tokens in {:.2} s{ratio})",
+                g.batch, g.new_tps, g.batch, g.len, g.gen_tokens, g.seconds
             ));
         }
     }

@@ -522,3 +522,42 @@ fn a_cache_file_from_before_ids_were_recorded_still_loads() {
     assert_eq!(v["n"].as_int().unwrap(), 2);
     assert_eq!(ints(&v["shape"]), vec![2, 576]);
 }
+
+/// Batching changes no answer: chat questions of different lengths generated in one batch, in
+/// batches of 3 and one at a time give the same texts, greedy and sampled (each row samples
+/// from its own seeded stream, numbered by its place among all the prompts).
+#[test]
+fn batch_size_changes_no_answer() {
+    let _g = lock();
+    let r = ok(r#"
+        let qs = ["What color is grass? Answer with one word.",
+                  "What color is a ripe tomato? Answer with one word.",
+                  "What color is the sky?",
+                  "Name a fruit.",
+                  "What color is a fire engine on a sunny afternoon? Answer with one word.",
+                  "Say hello.",
+                  "What color is snow? Answer with one word."];
+        let g = #{chat: true, max_tokens: 10};
+        let s = #{chat: true, max_tokens: 10, temperature: 0.9, seed: 11};
+        #{greedy: [generate(m, qs, g + #{batch_size: 7}), generate(m, qs, g + #{batch_size: 3}),
+                   generate(m, qs, g + #{batch_size: 1})],
+          sampled: [generate(m, qs, s + #{batch_size: 7}), generate(m, qs, s + #{batch_size: 1})],
+          resampled: generate(m, qs, s + #{seed: 12})}
+    "#);
+    let texts = |v: &Dynamic| -> Vec<String> {
+        array(v)
+            .iter()
+            .map(|t| t.clone().into_string().expect("text"))
+            .collect()
+    };
+    let greedy: Vec<Vec<String>> = array(&r["greedy"]).iter().map(texts).collect();
+    assert_eq!(greedy[0].len(), 7);
+    assert_eq!(greedy[0], greedy[1]);
+    assert_eq!(greedy[0], greedy[2]);
+    let sampled: Vec<Vec<String>> = array(&r["sampled"]).iter().map(texts).collect();
+    assert_eq!(sampled[0], sampled[1]);
+    // Not vacuous: sampling differs from greedy decoding and from another seed.
+    assert_ne!(sampled[0], greedy[0]);
+    assert_ne!(sampled[0], texts(&r["resampled"]));
+    assert!(err("generate(m, [\"a\"], #{batch_size: 0})").contains("batch_size"));
+}

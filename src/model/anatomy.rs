@@ -103,6 +103,7 @@ impl Model {
         let mut step = Step {
             len: n,
             offset: 0,
+            window_start: 0,
             pads: &[],
             hooks: &mut hooks,
             lora: None,

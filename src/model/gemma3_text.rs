@@ -270,6 +270,9 @@ impl Architecture for Gemma3Text {
     fn quantization(&self) -> Option<(i32, i32)> {
         self.layers.first().and_then(|l| l.q_proj.quantization())
     }
+    fn windows(&self) -> Vec<Option<i32>> {
+        self.layers.iter().map(|l| l.window).collect()
+    }
     fn dims(&self) -> Dims {
         let c = &self.cfg;
         Dims {

@@ -425,6 +425,29 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
+    /// Positions held.
+    pub fn held(&self) -> i32 {
+        self.len
+    }
+
+    /// Forget the first `n` cached positions (a sliding-window layer's keys that no query will
+    /// see again), keeping [`CACHE_STEP`] positions of room after the rest.
+    fn drop_front(&mut self, n: i32) -> Result<()> {
+        if n <= 0 {
+            return Ok(());
+        }
+        let n = n.min(self.len);
+        let keep = self.len - n;
+        for buf in [&mut self.keys, &mut self.values] {
+            if let Some(a) = buf.take() {
+                let rest = a.try_index((.., .., n..self.len, ..))?;
+                *buf = Some(grow(Some(rest.clone()), &rest, keep, CACHE_STEP)?);
+            }
+        }
+        self.len = keep;
+        Ok(())
+    }
+
     /// Append this step's keys and values; return everything cached so far.
     pub fn update(&mut self, k: Array, v: Array) -> Result<(Array, Array)> {
         let t = k.shape()[2];
@@ -466,6 +489,9 @@ pub struct KvCache {
     pub layers: Vec<LayerCache>,
     /// Positions already processed (the same for every row; left padding counts).
     pub offset: i32,
+    /// The first position the sliding-window layers' caches still hold (0 until they are
+    /// trimmed; see [`KvCache::trim_windows`]). Full-attention layers hold every position.
+    pub window_start: i32,
 }
 
 impl KvCache {
@@ -473,7 +499,40 @@ impl KvCache {
         KvCache {
             layers: vec![LayerCache::default(); n_layers],
             offset: 0,
+            window_start: 0,
         }
+    }
+
+    /// Before a step at `self.offset`: drop the keys and values that sliding-window layers
+    /// (`windows[i]` is layer i's window; they share one size) will never attend to again, once
+    /// there are [`CACHE_STEP`] of them, so that a long generation keeps `window - 1` to `window
+    /// - 1 + CACHE_STEP` positions on those layers instead of all of them. The queries of the
+    /// coming step see keys from `offset - window + 1` on, which are kept.
+    pub fn trim_windows(&mut self, windows: &[Option<i32>]) -> Result<()> {
+        let Some(w) = windows.iter().flatten().copied().next() else {
+            return Ok(());
+        };
+        let new_start = self.offset - (w - 1).max(0);
+        if new_start - self.window_start < CACHE_STEP {
+            return Ok(());
+        }
+        let n = new_start - self.window_start;
+        for (layer, window) in self.layers.iter_mut().zip(windows) {
+            if window.is_some() {
+                layer.drop_front(n)?;
+            }
+        }
+        self.window_start = new_start;
+        Ok(())
+    }
+
+    /// The buffers every layer holds, to evaluate them (e.g. between prefill chunks).
+    pub fn arrays(&self) -> Vec<&Array> {
+        self.layers
+            .iter()
+            .flat_map(|l| [l.keys.as_ref(), l.values.as_ref()])
+            .flatten()
+            .collect()
     }
 }
 
@@ -483,6 +542,9 @@ pub struct Step<'a> {
     pub len: i32,
     /// Absolute position of the first query (the cache length before this call).
     pub offset: i32,
+    /// Absolute position of the first key sliding-window layers hold in the cache (0 without a
+    /// cache or before their cache is trimmed).
+    pub window_start: i32,
     /// Left-padding length of each row (empty when no row is padded).
     pub pads: &'a [i32],
     pub hooks: &'a mut Hooks,
@@ -561,8 +623,16 @@ impl Mask {
                 return Ok(Mask::Causal);
             }
         }
+        // Keys are absolute positions `first..total`: a sliding-window layer's cache may have
+        // dropped the ones before `step.window_start`.
+        let first = if window.is_some() {
+            step.window_start
+        } else {
+            0
+        };
+        let n_keys = total - first;
         let q = Array::from_iter(step.offset..total, &[step.len, 1]);
-        let k = Array::from_iter(0..total, &[1, total]);
+        let k = Array::from_iter(first..total, &[1, n_keys]);
         let mut allowed = k.le(&q)?;
         if let Some(w) = window {
             allowed = allowed.logical_and(&k.gt(&q.subtract(Array::from_int(w))?)?)?;
@@ -570,15 +640,15 @@ impl Mask {
         let allowed = if step.pads.iter().any(|&p| p > 0) {
             let b = step.pads.len() as i32;
             let pads = Array::from_slice(step.pads, &[b, 1, 1, 1]);
-            let k4 = k.reshape(&[1, 1, 1, total])?;
+            let k4 = k.reshape(&[1, 1, 1, n_keys])?;
             let q4 = q.reshape(&[1, 1, step.len, 1])?;
             // Keys in the padding are hidden; a padding query sees itself so no row is empty.
             let visible = k4.ge(&pads)?.logical_or(&k4.eq(&q4)?)?;
             allowed
-                .reshape(&[1, 1, step.len, total])?
+                .reshape(&[1, 1, step.len, n_keys])?
                 .logical_and(&visible)?
         } else {
-            allowed.reshape(&[1, 1, step.len, total])?
+            allowed.reshape(&[1, 1, step.len, n_keys])?
         };
         Ok(Mask::Explicit(allowed))
     }
@@ -793,11 +863,15 @@ pub enum Act {
 pub fn gated_mlp(layer: usize, gate: Array, up: Array, act: Act, step: &mut Step) -> Result<Array> {
     let gate = step.hook(HookName::MlpPre(layer), gate)?;
     let up = step.hook(HookName::MlpPreLinear(layer), up)?;
-    let activated = match act {
-        Act::Silu => nn::silu(&gate)?,
-        Act::GeluTanh => nn::gelu_approximate(&gate)?,
+    let post = match super::fastmath::gated(act, &gate, &up)? {
+        Some(post) => post,
+        None => match act {
+            Act::Silu => nn::silu(&gate)?,
+            Act::GeluTanh => nn::gelu_approximate(&gate)?,
+        }
+        .multiply(&up)?,
     };
-    step.hook(HookName::MlpPost(layer), activated.multiply(&up)?)
+    step.hook(HookName::MlpPost(layer), post)
 }
 
 /// Take the last position of `[B, T, ...]` as `[B, 1, ...]`.

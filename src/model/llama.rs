@@ -260,6 +260,9 @@ impl Architecture for Llama {
             Target::Down => &mut l.down_proj,
         })
     }
+    fn windows(&self) -> Vec<Option<i32>> {
+        self.layers.iter().map(|l| l.window).collect()
+    }
     fn dims(&self) -> Dims {
         let c = &self.cfg;
         Dims {

@@ -2,6 +2,7 @@
 //! maps `model_type` to an architecture; the forward pass with hooks, padding and a KV cache.
 
 pub mod anatomy;
+pub mod fastmath;
 pub mod gemma2;
 pub mod gemma3_text;
 pub mod gguf;
@@ -19,6 +20,7 @@ pub mod weights;
 use std::collections::HashMap;
 use std::path::Path;
 
+use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::{Array, Dtype};
 use serde::Serialize;
 
@@ -28,6 +30,9 @@ use crate::tokenizer::Tokenizer;
 use layers::{Heads, KvCache, Linear, Step, Tail};
 use lora::{Adapter, Target};
 use weights::{QuantConfig, Weights};
+
+/// Positions a long prompt is run through at a time when generating (see [`Model::prefill`]).
+pub const PREFILL_CHUNK: i32 = 256;
 
 /// The architectures mlxi implements, by config.json `model_type`.
 pub const SUPPORTED: &[&str] = &[
@@ -88,6 +93,10 @@ pub trait Architecture {
     /// does not have it (or mlxi does not adapt it), which makes an adapter on it an error.
     fn projection_mut(&mut self, _layer: usize, _target: Target) -> Option<&mut Linear> {
         None
+    }
+    /// Each layer's sliding window (`None`: full attention); empty when no layer has one.
+    fn windows(&self) -> Vec<Option<i32>> {
+        Vec::new()
     }
 }
 
@@ -614,6 +623,11 @@ impl Model {
         self.net.n_layers()
     }
 
+    /// Each layer's sliding window (`None`: full attention); empty when no layer has one.
+    pub fn windows(&self) -> Vec<Option<i32>> {
+        self.net.arch().windows()
+    }
+
     /// Token ids for `text`; `special` adds BOS etc. as the model's tokenizer does by default.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         self.tokenizer.encode(text, special)
@@ -665,15 +679,66 @@ impl Model {
         if offset == 0 {
             self.hooks.prompt_len = len;
         }
+        self.step(ids, pads, cache, last_only)
+    }
+
+    /// Run a prompt `ids` `[batch, pos]` into an empty `cache`, [`PREFILL_CHUNK`] positions at a
+    /// time (each chunk's keys and values evaluated before the next is queued), and return the
+    /// last position's logits `[batch, 1, vocab]`. The same as one [`Model::run`] of the whole
+    /// prompt within float rounding, but attention's scores are at most `[heads, chunk, pos]`
+    /// instead of `[heads, pos, pos]`, and keys after a chunk are not scored at all. Hooks see
+    /// each chunk as one call (its `offset` and `len`); the whole prompt counts as the prompt.
+    pub fn prefill(&mut self, ids: &Array, pads: &[i32], cache: &mut KvCache) -> Result<Array> {
+        let len = ids.shape()[1];
+        if cache.offset != 0 {
+            return Err(Error::Invalid(
+                "prefill: the cache already holds positions".into(),
+            ));
+        }
+        self.hooks.prompt_len = len;
+        let mut start = 0;
+        while len - start > PREFILL_CHUNK {
+            crate::interrupt::check()?;
+            let chunk = ids.try_index((.., start..start + PREFILL_CHUNK))?;
+            self.step(&chunk, pads, Some(cache), true)?;
+            mlx_rs::transforms::eval(cache.arrays())?;
+            start += PREFILL_CHUNK;
+        }
+        let rest = if start == 0 {
+            ids.clone()
+        } else {
+            ids.try_index((.., start..))?
+        };
+        self.step(&rest, pads, Some(cache), true)
+    }
+
+    /// One forward call from `cache`'s offset; `hooks.prompt_len` is already set.
+    fn step(
+        &mut self,
+        ids: &Array,
+        pads: &[i32],
+        cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<Array> {
+        let len = ids.shape()[1];
+        let offset = cache.as_ref().map_or(0, |c| c.offset);
+        let mut cache = cache;
+        let window_start = match cache.as_deref_mut() {
+            Some(c) => {
+                c.trim_windows(&self.net.arch().windows())?;
+                c.window_start
+            }
+            None => 0,
+        };
         let mut step = Step {
             len,
             offset,
+            window_start,
             pads,
             hooks: &mut self.hooks,
             lora: self.adapter.as_ref(),
         };
         let h = self.net.embed(ids, &mut step)?;
-        let mut cache = cache;
         let h = self.net.blocks(h, cache.as_deref_mut(), &mut step, None)?;
         let whole_final_norm = [HookName::LnFinalScale, HookName::LnFinal]
             .iter()
@@ -710,6 +775,7 @@ impl Model {
         let mut step = Step {
             len,
             offset: 0,
+            window_start: 0,
             pads,
             hooks: &mut self.hooks,
             lora: self.adapter.as_ref(),
@@ -737,6 +803,7 @@ impl Model {
         let mut step = Step {
             len: h.shape().get(1).copied().unwrap_or(1),
             offset: 0,
+            window_start: 0,
             pads: &[],
             hooks: &mut Hooks::default(),
             lora: None,

@@ -333,6 +333,7 @@ const GENERATE_KEYS: &[&str] = &[
     "output",
     "alternatives",
     "on_token",
+    "batch_size",
 ];
 
 /// A generated row as `generate(..., #{output: "full"})` gives it.
@@ -433,6 +434,15 @@ pub(super) fn generate_impl(m: &mut Model, prompt: &Dynamic, opts: &Map) -> Resu
         stop,
         logprobs: full || on_token.is_some(),
         alternatives: alternatives as usize,
+        batch_size: {
+            let b = o.int("batch_size", crate::generate::DEFAULT_BATCH_SIZE as INT)?;
+            if !(1..=4096).contains(&b) {
+                return Err(Error::Invalid(format!(
+                    "generate: batch_size must be between 1 and 4096, got {b}"
+                )));
+            }
+            b as usize
+        },
     };
     let chat = o.bool("chat", false)?;
     let batch = prompt.is_array()

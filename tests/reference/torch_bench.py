@@ -4,7 +4,7 @@ measures mlx-lm: load time, prefill and decode speed, peak memory, greedy token 
 
 Usage:
     python tests/reference/torch_bench.py MODEL_DIR [--prompt-tokens N] [--gen-tokens M]
-        [--trials K] [--threads T] [--json]
+        [--trials K] [--threads T] [--gen-batches 1,8,32 [--gen-batch-len L]] [--json]
 
 MODEL_DIR   a Hugging Face-layout folder with float weights (gguf_to_hf.py's f32 output).
 The prompt ids are mlxlm_bench.py's (PROMPT_TEXT encoded, repeated, truncated to N), so all
@@ -19,6 +19,10 @@ DynamicCache), in float32, under torch.inference_mode():
 One untimed warm-up run (16 prompt tokens, 2 generated) first. Memory: max_rss_bytes (getrusage);
 PyTorch's CPU allocator has no peak counter, so peak_memory_bytes is the max RSS too.
 Threads: torch.get_num_threads() by default (one per core); --threads sets it.
+--gen-batches: also batched greedy generation of M tokens for B rows of L prompt tokens (row r
+starts r tokens into the prompt text's ids, as `mlxi bench --gen-batches` builds them; no
+padding, end-of-sequence ignored): median wall time over the trials, prefill included, after
+one warm-up, and total new tokens/s, in "gen_batches".
 """
 
 import argparse
@@ -64,6 +68,35 @@ def run_once(torch, model, prompt_ids, gen_tokens):
     }
 
 
+def batch_once(torch, model, rows, gen_tokens):
+    from transformers import DynamicCache
+
+    x = torch.tensor(rows, dtype=torch.long)
+    cache = DynamicCache()
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits
+        tok = torch.argmax(logits[:, -1], dim=-1)
+        first = [int(tok[0])]
+        for _ in range(gen_tokens - 1):
+            logits = model(input_ids=tok[:, None], past_key_values=cache, use_cache=True).logits
+            tok = torch.argmax(logits[:, -1], dim=-1)
+            first.append(int(tok[0]))
+        return time.perf_counter() - t0, first
+
+
+def gen_batches(torch, model, base, sizes, length, gen_tokens, trials):
+    out = []
+    for b in sizes:
+        rows = [[base[(r + i) % len(base)] for i in range(length)] for r in range(b)]
+        batch_once(torch, model, rows, gen_tokens)
+        runs = [batch_once(torch, model, rows, gen_tokens) for _ in range(trials)]
+        secs = statistics.median(r[0] for r in runs)
+        out.append({"batch": b, "len": length, "gen_tokens": gen_tokens, "seconds": secs,
+                    "new_tps": b * gen_tokens / secs, "row0_ids": runs[-1][1]})
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir")
@@ -71,6 +104,8 @@ def main(argv=None):
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--trials", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--gen-batches", default="")
+    ap.add_argument("--gen-batch-len", type=int, default=32)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.prompt_tokens < 1 or args.gen_tokens < 2 or args.trials < 1:
@@ -121,6 +156,10 @@ def main(argv=None):
         "max_rss_bytes": rss,
         "generated_ids": runs[0]["generated_ids"],
     }
+    sizes = [int(b) for b in args.gen_batches.split(",") if b]
+    if sizes:
+        result["gen_batches"] = gen_batches(torch, model, base, sizes, args.gen_batch_len,
+                                            args.gen_tokens, args.trials)
     sys.stdout = real_stdout
     if args.json:
         print(json.dumps(result))
