@@ -7,6 +7,7 @@ pub mod gemma3_text;
 pub mod gguf;
 pub mod layers;
 pub mod llama;
+pub mod moe;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
@@ -82,6 +83,10 @@ pub trait Architecture {
     fn quantization(&self) -> Option<(i32, i32)>;
     /// The sizes `m.info()` reports.
     fn dims(&self) -> Dims;
+    /// The mixture-of-experts router of block `layer`, if that block has one (see [`moe`]).
+    fn router(&self, _layer: usize) -> Option<moe::Router> {
+        None
+    }
 }
 
 /// A model's sizes, as `m.info()` reports them.
@@ -214,6 +219,10 @@ pub struct ModelInfo {
     pub d_head: i32,
     pub d_mlp: i32,
     pub vocab: i32,
+    /// Experts per mixture-of-experts layer (0 for a dense model).
+    pub n_experts: i32,
+    /// Experts chosen per token in a mixture-of-experts layer (0 for a dense model).
+    pub experts_per_token: i32,
     pub params: u64,
     pub dtype: String,
     /// e.g. "4-bit group 32 (dequantized at load)", or "none".
@@ -447,6 +456,7 @@ impl Model {
             d_mlp,
             vocab,
         } = net.arch().dims();
+        let router = (0..n_layers).find_map(|i| net.arch().router(i));
         let info = ModelInfo {
             name,
             arch,
@@ -457,6 +467,8 @@ impl Model {
             d_head: heads.d,
             d_mlp,
             vocab,
+            n_experts: router.map_or(0, |r| r.n_experts),
+            experts_per_token: router.map_or(0, |r| r.k),
             params,
             dtype: crate::arrays::dtype_name(dtype).into(),
             quantization: String::new(),
@@ -484,6 +496,76 @@ impl Model {
 
     pub fn n_layers(&self) -> usize {
         self.net.n_layers()
+    }
+
+    /// The mixture-of-experts router of block `layer`, if it has one.
+    pub fn router(&self, layer: usize) -> Option<moe::Router> {
+        self.net.arch().router(layer)
+    }
+
+    /// True when this model has hook point `point` (router points exist only on layers with a
+    /// router).
+    pub fn has_point(&self, point: &HookName) -> bool {
+        match (point.is_router(), point.layer()) {
+            (true, Some(i)) => self.router(i).is_some(),
+            _ => true,
+        }
+    }
+
+    /// `Ok` when this model has `point`, else an error that says why.
+    pub fn check_point(&self, point: &HookName) -> Result<()> {
+        if self.has_point(point) {
+            return Ok(());
+        }
+        let moe: Vec<String> = (0..self.n_layers())
+            .filter(|&i| self.router(i).is_some())
+            .map(|i| i.to_string())
+            .collect();
+        Err(Error::Invalid(format!(
+            "hook point {point}: block {} of this model has no mixture-of-experts router ({})",
+            point.layer().unwrap_or(0),
+            if moe.is_empty() {
+                "it has none; router points exist on MoE models such as qwen3_moe".to_string()
+            } else {
+                format!("blocks with one: {}", moe.join(", "))
+            }
+        )))
+    }
+
+    /// Expands point patterns as [`crate::capture::expand_points`] does, for this model: a
+    /// pattern with `*` skips the layers that lack the point (router points on dense layers),
+    /// an exact name this model lacks is an error.
+    pub fn expand_points(&self, patterns: &[String]) -> Result<Vec<HookName>> {
+        let n = self.n_layers();
+        let mut out = Vec::new();
+        for p in patterns {
+            let pts = crate::capture::expand_points(std::slice::from_ref(p), n)?;
+            if p.contains('*') {
+                let kept: Vec<HookName> =
+                    pts.iter().copied().filter(|h| self.has_point(h)).collect();
+                if kept.is_empty() {
+                    self.check_point(&pts[0])?;
+                }
+                out.extend(kept);
+            } else {
+                for h in &pts {
+                    self.check_point(h)?;
+                }
+                out.extend(pts);
+            }
+        }
+        let order = HookName::all(n);
+        out.sort_by_key(|h| order.iter().position(|o| o == h));
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Every hook point of this model, in forward order.
+    pub fn hook_points(&self) -> Vec<HookName> {
+        HookName::all(self.n_layers())
+            .into_iter()
+            .filter(|p| self.has_point(p))
+            .collect()
     }
 
     /// Token ids for `text`; `special` adds BOS etc. as the model's tokenizer does by default.

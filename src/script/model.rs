@@ -15,7 +15,6 @@ use super::options::Options;
 use super::tensor::Tensor;
 use super::{context, RhaiResult};
 use crate::generate::{GenerateOptions, Sink, StepToken};
-use crate::hooks::HookName;
 use crate::model::{parse_dtype, LoadOptions, Model};
 use crate::tokenizer::ChatMessage;
 use crate::{interrupt, Error, Result};
@@ -838,8 +837,8 @@ mod model_functions {
     /// Example: `hook_points(m)[0]  // "hook_embed"`
     #[rhai_fn(return_raw, pure)]
     pub fn hook_points(m: &mut Model) -> RhaiResult<RhaiArray> {
-        let n = m.get()?.n_layers();
-        Ok(HookName::all(n)
+        Ok(m.get()?
+            .hook_points()
             .into_iter()
             .map(|h| Dynamic::from(h.to_string()))
             .collect())

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Router goldens for mlxi's mixture-of-experts hooks and routing interventions.
+
+For the qwen3_moe and qwen3_moe-q4 fixtures (tests/fixtures/models/), runs mlx-lm's own
+model (after `mlx_lm.load(folder)`) on the fixture's `input_ids` and writes
+`router_golden.safetensors` next to `golden.safetensors` with:
+
+- per sparse layer L: `layer{L}.router_logits` [2, 16, n_experts] (the router's output,
+  `mlp.gate(x)`), `layer{L}.expert_ids` [2, 16, k] int32 and `layer{L}.expert_weights`
+  [2, 16, k] (mlx-lm's argpartition choice and scores, put in order of decreasing weight),
+  `layer{L}.expert_out` [2, 16, k, d] (mlx-lm's `switch_mlp(x, inds)`, in the same order);
+- logits [2, 16, vocab] of forwards with a routing intervention, each computed by mlx-lm's
+  modules with the intervention written out in the block's call (see `moe_call`):
+  `ban.logits` (expert `ban_expert` has router logit -inf at every layer and position),
+  `ban_window.logits` (the same at layer 1, positions 4..9 only), `force.logits` (expert
+  `force_expert` is chosen at every position of layer 0: it first, then the best other
+  expert by score; weights are the router's probabilities of the chosen pair, renormalized),
+  `force_window.logits` (the same at layer 1, positions 2, 5, 11), `scale0.logits` (expert
+  `scale_expert`'s output times 0 at layer 0, wherever chosen), `scale2.logits` (times 2.5 at
+  layer 1), `steer.logits` (`steer.vector` times 3 added to layer 0's output, i.e.
+  `blocks.0.hook_resid_post`).
+
+The experts named in the metadata are chosen from the plain run: `ban_expert` and
+`scale_expert` are the most used experts of layer 0 over both rows, `force_expert` the least
+used. The script first checks that its own block call without interventions reproduces
+mlx-lm's logits exactly (it is mlx-lm's `Qwen3MoeSparseMoeBlock.__call__` plus hooks).
+
+Run from the repository root (about 5 s):
+
+    ~/.cache/mlxi/refvenv/bin/python tests/reference/moe_router_golden.py
+
+Versions: those of tests/reference/FIXTURES.md (mlx 0.32.2, mlx-lm 0.32.2, numpy 2.4.6).
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# Importing make_fixtures applies its fix for mlx-lm 0.32.2's quantized MoE call.
+import make_fixtures  # noqa: E402,F401
+import mlx.core as mx  # noqa: E402
+import mlx_lm  # noqa: E402
+from mlx_lm.models import qwen3_moe  # noqa: E402
+
+CASES = ["qwen3_moe", "qwen3_moe-q4"]
+
+# What the patched calls do: filled per run by `run()`.
+STATE = {"record": None, "moe": {}, "steer": {}}
+
+
+def moe_call(self, x):
+    """mlx-lm's Qwen3MoeSparseMoeBlock.__call__ (0.32.2) with the interventions in STATE."""
+    cfg = STATE["moe"].get(self._ref_idx, {})
+    gates = self.gate(x)
+    T = x.shape[1]
+    window = cfg.get("window")
+    win = mx.array([True] * T if window is None else [t in window for t in range(T)])
+    if "ban" in cfg:
+        banned = mx.array([e == cfg["ban"] for e in range(self.num_experts)])
+        gates = mx.where(win[:, None] & banned, mx.array(-np.inf, gates.dtype), gates)
+    logits = gates
+    gates = mx.softmax(gates, axis=-1, precise=True)
+    k = self.top_k
+    inds = mx.argpartition(gates, kth=-k, axis=-1)[..., -k:]
+    if "force" in cfg:
+        f = cfg["force"]
+        key = mx.where(mx.arange(self.num_experts) == f, mx.array(np.inf), gates)
+        forced = mx.argpartition(key, kth=-k, axis=-1)[..., -k:]
+        inds = mx.where(win[:, None], forced, inds)
+    scores = mx.take_along_axis(gates, inds, axis=-1)
+    if self.norm_topk_prob:
+        scores /= mx.sum(scores, axis=-1, keepdims=True)
+    y = self.switch_mlp(x, inds)
+    if STATE["record"] is not None:
+        STATE["record"][self._ref_idx] = (logits, inds, scores, y)
+    if "scale" in cfg:
+        e, factor = cfg["scale"]
+        hit = (inds == e)[..., None] & win[:, None, None]
+        y = mx.where(hit, y * factor, y)
+    y = (y * scores[..., None]).sum(axis=-2).astype(y.dtype)
+    return y
+
+
+ORIGINAL_LAYER_CALL = qwen3_moe.Qwen3MoeDecoderLayer.__call__
+
+
+def layer_call(self, x, mask=None, cache=None):
+    out = ORIGINAL_LAYER_CALL(self, x, mask, cache)
+    delta = STATE["steer"].get(self._ref_idx)
+    return out if delta is None else out + delta
+
+
+def run(model, ids, moe=None, steer=None, record=False):
+    STATE["moe"] = moe or {}
+    STATE["steer"] = steer or {}
+    STATE["record"] = {} if record else None
+    logits = model(ids)
+    mx.eval(logits)
+    rec = STATE["record"]
+    STATE["moe"], STATE["steer"], STATE["record"] = {}, {}, None
+    return logits, rec
+
+
+def by_weight(inds, scores, y):
+    """mlx-lm's chosen experts put in order of decreasing weight (argpartition has none)."""
+    order = np.argsort(-np.array(scores), axis=-1, kind="stable")
+    ids = np.take_along_axis(np.array(inds), order, -1).astype(np.int32)
+    w = np.take_along_axis(np.array(scores), order, -1).astype(np.float32)
+    out = np.take_along_axis(np.array(y), order[..., None], -2).astype(np.float32)
+    return ids, w, out
+
+
+def main():
+    original_moe_call = qwen3_moe.Qwen3MoeSparseMoeBlock.__call__
+    for case in CASES:
+        folder = REPO / "tests" / "fixtures" / "models" / case
+        model, _ = mlx_lm.load(str(folder))
+        golden = mx.load(str(folder / "golden.safetensors"))
+        ids = golden["input_ids"]
+        plain = model(ids)
+        mx.eval(plain)
+        qwen3_moe.Qwen3MoeSparseMoeBlock.__call__ = moe_call
+        qwen3_moe.Qwen3MoeDecoderLayer.__call__ = layer_call
+        layers = model.model.layers
+        for i, layer in enumerate(layers):
+            layer._ref_idx = i
+            layer.mlp._ref_idx = i
+        base, rec = run(model, ids, record=True)
+        assert mx.array_equal(base, plain).item(), f"{case}: the patched call is not mlx-lm's"
+        out = {"input_ids": ids}
+        for layer_idx, (logits, inds, scores, y) in sorted(rec.items()):
+            e_ids, w, eo = by_weight(inds, scores, y)
+            out[f"layer{layer_idx}.router_logits"] = logits.astype(mx.float32)
+            out[f"layer{layer_idx}.expert_ids"] = mx.array(e_ids)
+            out[f"layer{layer_idx}.expert_weights"] = mx.array(w)
+            out[f"layer{layer_idx}.expert_out"] = mx.array(eo)
+        n_experts = layers[0].mlp.num_experts
+        counts = np.bincount(np.array(out["layer0.expert_ids"]).ravel(), minlength=n_experts)
+        most, least = int(np.argmax(counts)), int(np.argmin(counts))
+        every = {i: {"ban": most} for i in range(len(layers))}
+        rng = np.random.default_rng(7)
+        vector = mx.array(rng.standard_normal(64).astype(np.float32))
+        runs = {
+            "ban": dict(moe=every),
+            "ban_window": dict(moe={1: {"ban": most, "window": [4, 5, 6, 7, 8, 9]}}),
+            "force": dict(moe={0: {"force": least}}),
+            "force_window": dict(moe={1: {"force": least, "window": [2, 5, 11]}}),
+            "scale0": dict(moe={0: {"scale": (most, 0.0)}}),
+            "scale2": dict(moe={1: {"scale": (most, 2.5)}}),
+            "steer": dict(steer={0: vector * 3.0}),
+        }
+        changes = {}
+        for name, kw in runs.items():
+            logits, _ = run(model, ids, **kw)
+            out[f"{name}.logits"] = logits.astype(mx.float32)
+            changes[name] = float(mx.abs(logits - plain).max().item())
+        out["steer.vector"] = vector
+        meta = {
+            "case": case,
+            "ban_expert": str(most),
+            "force_expert": str(least),
+            "scale_expert": str(most),
+            "layer0_counts": str(counts.tolist()),
+            "mlx_version": mx.__version__,
+            "mlx_lm_version": mlx_lm.__version__,
+        }
+        mx.save_safetensors(str(folder / "router_golden.safetensors"), out, metadata=meta)
+        qwen3_moe.Qwen3MoeSparseMoeBlock.__call__ = original_moe_call
+        qwen3_moe.Qwen3MoeDecoderLayer.__call__ = ORIGINAL_LAYER_CALL
+        small = [n for n, c in changes.items() if c < 1e-2]
+        status = "BAD" if small else "OK"
+        print(f"{status} {case}: layer 0 counts {counts.tolist()}, ban/scale {most}, "
+              f"force {least}; max|logit change| {changes}")
+        if small:
+            sys.exit(f"{case}: interventions that change nothing: {small}")
+
+
+if __name__ == "__main__":
+    main()
