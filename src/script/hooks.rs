@@ -281,7 +281,7 @@ fn patch_source(cache: &Cache, point: HookName) -> Result<PatchSource> {
     }
 }
 
-fn hook_fn_impl(m: &ModelHandle, name: &str, f: FnPtr) -> Result<()> {
+pub(super) fn hook_fn_impl(m: &ModelHandle, name: &str, f: FnPtr) -> Result<()> {
     let mut g = m.get()?;
     let point = HookName::parse(name, g.n_layers())?;
     g.check_point(&point)?;
@@ -299,7 +299,7 @@ fn hook_fn_impl(m: &ModelHandle, name: &str, f: FnPtr) -> Result<()> {
     Ok(())
 }
 
-fn hook_op_impl(m: &ModelHandle, name: &str, op: &Map) -> Result<()> {
+pub(super) fn hook_op_impl(m: &ModelHandle, name: &str, op: &Map) -> Result<()> {
     let mut g = m.get()?;
     let point = HookName::parse(name, g.n_layers())?;
     g.check_point(&point)?;
