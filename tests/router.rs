@@ -560,3 +560,41 @@ fn scripts_get_clear_errors_for_bad_routing() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `with_hooks` attaches its hooks for one call and removes exactly them afterwards, also when
+/// the call throws; what was attached before stays.
+#[test]
+fn with_hooks_is_scoped() {
+    let _mlx = lock();
+    let v = expect_ok(eval(
+        r#"
+        let plain = forward(m, "Hi there");
+        hook(m, "blocks.0.hook_resid_post", #{op: "scale", factor: 1.0});
+        let spec = #{"blocks.0.mlp.hook_router_logits": #{op: "ban", experts: [0, 1]},
+                     "blocks.1.mlp.hook_expert_out": [#{op: "scale", factor: 0.5}, |x| x * 2.0]};
+        let inside = with_hooks(m, spec, || [hooks(m).len(), forward(m, "Hi there")]);
+        let after = hooks(m).len();
+        let threw = false;
+        try { with_hooks(m, spec, || { throw "boom"; }); } catch { threw = true; }
+        let bad = "";
+        let force9 = #{"blocks.0.mlp.hook_expert_ids": #{op: "force", experts: [9]}};
+        try { with_hooks(m, force9, || 1); } catch (e) { bad = `${e}`; }
+        #{inside: inside[0], changed: max(abs(inside[1] - plain)), after: after, threw: threw,
+          after_throw: hooks(m).len(), bad: bad, after_bad: hooks(m).len(),
+          same: max(abs(forward(m, "Hi there") - plain))}
+        "#,
+    ));
+    let m = v.cast::<rhai::Map>();
+    assert_eq!(m["inside"].as_int().unwrap(), 4);
+    assert!(m["changed"].as_float().unwrap() > 1e-2);
+    assert_eq!(m["after"].as_int().unwrap(), 1);
+    assert!(m["threw"].as_bool().unwrap());
+    assert_eq!(m["after_throw"].as_int().unwrap(), 1);
+    assert!(
+        m["bad"].to_string().contains("expert 9 is out of range"),
+        "{}",
+        m["bad"]
+    );
+    assert_eq!(m["after_bad"].as_int().unwrap(), 1);
+    assert_eq!(m["same"].as_float().unwrap(), 0.0);
+}

@@ -25,6 +25,13 @@ The experts named in the metadata are chosen from the plain run: `ban_expert` an
 used. The script first checks that its own block call without interventions reproduces
 mlx-lm's logits exactly (it is mlx-lm's `Qwen3MoeSparseMoeBlock.__call__` plus hooks).
 
+It also writes `tests/fixtures/models/qwen3_moe/experts_golden.json`, what the `experts`
+recipe (stdlib/experts.rhai) must report in quick mode on that fixture (its first 6 texts,
+copied below as EXPERTS_TEXTS): per MoE layer the number of tokens each expert is chosen for,
+the most used expert, the mean next-token loss (nats per token, every token after the first of
+each text, one text at a time) plain, with the layer's most used expert banned (router logit
+-inf), and with the control expert banned (drawn as the recipe draws it: MINSTD from seed 0).
+
 Run from the repository root (about 5 s):
 
     ~/.cache/mlxi/refvenv/bin/python tests/reference/moe_router_golden.py
@@ -32,6 +39,7 @@ Run from the repository root (about 5 s):
 Versions: those of tests/reference/FIXTURES.md (mlx 0.32.2, mlx-lm 0.32.2, numpy 2.4.6).
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +55,16 @@ import mlx_lm  # noqa: E402
 from mlx_lm.models import qwen3_moe  # noqa: E402
 
 CASES = ["qwen3_moe", "qwen3_moe-q4"]
+
+# The first 6 texts of `experts::dataset()` (stdlib/experts.rhai), which quick mode uses.
+EXPERTS_TEXTS = [
+    "The old lighthouse keeper climbed the stairs every evening to light the lamp.",
+    "Rain fell on the quiet village while the children slept.",
+    "She opened the letter slowly, afraid of what it might say.",
+    "The river had carved the valley over millions of years.",
+    "def add(a, b):\n    return a + b",
+    "for (int i = 0; i < n; i++) { sum += x[i]; }",
+]
 
 # What the patched calls do: filled per run by `run()`.
 STATE = {"record": None, "moe": {}, "steer": {}}
@@ -114,11 +132,51 @@ def by_weight(inds, scores, y):
     return ids, w, out
 
 
+def experts_golden(model, tokenizer, folder):
+    """What the experts recipe reports in quick mode (see the module docstring)."""
+    rows = [tokenizer.encode(t) for t in EXPERTS_TEXTS]
+    n_layers = len(model.model.layers)
+    n_experts = model.model.layers[0].mlp.num_experts
+    counts = np.zeros((n_layers, n_experts), dtype=np.int64)
+    n_tokens = 0
+    for r in rows:
+        _, rec = run(model, mx.array([r]), record=True)
+        n_tokens += len(r)
+        for i, (_, inds, _, _) in rec.items():
+            counts[i] += np.bincount(np.array(inds).ravel(), minlength=n_experts)
+
+    def loss(moe=None):
+        total, n = 0.0, 0
+        for r in rows:
+            logits, _ = run(model, mx.array([r]), moe=moe)
+            z = logits[0].astype(mx.float32)
+            lp = np.array(z - mx.logsumexp(z, axis=-1, keepdims=True))
+            total -= sum(float(lp[j - 1, r[j]]) for j in range(1, len(r)))
+            n += len(r) - 1
+        return total / n
+
+    base = loss()
+    x = 0 % 2147483646 + 1  # MINSTD state from seed 0, as the recipe
+    layers = []
+    for i in range(n_layers):
+        most = int(np.argmax(counts[i]))
+        x = (x * 48271) % 2147483647
+        ctrl = (most + 1 + x % (n_experts - 1)) % n_experts
+        layers.append({
+            "layer": i, "counts": counts[i].tolist(), "most_used": most, "control_expert": ctrl,
+            "loss": loss({i: {"ban": most}}), "control_loss": loss({i: {"ban": ctrl}}),
+        })
+    out = {"texts": EXPERTS_TEXTS, "ids": rows, "n_tokens": n_tokens, "base_loss": base,
+           "layers": layers, "mlx_version": mx.__version__, "mlx_lm_version": mlx_lm.__version__}
+    (folder / "experts_golden.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(f"experts golden: counts {counts.tolist()}, base loss {base:.4f}")
+
+
 def main():
     original_moe_call = qwen3_moe.Qwen3MoeSparseMoeBlock.__call__
     for case in CASES:
         folder = REPO / "tests" / "fixtures" / "models" / case
-        model, _ = mlx_lm.load(str(folder))
+        model, tokenizer = mlx_lm.load(str(folder))
         golden = mx.load(str(folder / "golden.safetensors"))
         ids = golden["input_ids"]
         plain = model(ids)
@@ -169,6 +227,8 @@ def main():
             "mlx_lm_version": mlx_lm.__version__,
         }
         mx.save_safetensors(str(folder / "router_golden.safetensors"), out, metadata=meta)
+        if case == "qwen3_moe":
+            experts_golden(model, tokenizer, folder)
         qwen3_moe.Qwen3MoeSparseMoeBlock.__call__ = original_moe_call
         qwen3_moe.Qwen3MoeDecoderLayer.__call__ = ORIGINAL_LAYER_CALL
         small = [n for n, c in changes.items() if c < 1e-2]
