@@ -241,7 +241,8 @@ impl HookName {
             "mlp.hook_pre_linear" => HookName::MlpPreLinear(i),
             "mlp.hook_post" => HookName::MlpPost(i),
             "mlp.hook_router_logits" => HookName::RouterLogits(i),
-            "mlp.hook_expert_ids" => HookName::ExpertIds(i),
+            // TransformerLens's MoE names the chosen experts `hook_expert_indices`.
+            "mlp.hook_expert_ids" | "mlp.hook_expert_indices" => HookName::ExpertIds(i),
             "mlp.hook_expert_weights" => HookName::ExpertWeights(i),
             "mlp.hook_expert_out" => HookName::ExpertOut(i),
             _ => return Err(unknown()),
@@ -488,6 +489,7 @@ mod tests {
             ("blocks.0.mlp.hook_pre_linear", HookName::MlpPreLinear(0)),
             ("blocks.1.mlp.hook_router_logits", HookName::RouterLogits(1)),
             ("blocks.-1.mlp.hook_expert_ids", HookName::ExpertIds(2)),
+            ("blocks.0.mlp.hook_expert_indices", HookName::ExpertIds(0)),
             (
                 "blocks.0.mlp.hook_expert_weights",
                 HookName::ExpertWeights(0),
