@@ -598,3 +598,64 @@ fn with_hooks_is_scoped() {
     assert_eq!(m["after_bad"].as_int().unwrap(), 1);
     assert_eq!(m["same"].as_float().unwrap(), 0.0);
 }
+
+/// The shared router's other weightings (gpt-oss: softmax over the chosen logits; Qwen3-MoE
+/// without `norm_topk_prob`), and a ban under the gpt-oss rule, on layer 0's router logits,
+/// against mlx-lm's own routing code (`gpt_oss.mlx_topk` + softmax; `argpartition` of the
+/// probabilities).
+#[test]
+fn every_weighting_matches_mlx_lm() {
+    use mlxi::hooks::Hooks;
+    use mlxi::model::layers::Step;
+    use mlxi::model::moe::{Router, Weighting};
+    let _mlx = lock();
+    let fx = Fixture::load("qwen3_moe");
+    let ban = fx.expert("ban_expert");
+    let logits = fx.g("layer0.router_logits").clone();
+    let mut failures = Vec::new();
+    for (name, weighting, banned) in [
+        ("gptoss", Weighting::SoftmaxChosen, None),
+        ("gptoss_ban", Weighting::SoftmaxChosen, Some(ban)),
+        (
+            "no_renorm",
+            Weighting::SoftmaxAll { renormalize: false },
+            None,
+        ),
+    ] {
+        let router = Router {
+            n_experts: 4,
+            k: 2,
+            weighting,
+        };
+        let mut hooks = Hooks::default();
+        if let Some(e) = banned {
+            let iv = iv(
+                HookName::RouterLogits(0),
+                Op::Ban { experts: vec![e] },
+                Window::All,
+            );
+            hooks.attach(Hook {
+                name: iv.point,
+                label: iv.label(),
+                steering: false,
+                func: iv.into_hook(),
+            });
+        }
+        let mut step = Step {
+            len: 16,
+            offset: 0,
+            pads: &[],
+            hooks: &mut hooks,
+        };
+        let route = router.route(0, logits.clone(), &mut step).unwrap();
+        let want_ids = fx.g(&format!("{name}.expert_ids"));
+        if max_abs_diff(&route.ids, want_ids) != 0.0 {
+            failures.push(format!("{name}: other experts chosen than mlx-lm's"));
+        }
+        let d = max_abs_diff(&route.weights, fx.g(&format!("{name}.expert_weights")));
+        if d > 1e-6 {
+            failures.push(format!("{name}: weights differ by {d}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

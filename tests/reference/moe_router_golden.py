@@ -18,7 +18,11 @@ model (after `mlx_lm.load(folder)`) on the fixture's `input_ids` and writes
   `force_window.logits` (the same at layer 1, positions 2, 5, 11), `scale0.logits` (expert
   `scale_expert`'s output times 0 at layer 0, wherever chosen), `scale2.logits` (times 2.5 at
   layer 1), `steer.logits` (`steer.vector` times 3 added to layer 0's output, i.e.
-  `blocks.0.hook_resid_post`).
+  `blocks.0.hook_resid_post`);
+- the routes the other weightings give on `layer0.router_logits` (mlx-lm's code):
+  `gptoss.expert_ids`/`expert_weights` (gpt-oss: top-2 logits, softmax over them),
+  `gptoss_ban.*` (the same with `ban_expert` at -inf), `no_renorm.*` (Qwen3-MoE with
+  `norm_topk_prob` false).
 
 The experts named in the metadata are chosen from the plain run: `ban_expert` and
 `scale_expert` are the most used experts of layer 0 over both rows, `force_expert` the least
@@ -52,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_fixtures  # noqa: E402,F401
 import mlx.core as mx  # noqa: E402
 import mlx_lm  # noqa: E402
-from mlx_lm.models import qwen3_moe  # noqa: E402
+from mlx_lm.models import gpt_oss, qwen3_moe  # noqa: E402
 
 CASES = ["qwen3_moe", "qwen3_moe-q4"]
 
@@ -217,6 +221,21 @@ def main():
             out[f"{name}.logits"] = logits.astype(mx.float32)
             changes[name] = float(mx.abs(logits - plain).max().item())
         out["steer.vector"] = vector
+        # The other weightings of src/model/moe.rs on layer 0's router logits, by mlx-lm's own
+        # code: gpt-oss (`mlx_topk`, then the softmax of the chosen logits; also with expert
+        # `ban_expert` at -inf) and Qwen3-MoE without `norm_topk_prob`.
+        gl = out["layer0.router_logits"]
+        for name, g in [("gptoss", gl),
+                        ("gptoss_ban", mx.where(mx.arange(n_experts) == most, -np.inf, gl))]:
+            vals, inds = gpt_oss.mlx_topk(g, k=2, axis=-1)
+            w = mx.softmax(vals, axis=-1, precise=True)
+            e_ids, e_w, _ = by_weight(inds, w, mx.zeros(inds.shape + (1,)))
+            out[f"{name}.expert_ids"], out[f"{name}.expert_weights"] = mx.array(e_ids), mx.array(e_w)
+        probs = mx.softmax(gl, axis=-1, precise=True)
+        inds = mx.argpartition(probs, kth=-2, axis=-1)[..., -2:]
+        e_ids, e_w, _ = by_weight(inds, mx.take_along_axis(probs, inds, axis=-1),
+                                  mx.zeros(inds.shape + (1,)))
+        out["no_renorm.expert_ids"], out["no_renorm.expert_weights"] = mx.array(e_ids), mx.array(e_w)
         meta = {
             "case": case,
             "ban_expert": str(most),
