@@ -64,7 +64,17 @@ pub enum HookName {
     /// d_model]`; the sum over heads plus the projection's bias is the projection's output
     /// (computed only when hooked).
     HeadResult(usize),
-    /// The MLP's gate projection before the activation function, `[batch, pos, d_mlp]`. In a
+    /// A mixture-of-experts router's logits, one per expert, `[batch, pos, n_experts]` (only
+    /// on layers with a router). Replacing them changes which experts are chosen and their
+    /// weights.
+    RouterLogits(usize),
+    /// The experts the router chose for each token, `[batch, pos, k]` (int32), highest router
+    /// logit first. A replacement must hold `k` distinct experts per token, each in
+    /// `0..n_experts`; the weights are then computed for the replaced choice.
+    ExpertIds(usize),
+    /// The chosen experts' mixing weights, `[batch, pos, k]`, in the order of `hook_expert_ids`.
+    ExpertWeights(usize),
+    /// The gate projection before the activation function, `[batch, pos, d_mlp]`. In a
     /// mixture-of-experts block, the chosen experts' gates, `[batch, pos, k, d_expert]`, as
     /// `hook_post`.
     MlpPre(usize),
@@ -74,6 +84,10 @@ pub enum HookName {
     /// block, the chosen experts' activations, `[batch, pos, k, d_expert]`, highest router
     /// weight first.
     MlpPost(usize),
+    /// In a mixture-of-experts block, each chosen expert's output before the weighted sum,
+    /// `[batch, pos, k, d_model]`, in the order of `hook_expert_ids`; `hook_mlp_out` is the sum
+    /// over `k` weighted by `hook_expert_weights`.
+    ExpertOut(usize),
     /// Root mean square of the residual stream at the final norm, `[batch, pos, 1]` (computed
     /// only when hooked).
     LnFinalScale,
@@ -108,9 +122,13 @@ impl HookName {
                 HookName::ResidMid(i),
                 HookName::Ln2Scale(i),
                 HookName::Ln2Normalized(i),
+                HookName::RouterLogits(i),
+                HookName::ExpertIds(i),
+                HookName::ExpertWeights(i),
                 HookName::MlpPre(i),
                 HookName::MlpPreLinear(i),
                 HookName::MlpPost(i),
+                HookName::ExpertOut(i),
                 HookName::MlpOut(i),
                 HookName::ResidPost(i),
             ]);
@@ -182,8 +200,24 @@ impl HookName {
             | MlpPre(i)
             | MlpPreLinear(i)
             | MlpPost(i)
+            | RouterLogits(i)
+            | ExpertIds(i)
+            | ExpertWeights(i)
+            | ExpertOut(i)
             | Lora(i, _) => Some(i),
         }
+    }
+
+    /// True for the points of a mixture-of-experts router (logits, chosen experts, their
+    /// weights, each chosen expert's output): they exist only on layers with a router.
+    pub fn is_router(&self) -> bool {
+        matches!(
+            self,
+            HookName::RouterLogits(_)
+                | HookName::ExpertIds(_)
+                | HookName::ExpertWeights(_)
+                | HookName::ExpertOut(_)
+        )
     }
 
     /// True for the attention maps `[batch, head, query_pos, key_pos]` (scores and pattern).
@@ -215,6 +249,8 @@ impl HookName {
                  blocks.{{i}}.ln1|ln2.hook_scale|hook_normalized, \
                  blocks.{{i}}.attn.hook_q|hook_k|hook_v|hook_rot_q|hook_rot_k|hook_attn_scores|\
                  hook_pattern|hook_z|hook_result, blocks.{{i}}.mlp.hook_pre|hook_pre_linear|hook_post, \
+                 blocks.{{i}}.mlp.hook_router_logits|hook_expert_ids|hook_expert_weights|\
+                 hook_expert_out (mixture-of-experts layers), \
                  ln_final.hook_scale|hook_normalized (i in 0..{n_layers}, or negative from the end); \
                  with an adapter, blocks.{{i}}.attn.hook_lora_q|k|v|o and \
                  blocks.{{i}}.mlp.hook_lora_gate|up|down; hook_points(m) lists them all"
@@ -259,6 +295,11 @@ impl HookName {
             "mlp.hook_pre" => HookName::MlpPre(i),
             "mlp.hook_pre_linear" => HookName::MlpPreLinear(i),
             "mlp.hook_post" => HookName::MlpPost(i),
+            "mlp.hook_router_logits" => HookName::RouterLogits(i),
+            // TransformerLens's MoE names the chosen experts `hook_expert_indices`.
+            "mlp.hook_expert_ids" | "mlp.hook_expert_indices" => HookName::ExpertIds(i),
+            "mlp.hook_expert_weights" => HookName::ExpertWeights(i),
+            "mlp.hook_expert_out" => HookName::ExpertOut(i),
             _ => {
                 let lora = point
                     .split_once('.')
@@ -301,6 +342,10 @@ impl fmt::Display for HookName {
                 let group = if t.is_attention() { "attn" } else { "mlp" };
                 write!(f, "blocks.{i}.{group}.hook_lora_{}", t.short())
             }
+            RouterLogits(i) => write!(f, "blocks.{i}.mlp.hook_router_logits"),
+            ExpertIds(i) => write!(f, "blocks.{i}.mlp.hook_expert_ids"),
+            ExpertWeights(i) => write!(f, "blocks.{i}.mlp.hook_expert_weights"),
+            ExpertOut(i) => write!(f, "blocks.{i}.mlp.hook_expert_out"),
         }
     }
 }
@@ -316,6 +361,9 @@ pub struct HookCtx<'a> {
     pub prompt_len: i32,
     /// Left-padding length of each row (empty when no row is padded).
     pub pads: &'a [i32],
+    /// At `hook_expert_weights` and `hook_expert_out`: the chosen experts `[batch, pos, k]`
+    /// (int32), so an intervention can act on one expert's slot.
+    pub experts: Option<&'a Array>,
 }
 
 impl HookCtx<'_> {
@@ -509,6 +557,14 @@ mod tests {
             ("blocks.2.attn.hook_result", HookName::HeadResult(2)),
             ("blocks.0.mlp.hook_pre", HookName::MlpPre(0)),
             ("blocks.0.mlp.hook_pre_linear", HookName::MlpPreLinear(0)),
+            ("blocks.1.mlp.hook_router_logits", HookName::RouterLogits(1)),
+            ("blocks.-1.mlp.hook_expert_ids", HookName::ExpertIds(2)),
+            ("blocks.0.mlp.hook_expert_indices", HookName::ExpertIds(0)),
+            (
+                "blocks.0.mlp.hook_expert_weights",
+                HookName::ExpertWeights(0),
+            ),
+            ("blocks.2.mlp.hook_expert_out", HookName::ExpertOut(2)),
             ("ln_final.hook_scale", HookName::LnFinalScale),
         ];
         for (name, point) in cases {

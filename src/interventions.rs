@@ -6,11 +6,14 @@
 //! and every cached generation step. Positions follow the rows' own tokens under left padding:
 //! position 0 is each row's first real token.
 
+use mlx_rs::ops::argsort_axis;
+use mlx_rs::ops::indexing::{take_along_axis, TryIndexOp};
 use mlx_rs::{ops, Array, Dtype};
 
 use crate::error::{Error, Result};
 use crate::hooks::{HookCtx, HookFn, HookName};
 use crate::model::lora::Target;
+use crate::model::moe::Router;
 use crate::model::ModelInfo;
 
 /// Which query positions an intervention touches.
@@ -105,6 +108,16 @@ pub enum Op {
     Cap { vector: Array, tau: f32 },
     /// the activation recorded in another run
     Patch(PatchSource),
+    /// `x * factor`; at `hook_expert_out` or `hook_expert_weights` with `experts`, only those
+    /// experts' slots (where the router chose them)
+    Scale {
+        factor: f32,
+        experts: Option<Vec<i32>>,
+    },
+    /// at `hook_router_logits`: these experts' logits set to `-inf` (never chosen, weight 0)
+    Ban { experts: Vec<i32> },
+    /// at `hook_expert_ids`: these experts chosen first, the router's best of the others after
+    Force { experts: Vec<i32> },
 }
 
 impl Op {
@@ -118,6 +131,9 @@ impl Op {
             Op::Reflect { .. } => "reflect",
             Op::Cap { .. } => "cap",
             Op::Patch(_) => "patch",
+            Op::Scale { .. } => "scale",
+            Op::Ban { .. } => "ban",
+            Op::Force { .. } => "force",
         }
     }
 
@@ -158,7 +174,10 @@ pub fn point_widths(info: &ModelInfo, point: &HookName) -> Vec<i32> {
             Target::O | Target::Down => vec![i.d_model],
             Target::Gate | Target::Up => vec![i.d_mlp],
         },
-        MlpPre(_) | MlpPreLinear(_) | MlpPost(_) | AttnScores(_) | Pattern(_) => Vec::new(),
+        ExpertOut(_) => vec![i.d_model],
+        RouterLogits(_) => vec![i.n_experts],
+        MlpPre(_) | MlpPreLinear(_) | MlpPost(_) | AttnScores(_) | Pattern(_) | ExpertIds(_)
+        | ExpertWeights(_) => Vec::new(),
     }
 }
 
@@ -184,6 +203,43 @@ impl Intervention {
                  apply"
             )));
         }
+        let at = |points: &str| {
+            Err(Error::Invalid(format!(
+                "{what}: \"{}\" acts at {points} only",
+                self.op.name()
+            )))
+        };
+        match (&self.op, self.point) {
+            (Op::Ban { .. }, HookName::RouterLogits(_)) => {}
+            (Op::Ban { .. }, _) => return at("blocks.N.mlp.hook_router_logits"),
+            (Op::Force { .. }, HookName::ExpertIds(_)) => {}
+            (Op::Force { .. }, _) => return at("blocks.N.mlp.hook_expert_ids"),
+            (
+                Op::Scale {
+                    experts: Some(_), ..
+                },
+                HookName::ExpertOut(_) | HookName::ExpertWeights(_),
+            ) => {}
+            (
+                Op::Scale {
+                    experts: Some(_), ..
+                },
+                _,
+            ) => {
+                return Err(Error::Invalid(format!(
+                    "{what}: 'experts' picks expert slots at blocks.N.mlp.hook_expert_out or \
+                     hook_expert_weights only (leave it out to scale the whole activation)"
+                )))
+            }
+            (Op::Patch(_), HookName::ExpertIds(_)) => {}
+            (_, HookName::ExpertIds(_)) => {
+                return Err(Error::Invalid(format!(
+                    "{what}: on chosen expert ids only \"force\" and \"patch\" (and script \
+                     functions) apply"
+                )))
+            }
+            _ => {}
+        }
         if let Some(v) = self.op.vector() {
             if v.ndim() != 1 {
                 return Err(Error::Invalid(format!(
@@ -201,6 +257,62 @@ impl Intervention {
             }
         }
         Ok(())
+    }
+
+    /// Checks the expert ids of a routing op against the router of the point's layer (`None`:
+    /// the layer has no router): each in range, none twice, a ban that leaves at least `k`
+    /// experts, no more forced experts than the router chooses.
+    pub fn check_router(&self, router: Option<Router>) -> Result<()> {
+        let experts = match &self.op {
+            Op::Ban { experts } | Op::Force { experts } => experts,
+            Op::Scale {
+                experts: Some(experts),
+                ..
+            } => experts,
+            _ => return Ok(()),
+        };
+        let what = format!("{} at {}", self.op.name(), self.point);
+        let Some(r) = router else {
+            return Err(Error::Invalid(format!(
+                "{what}: this layer has no mixture-of-experts router"
+            )));
+        };
+        if experts.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{what}: 'experts' is empty; name at least one expert (0..{})",
+                r.n_experts - 1
+            )));
+        }
+        for (j, e) in experts.iter().enumerate() {
+            if *e < 0 || *e >= r.n_experts {
+                return Err(Error::Invalid(format!(
+                    "{what}: expert {e} is out of range; this layer has experts 0..{} ({} of \
+                     them)",
+                    r.n_experts - 1,
+                    r.n_experts
+                )));
+            }
+            if experts[..j].contains(e) {
+                return Err(Error::Invalid(format!(
+                    "{what}: expert {e} is listed twice"
+                )));
+            }
+        }
+        let n = experts.len() as i32;
+        match &self.op {
+            Op::Ban { .. } if r.n_experts - n < r.k => Err(Error::Invalid(format!(
+                "{what}: banning {n} of {} experts leaves {}, fewer than the {} the router \
+                 chooses per token",
+                r.n_experts,
+                r.n_experts - n,
+                r.k
+            ))),
+            Op::Force { .. } if n > r.k => Err(Error::Invalid(format!(
+                "{what}: {n} experts forced, but the router chooses only {} per token",
+                r.k
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The intervention applied to `x` for this call, or `None` when it leaves `x` unchanged.
@@ -278,6 +390,40 @@ impl Intervention {
                 let excess = ops::maximum(p.subtract(f32s(*tau))?, f32s(0.0))?;
                 x32.subtract(excess.multiply(&u)?)?.as_dtype(dt)?
             }
+            Op::Scale {
+                factor,
+                experts: None,
+            } => x.multiply(f32s(*factor).as_dtype(dt)?)?,
+            Op::Scale {
+                factor,
+                experts: Some(experts),
+            } => {
+                let ids = ctx.experts.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{}: no chosen experts here (a mixture-of-experts point)",
+                        what()
+                    ))
+                })?;
+                let hit = chosen_among(ids, experts)?;
+                let mut f = ops::select(&hit, f32s(*factor), f32s(1.0))?.as_dtype(dt)?;
+                if shape.len() > ids.ndim() {
+                    f = f.expand_dims(-1)?;
+                }
+                x.multiply(&f)?
+            }
+            Op::Ban { experts } => {
+                let e = shape[shape.len() - 1];
+                let mut banned = vec![false; e.max(0) as usize];
+                for &i in experts {
+                    if let Some(b) = banned.get_mut(i as usize) {
+                        *b = true;
+                    }
+                }
+                let mask = Array::from_slice(&banned, &[e]);
+                let neg = f32s(f32::NEG_INFINITY).as_dtype(dt)?;
+                ops::select(&mask, &neg, x)?
+            }
+            Op::Force { experts } => force(x, experts)?,
             Op::Patch(src) => {
                 let (patched, patch_sel) = self.patch(src, x, &ctx)?;
                 sel = Some(match sel {
@@ -427,6 +573,13 @@ impl Intervention {
         match &self.op {
             Op::Add { alpha, .. } | Op::Reflect { alpha, .. } => s += &format!(" alpha={alpha}"),
             Op::Cap { tau, .. } => s += &format!(" tau={tau}"),
+            Op::Ban { experts } | Op::Force { experts } => s += &format!(" experts={experts:?}"),
+            Op::Scale { factor, experts } => {
+                s += &format!(" factor={factor}");
+                if let Some(e) = experts {
+                    s += &format!(" experts={e:?}");
+                }
+            }
             _ => {}
         }
         if self.window != Window::All {
@@ -439,4 +592,35 @@ impl Intervention {
     pub fn into_hook(self) -> HookFn {
         Box::new(move |x, ctx| self.apply(x, ctx))
     }
+}
+
+/// `[..., k]` bool: where the chosen experts `ids` `[..., k]` are among `experts`.
+fn chosen_among(ids: &Array, experts: &[i32]) -> Result<Array> {
+    let n = experts.len() as i32;
+    let listed = Array::from_slice(experts, &[n]);
+    Ok(ids
+        .as_dtype(Dtype::Int32)?
+        .expand_dims(-1)?
+        .eq(&listed)?
+        .any_axis(-1, false)?)
+}
+
+/// Chosen experts `ids` `[batch, pos, k]` with `forced` put first: then the others in their
+/// order (the router's ranking), as many as fit in `k`.
+fn force(ids: &Array, forced: &[i32]) -> Result<Array> {
+    let shape = ids.shape().to_vec();
+    let (k, n) = (shape[shape.len() - 1], forced.len() as i32);
+    let ids = ids.as_dtype(Dtype::Int32)?;
+    // Not forced first, in order, then forced ones: key = forced * k + slot (all distinct).
+    let is_forced = chosen_among(&ids, forced)?.as_dtype(Dtype::Int32)?;
+    let slot = Array::from_iter(0..k, &[k]);
+    let key = is_forced.multiply(Array::from_int(k))?.add(&slot)?;
+    let order = argsort_axis(&key, -1)?.as_dtype(Dtype::Int32)?;
+    let keep = order.try_index((.., .., 0..k - n))?;
+    let rest = take_along_axis(&ids, &keep, -1)?;
+    let mut fshape = shape.clone();
+    let last = fshape.len() - 1;
+    fshape[last] = n;
+    let front = ops::broadcast_to(Array::from_slice(forced, &[n]), &fshape)?;
+    Ok(ops::concatenate(&[front, rest], -1)?)
 }

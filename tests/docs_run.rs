@@ -1,6 +1,8 @@
 //! Docs that run: every ```rhai block in README.md, docs/SHELL.md and docs/script-api.md is run
 //! as written, as a script file of its own (`mlxi run block.rhai`, the default model available,
-//! the block's folder a scratch folder), and must succeed. A block that uses a variable it does
+//! the block's folder a scratch folder that sees the repository's `tests/fixtures`, as a script
+//! run from the repository root does: the mixture-of-experts examples load the tiny
+//! `tests/fixtures/models/qwen3_moe`), and must succeed. A block that uses a variable it does
 //! not define, a renamed function or a wrong option fails here, with the file and line.
 //!
 //! Blocks run in separate processes, two at a time (one per core of the CI machine).
@@ -57,6 +59,12 @@ fn run_doc(doc: &str) -> Vec<String> {
 
 fn run_block(doc: &str, line: usize, code: &str) -> Option<String> {
     let dir = common::scratch();
+    std::fs::create_dir(dir.path().join("tests")).expect("a tests folder");
+    std::os::unix::fs::symlink(
+        common::repo().join("tests/fixtures"),
+        dir.path().join("tests/fixtures"),
+    )
+    .expect("link the fixtures");
     let file = common::write(dir.path(), "block.rhai", code);
     let r = common::run_with_models(dir.path(), &[file.to_str().expect("a UTF-8 path")]);
     (r.code != Some(0)).then(|| {

@@ -135,7 +135,13 @@ fn every_architecture_calls_every_hook_point() {
         let ids = rows(&g["input_ids"]);
         let plain = model.forward_ids(&ids).unwrap();
         let n = model.n_layers();
-        let points = HookName::all(n);
+        let points = model.hook_points();
+        let routers = points.iter().filter(|p| p.is_router()).count();
+        if routers != if case == "qwen3_moe" { 4 * n } else { 0 } {
+            failures.push(format!(
+                "{case}: {routers} router hook points for {n} layers"
+            ));
+        }
         model.hooks.start_capture(&points);
         let hooked = model.forward_ids(&ids).unwrap();
         let seen = model.hooks.take_capture();
@@ -171,6 +177,11 @@ fn every_architecture_calls_every_hook_point() {
                 }
                 // Not in `HookName::all`: adapter points (tests/adapters.rs).
                 HookName::Lora(..) => unreachable!("no adapter here"),
+                HookName::RouterLogits(_) => vec![b, t, info.n_experts],
+                HookName::ExpertIds(_) | HookName::ExpertWeights(_) => {
+                    vec![b, t, info.experts_per_token]
+                }
+                HookName::ExpertOut(_) => vec![b, t, info.experts_per_token, d],
             };
             match seen.get(p).map(|v| v.as_slice()) {
                 Some([a]) if a.shape() == want => {}

@@ -63,6 +63,7 @@ fn every_script_is_tested() {
         "tensors",  // tests/cli.rs, tests/hooks.rs
         "patching", // here
         "finetune", // here
+        "experts",  // here
     ];
     for entry in std::fs::read_dir(common::repo().join("scripts")).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
@@ -307,4 +308,49 @@ fn finetune_compares_base_and_adapter() {
         (got - want).abs() < 1e-3 * want.max(1.0),
         "recipe {got}, Rust {want}"
     );
+}
+
+/// The experts recipe on the tiny Qwen3-MoE fixture, against mlx-lm
+/// (tests/fixtures/models/qwen3_moe/experts_golden.json, from
+/// tests/reference/moe_router_golden.py): the same token counts per expert, the same most
+/// used and control experts, the same losses with and without the bans.
+#[test]
+fn experts_usage_and_bans_match_mlx_lm() {
+    let out = run_script("experts");
+    let v = json(&out.path().join("experts.json"));
+    let g = json(&common::repo().join("tests/fixtures/models/qwen3_moe/experts_golden.json"));
+    let u = &v["usage"];
+    assert_eq!(u["n_tokens"], g["n_tokens"]);
+    assert_eq!(u["layers"], serde_json::json!([0, 1]));
+    let close = |a: &Value, b: &Value, what: &str| {
+        assert!((f(a) - f(b)).abs() < 1e-4, "{what}: {a} vs mlx-lm {b}");
+    };
+    close(&v["ban"]["base"], &g["base_loss"], "base loss");
+    for (i, gl) in g["layers"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(u["counts"][i], gl["counts"], "layer {i} counts");
+        assert_eq!(u["most_used"][i], gl["most_used"], "layer {i}");
+        let share: f64 = u["share"][i].as_array().unwrap().iter().map(f).sum();
+        assert!(
+            (share - 2.0).abs() < 1e-5,
+            "layer {i}: shares sum to {share}, not k"
+        );
+        let row = &v["ban"]["rows"][i];
+        assert_eq!(row["expert"], gl["most_used"]);
+        assert_eq!(row["control_expert"], gl["control_expert"]);
+        close(&row["loss"], &gl["loss"], "banned loss");
+        close(&row["control_loss"], &gl["control_loss"], "control loss");
+    }
+    // Preferred tokens: per expert, as many routings as usage counted at that layer.
+    let p = &v["prefers"];
+    let layer = p["layer"].as_u64().unwrap() as usize;
+    for (e, x) in p["experts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(x["count"], u["counts"][layer][e], "expert {e}");
+        let tokens = x["tokens"].as_array().unwrap();
+        assert!(!tokens.is_empty() && tokens.len() <= 5);
+        assert!(tokens
+            .windows(2)
+            .all(|w| f(&w[0]["count"]) >= f(&w[1]["count"])));
+    }
+    svg(&out.path().join("usage.svg"), "Expert usage");
+    svg(&out.path().join("ban.svg"), "expert is banned");
 }

@@ -575,11 +575,22 @@ impl Step<'_> {
 
     /// Pass `x` through whatever is attached at `name` (a no-op when nothing is).
     pub fn hook(&mut self, name: HookName, x: Array) -> Result<Array> {
+        self.hook_with(name, x, None)
+    }
+
+    /// [`Step::hook`] at a point of a mixture-of-experts block, telling the hooks which experts
+    /// were chosen (`[batch, pos, k]`), so an intervention can act on one expert's slot.
+    pub fn hook_experts(&mut self, name: HookName, x: Array, experts: &Array) -> Result<Array> {
+        self.hook_with(name, x, Some(experts))
+    }
+
+    fn hook_with(&mut self, name: HookName, x: Array, experts: Option<&Array>) -> Result<Array> {
         let ctx = crate::hooks::HookCtx {
             offset: self.offset,
             len: self.len,
             prompt_len: self.hooks.prompt_len,
             pads: self.pads,
+            experts,
         };
         self.hooks.at(&name, x, ctx)
     }

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod layers;
 pub mod llama;
 pub mod lora;
+pub mod moe;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
@@ -97,6 +98,10 @@ pub trait Architecture {
     /// Each layer's sliding window (`None`: full attention); empty when no layer has one.
     fn windows(&self) -> Vec<Option<i32>> {
         Vec::new()
+    }
+    /// The mixture-of-experts router of block `layer`, if that block has one (see [`moe`]).
+    fn router(&self, _layer: usize) -> Option<moe::Router> {
+        None
     }
 }
 
@@ -243,6 +248,10 @@ pub struct ModelInfo {
     pub d_head: i32,
     pub d_mlp: i32,
     pub vocab: i32,
+    /// Experts per mixture-of-experts layer (0 for a dense model).
+    pub n_experts: i32,
+    /// Experts chosen per token in a mixture-of-experts layer (0 for a dense model).
+    pub experts_per_token: i32,
     pub params: u64,
     pub dtype: String,
     /// e.g. "4-bit group 32 (dequantized at load)", or "none".
@@ -582,6 +591,7 @@ impl Model {
             d_mlp,
             vocab,
         } = net.arch().dims();
+        let router = (0..n_layers).find_map(|i| net.arch().router(i));
         let info = ModelInfo {
             name,
             arch,
@@ -592,6 +602,8 @@ impl Model {
             d_head: heads.d,
             d_mlp,
             vocab,
+            n_experts: router.map_or(0, |r| r.n_experts),
+            experts_per_token: router.map_or(0, |r| r.k),
             params,
             dtype: crate::arrays::dtype_name(dtype).into(),
             quantization: String::new(),
@@ -626,6 +638,76 @@ impl Model {
     /// Each layer's sliding window (`None`: full attention); empty when no layer has one.
     pub fn windows(&self) -> Vec<Option<i32>> {
         self.net.arch().windows()
+    }
+
+    /// The mixture-of-experts router of block `layer`, if it has one.
+    pub fn router(&self, layer: usize) -> Option<moe::Router> {
+        self.net.arch().router(layer)
+    }
+
+    /// True when this model has hook point `point` (router points exist only on layers with a
+    /// router).
+    pub fn has_point(&self, point: &HookName) -> bool {
+        match (point.is_router(), point.layer()) {
+            (true, Some(i)) => self.router(i).is_some(),
+            _ => true,
+        }
+    }
+
+    /// `Ok` when this model has `point`, else an error that says why.
+    pub fn check_point(&self, point: &HookName) -> Result<()> {
+        if self.has_point(point) {
+            return Ok(());
+        }
+        let moe: Vec<String> = (0..self.n_layers())
+            .filter(|&i| self.router(i).is_some())
+            .map(|i| i.to_string())
+            .collect();
+        Err(Error::Invalid(format!(
+            "hook point {point}: block {} of this model has no mixture-of-experts router ({})",
+            point.layer().unwrap_or(0),
+            if moe.is_empty() {
+                "it has none; router points exist on MoE models such as qwen3_moe".to_string()
+            } else {
+                format!("blocks with one: {}", moe.join(", "))
+            }
+        )))
+    }
+
+    /// Expands point patterns as [`crate::capture::expand_points`] does, for this model: a
+    /// pattern with `*` skips the layers that lack the point (router points on dense layers),
+    /// an exact name this model lacks is an error.
+    pub fn expand_points(&self, patterns: &[String]) -> Result<Vec<HookName>> {
+        let n = self.n_layers();
+        let mut out = Vec::new();
+        for p in patterns {
+            let pts = crate::capture::expand_points(std::slice::from_ref(p), n)?;
+            if p.contains('*') {
+                let kept: Vec<HookName> =
+                    pts.iter().copied().filter(|h| self.has_point(h)).collect();
+                if kept.is_empty() {
+                    self.check_point(&pts[0])?;
+                }
+                out.extend(kept);
+            } else {
+                for h in &pts {
+                    self.check_point(h)?;
+                }
+                out.extend(pts);
+            }
+        }
+        let order = HookName::all(n);
+        out.sort_by_key(|h| order.iter().position(|o| o == h));
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Every hook point of this model, in forward order.
+    pub fn hook_points(&self) -> Vec<HookName> {
+        HookName::all(self.n_layers())
+            .into_iter()
+            .filter(|p| self.has_point(p))
+            .collect()
     }
 
     /// Token ids for `text`; `special` adds BOS etc. as the model's tokenizer does by default.

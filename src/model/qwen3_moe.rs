@@ -12,19 +12,20 @@
 //! (`mlp.experts.E.{gate,up,down}_proj.weight`), stacked at load by [`sanitize`], and
 //! mlx-community's already stacked `mlp.switch_mlp.{gate,up,down}_proj.*`.
 //!
+//! The router (and its hook points `mlp.hook_router_logits`, `hook_expert_ids`,
+//! `hook_expert_weights`, `hook_expert_out`) is the shared [`super::moe::Router`].
 //! `blocks.{i}.mlp.hook_post` on a sparse layer is `[batch, pos, k, moe_intermediate_size]`: the
-//! chosen experts' activations (before the router weights), highest router weight first;
-//! `mlp.hook_pre` and `mlp.hook_pre_linear` are those experts' gate and up projections, shaped
-//! the same.
+//! chosen experts' activations (before the router weights), in the order of `hook_expert_ids`
+//! (highest router logit first); `mlp.hook_pre` and `mlp.hook_pre_linear` are those experts'
+//! gate and up projections, shaped the same.
 
-use mlx_rs::ops::argsort_axis;
-use mlx_rs::ops::indexing::{take_along_axis, TryIndexOp};
 use mlx_rs::{ops, Array};
 use serde::Deserialize;
 
 use super::layers::{
     attend, gated_mlp, Act, Heads, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step, Tail,
 };
+use super::moe::{Router, Weighting};
 use super::validate;
 use super::weights::Weights;
 use super::{Architecture, Dims};
@@ -278,31 +279,31 @@ impl Qwen3Moe {
                 down_proj.forward(&post)
             }
             Mlp::Sparse(moe) => {
-                let k = self.cfg.num_experts_per_tok;
-                let probs = ops::softmax_axis(moe.router.forward(x)?, -1, true)?;
-                // The k most likely experts per token, most likely first.
-                let order = argsort_axis(probs.negative()?, -1)?;
-                let chosen = order.try_index((.., .., 0..k))?;
-                let mut weights = take_along_axis(&probs, &chosen, -1)?;
-                if self.cfg.norm_topk_prob {
-                    weights = weights.divide(weights.sum_axis(-1, true)?)?;
-                }
-                // [B, T, 1, 1, d] against experts `chosen` [B, T, k] -> [B, T, k, 1, ff],
+                let router = self.router_of();
+                let route = router.route(i, moe.router.forward(x)?, step)?;
+                // [B, T, 1, 1, d] against experts `route.ids` [B, T, k] -> [B, T, k, 1, ff],
                 // hooked as [B, T, k, ff].
                 let xe = x.expand_dims_axes(&[-2, -3])?;
-                let gate = moe.gate_proj.gather(&xe, &chosen)?.squeeze_axes(&[-2])?;
-                let up = moe.up_proj.gather(&xe, &chosen)?.squeeze_axes(&[-2])?;
+                let gate = moe.gate_proj.gather(&xe, &route.ids)?.squeeze_axes(&[-2])?;
+                let up = moe.up_proj.gather(&xe, &route.ids)?.squeeze_axes(&[-2])?;
                 let post = gated_mlp(i, gate, up, Act::Silu, step)?;
                 let out = moe
                     .down_proj
-                    .gather(&post.expand_dims(-2)?, &chosen)?
+                    .gather(&post.expand_dims(-2)?, &route.ids)?
                     .squeeze_axes(&[-2])?;
-                let dtype = out.dtype();
-                Ok(out
-                    .multiply(weights.expand_dims(-1)?)?
-                    .sum_axis(-2, false)?
-                    .as_dtype(dtype)?)
+                router.mix(i, out, &route, step)
             }
+        }
+    }
+
+    /// The router of every sparse layer: softmax over all experts, then the top k.
+    fn router_of(&self) -> Router {
+        Router {
+            n_experts: self.cfg.num_experts,
+            k: self.cfg.num_experts_per_tok,
+            weighting: Weighting::SoftmaxAll {
+                renormalize: self.cfg.norm_topk_prob,
+            },
         }
     }
 }
@@ -355,6 +356,9 @@ impl Architecture for Qwen3Moe {
     }
     fn quantization(&self) -> Option<(i32, i32)> {
         self.layers.first().and_then(|l| l.q_proj.quantization())
+    }
+    fn router(&self, layer: usize) -> Option<Router> {
+        self.cfg.is_sparse(layer).then(|| self.router_of())
     }
     fn dims(&self) -> Dims {
         let c = &self.cfg;

@@ -11,9 +11,7 @@ use super::model::{input, Input, ModelHandle};
 use super::options::Options;
 use super::tensor::Tensor;
 use super::{context, RhaiResult};
-use crate::capture::{
-    capture, expand_points, run_with_cache, ActivationCache, Captured, Positions,
-};
+use crate::capture::{capture, run_with_cache, ActivationCache, Captured, Positions};
 use crate::hooks::HookName;
 use crate::model::Model;
 use crate::{Error, Result};
@@ -85,13 +83,19 @@ const CAPTURE_KEYS: &[&str] = &["points", "positions", "batch_size", "progress"]
 
 /// `points`: a name or an array of names (`*` for every layer), or "all" (every hook point;
 /// attention patterns only with positions "all"); default every `hook_resid_post`.
-fn parse_points(o: &Options, n: usize, positions: Positions, verb: &str) -> Result<Vec<HookName>> {
+fn parse_points(
+    o: &Options,
+    m: &crate::model::Model,
+    positions: Positions,
+    verb: &str,
+) -> Result<Vec<HookName>> {
     let patterns: Vec<String> = match o.get("points") {
         None => vec!["blocks.*.hook_resid_post".into()],
         Some(v) => {
             if let Ok(s) = v.clone().into_immutable_string() {
                 if s == "all" {
-                    return Ok(HookName::all(n)
+                    return Ok(m
+                        .hook_points()
                         .into_iter()
                         .filter(|p| {
                             positions == Positions::All || !matches!(p, HookName::Pattern(_))
@@ -112,7 +116,7 @@ fn parse_points(o: &Options, n: usize, positions: Positions, verb: &str) -> Resu
             }
         }
     };
-    expand_points(&patterns, n)
+    m.expand_points(&patterns)
 }
 
 /// The texts of `inputs` when every input is text (one text, or an array of texts).
@@ -133,9 +137,8 @@ pub fn texts_of(inputs: &Dynamic) -> Option<Vec<String>> {
 
 fn capture_impl(m: &mut Model, inputs: &Dynamic, opts: &Map) -> Result<Cache> {
     let o = Options::parse("capture", opts, CAPTURE_KEYS)?;
-    let n = m.n_layers();
     let positions = parse_positions(&o, "capture")?;
-    let points = parse_points(&o, n, positions, "capture")?;
+    let points = parse_points(&o, m, positions, "capture")?;
     let batch_size = o.int("batch_size", 32)?;
     if batch_size < 1 {
         return Err(Error::Invalid(
@@ -154,12 +157,11 @@ const RUN_WITH_CACHE_KEYS: &[&str] = &["points", "positions"];
 /// `#{logits, cache}` from one forward of `inputs`.
 fn run_with_cache_impl(m: &mut Model, inputs: &Dynamic, opts: &Map) -> Result<Map> {
     let o = Options::parse("run_with_cache", opts, RUN_WITH_CACHE_KEYS)?;
-    let n = m.n_layers();
     let positions = match o.get("positions") {
         None => Positions::All,
         Some(_) => parse_positions(&o, "run_with_cache")?,
     };
-    let points = parse_points(&o, n, positions, "run_with_cache")?;
+    let points = parse_points(&o, m, positions, "run_with_cache")?;
     let batch = inputs
         .read_lock::<RhaiArray>()
         .is_some_and(|a| !a.iter().all(|x| x.is_int()));

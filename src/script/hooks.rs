@@ -124,7 +124,7 @@ pub fn parse_window(verb: &str, v: Option<&Dynamic>) -> Result<Window> {
     )))
 }
 
-const OPS: [&str; 7] = [
+const OPS: [&str; 10] = [
     "add",
     "ablate",
     "mean_ablate",
@@ -132,7 +132,30 @@ const OPS: [&str; 7] = [
     "reflect",
     "cap",
     "patch",
+    "scale",
+    "ban",
+    "force",
 ];
+
+/// `experts`: an expert id or an array of them (checked against the layer's router later).
+fn expert_list(verb: &str, v: Option<&Dynamic>) -> Result<Option<Vec<i32>>> {
+    let Some(v) = v.filter(|v| !v.is_unit()) else {
+        return Ok(None);
+    };
+    let bad = || {
+        Error::Invalid(format!(
+            "{verb}: 'experts' must be an expert id or an array of expert ids (integers)"
+        ))
+    };
+    let one = |d: &Dynamic| -> Result<i32> {
+        let i = d.as_int().map_err(|_| bad())?;
+        i32::try_from(i).map_err(|_| Error::Invalid(format!("{verb}: expert {i} is out of range")))
+    };
+    if let Some(a) = v.read_lock::<RhaiArray>() {
+        return a.iter().map(one).collect::<Result<Vec<_>>>().map(Some);
+    }
+    one(v).map(|e| Some(vec![e]))
+}
 
 /// A built-in intervention from an op map (`#{op: "add", vector, alpha, window}`).
 pub fn parse_op(m: &Model, point: HookName, map: &Map) -> Result<Intervention> {
@@ -152,6 +175,8 @@ pub fn parse_op(m: &Model, point: HookName, map: &Map) -> Result<Intervention> {
         "project_out" => &["op", "vector", "window"],
         "cap" => &["op", "vector", "tau", "window"],
         "patch" => &["op", "from", "window"],
+        "scale" => &["op", "factor", "experts", "window"],
+        "ban" | "force" => &["op", "experts", "window"],
         other => {
             return Err(Error::Invalid(format!(
                 "hook: unknown op {other:?} (valid: {})",
@@ -199,6 +224,25 @@ pub fn parse_op(m: &Model, point: HookName, map: &Map) -> Result<Intervention> {
                     .ok_or_else(|| Error::Invalid(format!("{verb}: 'mean' must be a Tensor")))?,
             }
         }
+        "scale" => Op::Scale {
+            factor: o
+                .opt_float("factor")?
+                .ok_or_else(|| Error::Invalid(format!("{verb}: needs 'factor' (a number)")))?
+                as f32,
+            experts: expert_list(&verb, o.get("experts"))?,
+        },
+        "ban" | "force" => {
+            let experts = expert_list(&verb, o.get("experts"))?.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{verb}: needs 'experts' (an expert id or an array of them)"
+                ))
+            })?;
+            if op.as_str() == "ban" {
+                Op::Ban { experts }
+            } else {
+                Op::Force { experts }
+            }
+        }
         _ => {
             let cache = o.value::<Cache>("from", "a Cache")?.ok_or_else(|| {
                 Error::Invalid(format!("{verb}: needs 'from' (a Cache from capture)"))
@@ -212,6 +256,7 @@ pub fn parse_op(m: &Model, point: HookName, map: &Map) -> Result<Intervention> {
         window: parse_window(&verb, o.get("window"))?,
     };
     iv.check(&point_widths(&m.info, &point))?;
+    iv.check_router(point.layer().and_then(|l| m.router(l)))?;
     Ok(iv)
 }
 
@@ -236,9 +281,10 @@ fn patch_source(cache: &Cache, point: HookName) -> Result<PatchSource> {
     }
 }
 
-fn hook_fn_impl(m: &ModelHandle, name: &str, f: FnPtr) -> Result<()> {
+pub(super) fn hook_fn_impl(m: &ModelHandle, name: &str, f: FnPtr) -> Result<()> {
     let mut g = m.get()?;
     let point = HookName::parse(name, g.n_layers())?;
+    g.check_point(&point)?;
     let label = if f.is_anonymous() {
         "fn".to_string()
     } else {
@@ -253,9 +299,10 @@ fn hook_fn_impl(m: &ModelHandle, name: &str, f: FnPtr) -> Result<()> {
     Ok(())
 }
 
-fn hook_op_impl(m: &ModelHandle, name: &str, op: &Map) -> Result<()> {
+pub(super) fn hook_op_impl(m: &ModelHandle, name: &str, op: &Map) -> Result<()> {
     let mut g = m.get()?;
     let point = HookName::parse(name, g.n_layers())?;
+    g.check_point(&point)?;
     let iv = parse_op(&g, point, op)?;
     g.hooks.attach(Hook {
         name: point,
@@ -285,8 +332,11 @@ mod hook_functions {
     /// A built-in intervention at hook point `name`, run without script code: `#{op: "add",
     /// vector, alpha}`, `#{op: "ablate"}`, `#{op: "mean_ablate", mean}`, `#{op: "project_out",
     /// vector}`, `#{op: "reflect", vector, alpha}`, `#{op: "cap", vector, tau}`, `#{op: "patch",
-    /// from: cache}`; `window`: "all" (default), "prompt", "generated", or an array of token
-    /// positions (negative from the end of the prompt).
+    /// from: cache}`, `#{op: "scale", factor}`; on mixture-of-experts layers `#{op: "ban",
+    /// experts}` at `mlp.hook_router_logits`, `#{op: "force", experts}` at `mlp.hook_expert_ids`,
+    /// `#{op: "scale", factor, experts}` at `mlp.hook_expert_out`; `window`: "all" (default),
+    /// "prompt", "generated", or an array of token positions (negative from the end of the
+    /// prompt).
     ///
     /// Example: `hook(m, "blocks.20.hook_resid_post", #{op: "add", vector: d, alpha: 8.0, window: "generated"})`
     #[rhai_fn(name = "hook", return_raw)]

@@ -908,6 +908,7 @@ mod model_functions {
         };
         Ok(HookName::forward_order(n)
             .into_iter()
+            .filter(|h| g.has_point(h))
             .filter(|h| !matches!(h, HookName::Lora(..)) || lora.contains(h))
             .map(|h| Dynamic::from(h.to_string()))
             .collect())

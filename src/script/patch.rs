@@ -9,7 +9,6 @@ use super::model::{input, Input, ModelHandle};
 use super::options::Options;
 use super::tensor::Tensor;
 use super::RhaiResult;
-use crate::capture::expand_points;
 use crate::model::Model;
 use crate::patching::{self, Metric, PatchGrid, PatchOptions};
 use crate::plot::{Heatmap, Labels};
@@ -107,7 +106,7 @@ fn single(m: &Model, v: &Dynamic, what: &str) -> Result<Vec<u32>> {
     }
 }
 
-fn points_of(o: &Options, n_layers: usize) -> Result<Vec<crate::hooks::HookName>> {
+fn points_of(o: &Options, m: &crate::model::Model) -> Result<Vec<crate::hooks::HookName>> {
     let patterns: Vec<String> = match o.get("points") {
         None => vec!["blocks.*.hook_resid_pre".into()],
         Some(v) => match v.clone().into_string() {
@@ -124,7 +123,7 @@ fn points_of(o: &Options, n_layers: usize) -> Result<Vec<crate::hooks::HookName>
                 .collect::<Result<_>>()?,
         },
     };
-    expand_points(&patterns, n_layers)
+    m.expand_points(&patterns)
 }
 
 fn positions_of(o: &Options, t: usize) -> Result<Vec<usize>> {
@@ -184,7 +183,7 @@ fn patch_impl(
     let clean_ids = single(m, clean, "clean")?;
     let corrupted_ids = single(m, corrupted, "corrupted")?;
     let t = clean_ids.len();
-    let points = points_of(&o, m.n_layers())?;
+    let points = points_of(&o, m)?;
     let positions = positions_of(&o, t)?;
     let batch = o.int("batch_size", default_batch(t) as INT)?;
     if !(1..=4096).contains(&batch) {

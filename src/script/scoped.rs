@@ -1,5 +1,5 @@
-//! Steering for the length of one call: `generate(m, prompt, #{steer: ...})` and
-//! `with_steering(m, dirs, opts, || ...)`.
+//! Steering and hooks for the length of one call: `generate(m, prompt, #{steer: ...})`,
+//! `with_steering(m, dirs, opts, || ...)` and `with_hooks(m, #{point: op}, || ...)`.
 //!
 //! `steer(m, d)` and `unsteer(m)` are global: `unsteer` also removes steering the caller
 //! attached, and an error between the two leaves the model steered. The scoped forms attach
@@ -111,6 +111,58 @@ fn with_steering_impl(
     out
 }
 
+/// Attaches the hooks of `spec` (`#{point: op map, function, or an array of them}`) and returns
+/// the ids of what it added; on an error nothing stays attached.
+fn attach_hooks(m: &ModelHandle, spec: &Map) -> Result<Vec<HookId>> {
+    let before = m.get()?.hooks.ids();
+    let added = |m: &ModelHandle| -> Result<Vec<HookId>> {
+        let now = m.get()?.hooks.ids();
+        Ok(now.into_iter().filter(|id| !before.contains(id)).collect())
+    };
+    let one = |name: &str, v: &Dynamic| -> Result<()> {
+        if let Some(f) = v.read_lock::<FnPtr>() {
+            return super::hooks::hook_fn_impl(m, name, f.clone());
+        }
+        if let Some(op) = v.read_lock::<Map>() {
+            return super::hooks::hook_op_impl(m, name, &op);
+        }
+        Err(Error::Invalid(format!(
+            "with_hooks: the hook at {name:?} must be an op map (#{{op: ...}}), a function or \
+             an array of them, not {}",
+            super::display::type_name(v)
+        )))
+    };
+    for (name, v) in spec {
+        let r = match v.read_lock::<RhaiArray>() {
+            Some(a) => a.iter().try_for_each(|x| one(name, x)),
+            None => one(name, v),
+        };
+        if let Err(e) = r {
+            let ids = added(m)?;
+            m.get()?.hooks.detach(&ids);
+            return Err(e);
+        }
+    }
+    added(m)
+}
+
+/// Runs `f` with the hooks of `spec` attached, then removes them, also when `f` fails.
+fn with_hooks_impl(
+    ctx: &NativeCallContext,
+    m: &ModelHandle,
+    spec: &Map,
+    f: &FnPtr,
+) -> RhaiResult<Dynamic> {
+    let ids = attach_hooks(m, spec)?;
+    let out = f.call_within_context::<Dynamic>(ctx, ());
+    match m.get() {
+        Ok(mut g) => g.hooks.detach(&ids),
+        Err(e) if out.is_ok() => return Err(e.into()),
+        Err(_) => {}
+    }
+    out
+}
+
 #[export_module]
 mod scoped_functions {
     use super::*;
@@ -147,6 +199,22 @@ mod scoped_functions {
         f: FnPtr,
     ) -> RhaiResult<Dynamic> {
         with_steering_impl(&ctx, &m, &dirs, &Map::new(), &f)
+    }
+
+    /// Runs `f` (a function of no arguments) with hooks attached and returns what `f`
+    /// returns; afterwards exactly those hooks are removed, also when `f` throws (hooks
+    /// attached before stay). `hooks` maps hook names to what `hook(m, name, ...)` takes: an op
+    /// map, a function, or an array of them. Call it as a function when `f` uses `m`.
+    ///
+    /// Example: `with_hooks(m, #{"blocks.0.mlp.hook_router_logits": #{op: "ban", experts: [3]}}, || forward(m, "Hi"))`
+    #[rhai_fn(name = "with_hooks", return_raw)]
+    pub fn with_hooks(
+        ctx: NativeCallContext,
+        m: Model,
+        hooks: Map,
+        f: FnPtr,
+    ) -> RhaiResult<Dynamic> {
+        with_hooks_impl(&ctx, &m, &hooks, &f)
     }
 }
 
