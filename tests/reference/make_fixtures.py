@@ -701,6 +701,44 @@ def gemma2_forward_windowed(model, inputs, layer_types, window):
     return mx.tanh(out / cap) * cap
 
 
+def gpt_oss_attention_goldens(model, ids):
+    """Layer by layer, mlx-lm's own queries and keys (projected, roped by its YarnRoPE) and its
+    attention output (MLX's fused kernel with the sinks, the layer's mask): `attn_z_l{i}`
+    `[batch, pos, heads, head_dim]`, and the attention pattern computed here in NumPy (float64)
+    from the same queries and keys, each head's sink logit joining the softmax as one more
+    column that is then dropped: `attn_pattern_l{i}` `[batch, heads, pos, pos]`. The pattern
+    times the values must give mlx-lm's output (checked here), so both describe one attention."""
+    m = model.model
+    h = m.embed_tokens(ids)
+    out = {}
+    for i, (layer, lt) in enumerate(zip(m.layers, m.layer_types)):
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        B, L, _ = x.shape
+        D = attn.head_dim
+        q = attn.rope(attn.q_proj(x).reshape(B, L, -1, D).swapaxes(1, 2))
+        k = attn.rope(attn.k_proj(x).reshape(B, L, -1, D).swapaxes(1, 2))
+        v = attn.v_proj(x).reshape(B, L, -1, D).swapaxes(1, 2)
+        window = m.window_size if lt == "sliding_attention" else None
+        mask = create_causal_mask(L, window_size=window)
+        z = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.sm_scale, mask=mask, sinks=attn.sinks)
+        qn, kn, vn = (np.array(a, dtype=np.float64) for a in (q, k, v))
+        groups = qn.shape[1] // kn.shape[1]
+        kn, vn = np.repeat(kn, groups, axis=1), np.repeat(vn, groups, axis=1)
+        scores = np.einsum("bhqd,bhkd->bhqk", qn * attn.sm_scale, kn)
+        scores = np.where(np.array(mask)[None, None], scores, -np.inf)
+        sinks = np.broadcast_to(np.array(attn.sinks, dtype=np.float64)[None, :, None, None], (B, qn.shape[1], L, 1))
+        full = np.concatenate([sinks, scores], axis=-1)
+        full = np.exp(full - full.max(axis=-1, keepdims=True))
+        pattern = (full / full.sum(axis=-1, keepdims=True))[..., 1:]
+        zn = np.einsum("bhqk,bhkd->bhqd", pattern, vn)
+        assert np.max(np.abs(zn - np.array(z))) < 1e-5, "NumPy sink attention differs from MLX's"
+        out[f"attn_pattern_l{i}"] = pattern.astype(np.float32)
+        out[f"attn_z_l{i}"] = np.array(z.swapaxes(1, 2))
+        h = layer(h, mask, None)
+    return out
+
+
 def run_logits(folder, model_config=None, hook=None, upcast=False):
     model, tok, cfg = load(str(folder), model_config=model_config, return_config=True)
     if upcast:
@@ -729,6 +767,8 @@ def write_golden(folder, case, hook=None):
     if hook == "gemma2_window":
         plain, *_ = run_logits(folder)
         tensors["logits_mlx_lm_no_window"] = np.array(plain)
+    if case == "gpt_oss":
+        tensors.update(gpt_oss_attention_goldens(model, mx.array(tensors["input_ids"])))
     sample_ids = tok.encode(SAMPLE_TEXT)
     chat_ids = tok.apply_chat_template(
         [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=True
