@@ -413,7 +413,7 @@ fn gpt_oss_sinks_on_both_attention_paths() {
                     failures.push(format!("layer {i}: hook_pattern differs by {d}"));
                 }
                 let sums = p.sum_axis(-1, false).unwrap();
-                let most = sums.max(None).unwrap().item::<f32>();
+                let most = sums.max(None).unwrap().item_exact::<f32>();
                 if most >= 0.999 {
                     failures.push(format!("layer {i}: a pattern row sums to {most}: no sink"));
                 }

@@ -124,6 +124,7 @@ pub fn quantized_matmul(
 
 /// Expert-stacked `w` `[experts, out, in]` applied to `x` `[..., 1, in]` for the experts in
 /// `indices` `[..., k]`: `[..., k, 1, out]` (MLX's `gather_qmm`, transposed).
+#[allow(clippy::too_many_arguments)]
 pub fn gather_qmm(
     x: &Array,
     w: &Array,
