@@ -373,7 +373,8 @@ fn broken_checkpoints_are_clear_errors() {
     assert!(e.contains("missing tensor") && e.contains(expert), "{e}");
 }
 
-/// gpt-oss's attention sinks on both attention paths, against mlx-lm's queries and keys: the
+/// gpt-oss's attention sinks on both attention paths, against mlx-lm's queries and keys
+/// (`hook_rot_q`/`hook_rot_k` equal them: YaRN with its attention scale as mlx-lm's): the
 /// fused kernel (nothing hooked but `hook_z`) and the explicit scores computed when
 /// `hook_pattern` is hooked give the attention output of MLX's kernel with the sinks
 /// (`attn_z_l{i}`), and `hook_pattern` is the NumPy softmax with each head's sink as an extra
@@ -389,6 +390,7 @@ fn gpt_oss_sinks_on_both_attention_paths() {
     let mut failures = Vec::new();
     for explicit in [false, true] {
         let mut points = vec![HookName::Z(0), HookName::Z(1)];
+        points.extend((0..2).flat_map(|i| [HookName::RotQ(i), HookName::RotK(i)]));
         if explicit {
             points.extend([HookName::Pattern(0), HookName::Pattern(1)]);
         }
@@ -396,6 +398,16 @@ fn gpt_oss_sinks_on_both_attention_paths() {
         model.forward_ids(&ids).unwrap();
         let seen = model.hooks.take_capture();
         for i in 0..2 {
+            for (p, key) in [
+                (HookName::RotQ(i), "attn_rot_q"),
+                (HookName::RotK(i), "attn_rot_k"),
+            ] {
+                let got = seen[&p][0].contiguous().unwrap();
+                let d = max_abs_diff(&got, &g[&format!("{key}_l{i}")]);
+                if d >= 1e-5 {
+                    failures.push(format!("layer {i}: {p} (YaRN) differs by {d}"));
+                }
+            }
             let z = seen[&HookName::Z(i)][0].contiguous().unwrap();
             let d = max_abs_diff(&z, &g[&format!("attn_z_l{i}")]);
             println!("layer {i} explicit={explicit}: hook_z max |diff| {d:.2e}");

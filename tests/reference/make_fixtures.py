@@ -702,8 +702,8 @@ def gemma2_forward_windowed(model, inputs, layer_types, window):
 
 
 def gpt_oss_attention_goldens(model, ids):
-    """Layer by layer, mlx-lm's own queries and keys (projected, roped by its YarnRoPE) and its
-    attention output (MLX's fused kernel with the sinks, the layer's mask): `attn_z_l{i}`
+    """Layer by layer, mlx-lm's own queries and keys (projected, roped by its YarnRoPE:
+    `attn_rot_q_l{i}`, `attn_rot_k_l{i}` `[batch, pos, heads, head_dim]`) and its attention output (MLX's fused kernel with the sinks, the layer's mask): `attn_z_l{i}`
     `[batch, pos, heads, head_dim]`, and the attention pattern computed here in NumPy (float64)
     from the same queries and keys, each head's sink logit joining the softmax as one more
     column that is then dropped: `attn_pattern_l{i}` `[batch, heads, pos, pos]`. The pattern
@@ -735,6 +735,8 @@ def gpt_oss_attention_goldens(model, ids):
         assert np.max(np.abs(zn - np.array(z))) < 1e-5, "NumPy sink attention differs from MLX's"
         out[f"attn_pattern_l{i}"] = pattern.astype(np.float32)
         out[f"attn_z_l{i}"] = np.array(z.swapaxes(1, 2))
+        out[f"attn_rot_q_l{i}"] = np.array(q.swapaxes(1, 2))
+        out[f"attn_rot_k_l{i}"] = np.array(k.swapaxes(1, 2))
         h = layer(h, mask, None)
     return out
 
