@@ -371,6 +371,42 @@ fn broken_checkpoints_are_clear_errors() {
     });
     let e = s.load_err();
     assert!(e.contains("missing tensor") && e.contains(expert), "{e}");
+
+    // OpenAI's MXFP4 layout: blocks of the wrong shape, scales of the wrong type.
+    let blocks = "model.layers.0.mlp.experts.gate_up_proj_blocks";
+    let s = Scratch::new("gpt_oss-openai", "blocks-shape");
+    s.edit_weights(|w| {
+        w.insert(blocks.into(), Array::zeros::<u8>(&[4, 64, 1, 32]).unwrap());
+    });
+    let e = s.load_err();
+    assert!(e.contains(blocks) && e.contains("[4, 64, 2, 16]"), "{e}");
+    let scales = "model.layers.1.mlp.experts.down_proj_scales";
+    let s = Scratch::new("gpt_oss-openai", "scales-type");
+    s.edit_weights(|w| {
+        w.insert(scales.into(), Array::zeros::<f32>(&[4, 64, 1]).unwrap());
+    });
+    let e = s.load_err();
+    assert!(e.contains("down_proj_scales") && e.contains("uint8"), "{e}");
+
+    // mlx-community's layout: MXFP4 has no offsets; a mode mlxi does not run.
+    let s = Scratch::new("gpt_oss-mxfp4", "mxfp4-biases");
+    s.edit_weights(|w| {
+        w.insert(
+            "model.layers.0.mlp.experts.up_proj.biases".into(),
+            Array::zeros::<f32>(&[4, 32, 2]).unwrap(),
+        );
+    });
+    let e = s.load_err();
+    assert!(e.contains("up_proj") && e.contains("no .biases"), "{e}");
+    let s = Scratch::new("gpt_oss-mxfp4", "mode");
+    let config = s.0.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen("\"mxfp4\"", "\"nvfp4\"", 1)).unwrap();
+    let e = s.load_err();
+    assert!(
+        e.contains("config.json") && e.contains("nvfp4") && e.contains("mxfp4"),
+        "{e}"
+    );
 }
 
 /// gpt-oss's attention sinks on both attention paths, against mlx-lm's queries and keys

@@ -35,6 +35,7 @@ use super::layers::{
 use super::validate;
 use super::weights::Weights;
 use super::{Architecture, Dims};
+use crate::arrays::dtype_name;
 use crate::error::{Error, Result};
 use crate::hooks::HookName;
 
@@ -182,11 +183,11 @@ fn openai_mxfp4(
         || scales.shape() != want_s
     {
         return Err(Error::Model(format!(
-            "MXFP4 tensors {stem}_blocks / _scales are {:?} {:?} / {:?} {:?}, expected uint8 \
-             {want_b:?} / uint8 {want_s:?}",
-            blocks.dtype(),
+            "MXFP4 tensors {stem}_blocks ({} {:?}) and {stem}_scales ({} {:?}) do not fit the \
+             layer: expected uint8 {want_b:?} and uint8 {want_s:?}",
+            dtype_name(blocks.dtype()),
             blocks.shape(),
-            scales.dtype(),
+            dtype_name(scales.dtype()),
             scales.shape()
         )));
     }

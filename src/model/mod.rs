@@ -389,7 +389,7 @@ impl Model {
             .get("quantization")
             .or_else(|| config.get("quantization_config"))
         {
-            Some(q) => QuantConfig::from_json(q)?,
+            Some(q) => QuantConfig::from_json(q).map_err(|e| e.in_file(&config_path))?,
             None => None,
         };
         let (tensors, origins) = source::load_safetensors_dir(dir)?;

@@ -36,9 +36,11 @@ impl QuantMode {
         match s {
             "affine" => Ok(QuantMode::Affine),
             "mxfp4" => Ok(QuantMode::Mxfp4),
-            other => Err(Error::Model(format!(
-                "unsupported quantization mode {other:?} (supported: affine, mxfp4)"
-            ))),
+            other => Err(Error::Config {
+                key: "quantization.mode".into(),
+                value: format!("{other:?}"),
+                why: "is not a mode mlxi runs (supported: affine, mxfp4)".into(),
+            }),
         }
     }
 
