@@ -20,7 +20,7 @@ use mlxi::model::layers::KvCache;
 use mlxi::model::{pad_left, LoadOptions, Model};
 use serde_json::Value;
 
-const CASES: [&str; 7] = [
+const CASES: [&str; 8] = [
     "llama",
     "qwen2",
     "qwen3",
@@ -28,6 +28,7 @@ const CASES: [&str; 7] = [
     "gemma3_text",
     "phi3",
     "qwen3_moe",
+    "gpt_oss",
 ];
 
 /// A fixture: the model (f32), its config.json and its stored tensors.
@@ -109,7 +110,17 @@ impl Fixture {
             .as_array()
             .is_some_and(|t| t[i] == "sliding_attention");
         let w = self.cfg["sliding_window"].as_u64()? as usize;
-        (self.gemma() && sliding).then_some(w)
+        ((self.gemma() || self.gpt_oss()) && sliding).then_some(w)
+    }
+
+    fn gpt_oss(&self) -> bool {
+        self.case == "gpt_oss"
+    }
+
+    /// Layer `i`'s attention sink logits, one per head (gpt-oss), else none.
+    fn sinks(&self, i: usize) -> Option<Vec<f32>> {
+        self.gpt_oss()
+            .then(|| self.w(&format!("model.layers.{i}.self_attn.sinks")))
     }
 
     /// Layer `i`'s RoPE `(base, position scale)`.
@@ -209,6 +220,13 @@ fn rope(x: &[f32], pos: usize, (base, scale): (f32, f32)) -> Vec<f32> {
 
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// gpt-oss's SwiGLU of one gate and up value: the gate clamped above at 7, the up value to
+/// [-7, 7], `(up + 1) * g * sigmoid(1.702 g)`.
+fn swiglu_oai(gate: f32, up: f32) -> f32 {
+    let g = gate.min(7.0);
+    (up.clamp(-7.0, 7.0) + 1.0) * g / (1.0 + (-1.702 * g).exp())
 }
 
 fn gelu_tanh(x: f32) -> f32 {
@@ -319,8 +337,10 @@ fn attention_points_match_their_definition() {
                 let v = |p: HookName| vals(&c[&p][r]);
                 let (q, k, rq, rk) = (v(Q(i)), v(K(i)), v(RotQ(i)), v(RotK(i)));
                 let (scores, pattern) = (v(AttnScores(i)), v(Pattern(i)));
-                // Row 0 is not padded: its positions are 0..t. RoPE by hand, every position.
-                if r == 0 {
+                // Row 0 is not padded: its positions are 0..t. RoPE by hand, every position
+                // (gpt-oss's YaRN is checked against mlx-lm's own roped queries and keys in
+                // parity_archs.rs, gpt_oss_sinks_on_both_attention_paths).
+                if r == 0 && !fx.gpt_oss() {
                     let (want_q, want_k): (Vec<f32>, Vec<f32>) = (
                         q.chunks(dh)
                             .enumerate()
@@ -367,12 +387,19 @@ fn attention_points_match_their_definition() {
                 if let Err(e) = close(&scores, &want, 1e-4) {
                     fail("hook_attn_scores", r, e);
                 }
-                // The pattern is the softmax of the scores.
+                // The pattern is the softmax of the scores; with sinks (gpt-oss), each head's
+                // sink logit joins the softmax and its share is left out.
+                let sinks = fx.sinks(i);
                 let mut soft = Vec::with_capacity(scores.len());
-                for row in scores.chunks(t) {
-                    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                for (j, row) in scores.chunks(t).enumerate() {
+                    let sink = sinks.as_ref().map(|s| s[j / t]);
+                    let m = row
+                        .iter()
+                        .chain(&sink)
+                        .cloned()
+                        .fold(f32::NEG_INFINITY, f32::max);
                     let e: Vec<f32> = row.iter().map(|s| (s - m).exp()).collect();
-                    let z: f32 = e.iter().sum();
+                    let z: f32 = e.iter().sum::<f32>() + sink.map_or(0.0, |s| (s - m).exp());
                     soft.extend(e.iter().map(|x| x / z));
                 }
                 if let Err(e) = close(&pattern, &soft, 1e-5) {
@@ -399,9 +426,16 @@ fn attention_points_match_their_definition() {
                 if let Err(e) = close(&result, &want, 1e-4) {
                     fail("hook_result", r, e);
                 }
-                let got_sum = vals(&c[&HeadResult(i)][r].sum_axis(1, false).unwrap());
+                let mut got_sum = vals(&c[&HeadResult(i)][r].sum_axis(1, false).unwrap());
                 if let Err(e) = close(&got_sum, &sum, 1e-4) {
                     fail("sum of hook_result", r, e);
+                }
+                if fx.gpt_oss() {
+                    // The output projection's bias is no head's.
+                    let bias = fx.w(&format!("model.layers.{i}.self_attn.o_proj.bias"));
+                    for (j, x) in got_sum.iter_mut().enumerate() {
+                        *x += bias[j % dm];
+                    }
                 }
                 let attn_out = if fx.gemma() {
                     let w = fx.norm_weight(&format!("model.layers.{i}.post_attention_layernorm"));
@@ -442,22 +476,63 @@ fn mlp_points_match_their_definition() {
                 let mut fail = |what: &str, e: String| {
                     failures.push(format!("{case} layer {i} {what} row {r}: {e}"));
                 };
-                let want: Vec<f32> = pre.iter().zip(&lin).map(|(g, u)| act(*g) * u).collect();
+                let want: Vec<f32> = if fx.gpt_oss() {
+                    pre.iter()
+                        .zip(&lin)
+                        .map(|(g, u)| swiglu_oai(*g, *u))
+                        .collect()
+                } else {
+                    pre.iter().zip(&lin).map(|(g, u)| act(*g) * u).collect()
+                };
                 if let Err(e) = close(&post, &want, 1e-5) {
                     fail("act(hook_pre) * hook_pre_linear vs hook_post", e);
                 }
-                if case == "qwen3_moe" {
+                if fx.gpt_oss()
+                    && i == 0
+                    && r == 0
+                    && !pre.iter().chain(&lin).any(|x| x.abs() > 7.0)
+                {
+                    fail(
+                        "SwiGLU-OAI clamp",
+                        "no pre-activation reaches the limit 7".into(),
+                    );
+                }
+                if case == "qwen3_moe" || fx.gpt_oss() {
                     // [t, k, d_expert]: each chosen expert's gate and up projections.
                     let shape = c[&MlpPre(i)][r].shape().to_vec();
                     let (k, ff) = (shape[1] as usize, shape[2] as usize);
-                    let n_experts = fx.cfg["num_experts"].as_u64().unwrap() as usize;
-                    let per_expert: Vec<(Vec<f32>, Vec<f32>)> = (0..n_experts)
-                        .map(|e| {
-                            let g = fx.w(&format!("{p}.experts.{e}.gate_proj.weight"));
-                            let u = fx.w(&format!("{p}.experts.{e}.up_proj.weight"));
-                            (matmul_t(&x, &g, d), matmul_t(&x, &u, d))
-                        })
-                        .collect();
+                    let per_expert: Vec<(Vec<f32>, Vec<f32>)> = if fx.gpt_oss() {
+                        // Stacked [experts, ff, d] with biases [experts, ff].
+                        let (g, u) = (
+                            fx.w(&format!("{p}.experts.gate_proj.weight")),
+                            fx.w(&format!("{p}.experts.up_proj.weight")),
+                        );
+                        let (gb, ub) = (
+                            fx.w(&format!("{p}.experts.gate_proj.bias")),
+                            fx.w(&format!("{p}.experts.up_proj.bias")),
+                        );
+                        let biased = |y: Vec<f32>, b: &[f32]| -> Vec<f32> {
+                            y.iter().enumerate().map(|(j, v)| v + b[j % ff]).collect()
+                        };
+                        (0..g.len() / (ff * d))
+                            .map(|e| {
+                                let w = |a: &[f32]| a[e * ff * d..][..ff * d].to_vec();
+                                (
+                                    biased(matmul_t(&x, &w(&g), d), &gb[e * ff..][..ff]),
+                                    biased(matmul_t(&x, &w(&u), d), &ub[e * ff..][..ff]),
+                                )
+                            })
+                            .collect()
+                    } else {
+                        let n_experts = fx.cfg["num_experts"].as_u64().unwrap() as usize;
+                        (0..n_experts)
+                            .map(|e| {
+                                let g = fx.w(&format!("{p}.experts.{e}.gate_proj.weight"));
+                                let u = fx.w(&format!("{p}.experts.{e}.up_proj.weight"));
+                                (matmul_t(&x, &g, d), matmul_t(&x, &u, d))
+                            })
+                            .collect()
+                    };
                     for (tok, choice) in (0..x.len() / d).flat_map(|t| (0..k).map(move |j| (t, j)))
                     {
                         let at = (tok * k + choice) * ff;
@@ -583,6 +658,8 @@ fn zeroed_scores_give_a_uniform_pattern_over_visible_keys() {
     let mut failures = Vec::new();
     for case in CASES {
         let mut fx = Fixture::load(case);
+        let all_sinks: Vec<Option<Vec<f32>>> =
+            (0..fx.model.n_layers()).map(|i| fx.sinks(i)).collect();
         let model = &mut fx.model;
         for i in 0..model.n_layers() {
             let scores = capture_all(model, &[HookName::AttnScores(i)]);
@@ -602,13 +679,19 @@ fn zeroed_scores_give_a_uniform_pattern_over_visible_keys() {
             for (r, row) in rows().iter().enumerate() {
                 let t = row.len();
                 let s = vals(&scores[&HookName::AttnScores(i)][r]);
+                // With sinks (gpt-oss), each head's sink takes its share first.
+                let sinks = &all_sinks[i];
                 let mut want = Vec::with_capacity(s.len());
-                for row in s.chunks(t) {
+                for (j, row) in s.chunks(t).enumerate() {
+                    let sink = sinks.as_ref().map_or(0.0, |s| s[j / t].exp());
                     let visible = row.iter().filter(|x| x.is_finite()).count() as f32;
-                    want.extend(
-                        row.iter()
-                            .map(|x| if x.is_finite() { 1.0 / visible } else { 0.0 }),
-                    );
+                    want.extend(row.iter().map(|x| {
+                        if x.is_finite() {
+                            1.0 / (visible + sink)
+                        } else {
+                            0.0
+                        }
+                    }));
                 }
                 if let Err(e) = close(&vals(&pattern[&HookName::Pattern(i)][r]), &want, 1e-6) {
                     failures.push(format!("{case} layer {i} row {r}: {e}"));

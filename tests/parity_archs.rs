@@ -43,7 +43,8 @@ fn rows(input_ids: &Array) -> Vec<Vec<u32>> {
 fn is_quantized(case: &str) -> bool {
     let text = std::fs::read_to_string(format!("{FIXTURES}/{case}/config.json")).unwrap();
     let config: serde_json::Value = serde_json::from_str(&text).unwrap();
-    config.get("quantization").is_some()
+    // OpenAI's gpt-oss layout says `quantization_config: {"quant_method": "mxfp4"}`.
+    config.get("quantization").is_some() || config.get("quantization_config").is_some()
 }
 
 fn load(path: &str, dtype: Dtype, dequantize: bool) -> mlxi::error::Result<Model> {
@@ -129,6 +130,8 @@ fn every_architecture_calls_every_hook_point() {
         "gemma3_text",
         "phi3",
         "qwen3_moe",
+        "gpt_oss",
+        "gpt_oss-mxfp4",
     ] {
         let g = golden(case);
         let mut model = load(&format!("{FIXTURES}/{case}"), Dtype::Float32, true).unwrap();
@@ -168,7 +171,7 @@ fn every_architecture_calls_every_hook_point() {
                 HookName::HeadResult(_) => vec![b, t, h, d],
                 // Mixture of experts: the k chosen experts' activations.
                 HookName::MlpPre(_) | HookName::MlpPreLinear(_) | HookName::MlpPost(_)
-                    if case == "qwen3_moe" =>
+                    if case == "qwen3_moe" || case.starts_with("gpt_oss") =>
                 {
                     vec![b, t, 2, info.d_mlp]
                 }
@@ -218,6 +221,8 @@ fn cached_decoding_matches_the_full_forward() {
         "gemma3_text",
         "phi3",
         "qwen3_moe",
+        "gpt_oss",
+        "gpt_oss-mxfp4",
     ] {
         let g = golden(case);
         let mut model = load(&format!("{FIXTURES}/{case}"), Dtype::Float32, true).unwrap();
@@ -245,7 +250,7 @@ fn cached_decoding_matches_the_full_forward() {
 fn left_padding_does_not_change_logits_on_gemma() {
     full_f32();
     let _mlx = lock();
-    for case in ["gemma2", "gemma3_text"] {
+    for case in ["gemma2", "gemma3_text", "gpt_oss"] {
         let g = golden(case);
         let mut model = load(&format!("{FIXTURES}/{case}"), Dtype::Float32, true).unwrap();
         let ids = rows(&g["input_ids"]);
@@ -380,4 +385,102 @@ fn broken_checkpoints_are_clear_errors() {
     });
     let e = s.load_err();
     assert!(e.contains("missing tensor") && e.contains(expert), "{e}");
+
+    // OpenAI's MXFP4 layout: blocks of the wrong shape, scales of the wrong type.
+    let blocks = "model.layers.0.mlp.experts.gate_up_proj_blocks";
+    let s = Scratch::new("gpt_oss-openai", "blocks-shape");
+    s.edit_weights(|w| {
+        w.insert(blocks.into(), Array::zeros::<u8>(&[4, 64, 1, 32]).unwrap());
+    });
+    let e = s.load_err();
+    assert!(e.contains(blocks) && e.contains("[4, 64, 2, 16]"), "{e}");
+    let scales = "model.layers.1.mlp.experts.down_proj_scales";
+    let s = Scratch::new("gpt_oss-openai", "scales-type");
+    s.edit_weights(|w| {
+        w.insert(scales.into(), Array::zeros::<f32>(&[4, 64, 1]).unwrap());
+    });
+    let e = s.load_err();
+    assert!(e.contains("down_proj_scales") && e.contains("uint8"), "{e}");
+
+    // mlx-community's layout: MXFP4 has no offsets; a mode mlxi does not run.
+    let s = Scratch::new("gpt_oss-mxfp4", "mxfp4-biases");
+    s.edit_weights(|w| {
+        w.insert(
+            "model.layers.0.mlp.experts.up_proj.biases".into(),
+            Array::zeros::<f32>(&[4, 32, 2]).unwrap(),
+        );
+    });
+    let e = s.load_err();
+    assert!(e.contains("up_proj") && e.contains("no .biases"), "{e}");
+    let s = Scratch::new("gpt_oss-mxfp4", "mode");
+    let config = s.0.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen("\"mxfp4\"", "\"nvfp4\"", 1)).unwrap();
+    let e = s.load_err();
+    assert!(
+        e.contains("config.json") && e.contains("nvfp4") && e.contains("mxfp4"),
+        "{e}"
+    );
+}
+
+/// gpt-oss's attention sinks on both attention paths, against mlx-lm's queries and keys
+/// (`hook_rot_q`/`hook_rot_k` equal them: YaRN with its attention scale as mlx-lm's): the
+/// fused kernel (nothing hooked but `hook_z`) and the explicit scores computed when
+/// `hook_pattern` is hooked give the attention output of MLX's kernel with the sinks
+/// (`attn_z_l{i}`), and `hook_pattern` is the NumPy softmax with each head's sink as an extra
+/// column, left out (`attn_pattern_l{i}`; rows sum to less than one), on the sliding and the
+/// full layer.
+#[test]
+fn gpt_oss_sinks_on_both_attention_paths() {
+    full_f32();
+    let _mlx = lock();
+    let g = golden("gpt_oss");
+    let mut model = load(&format!("{FIXTURES}/gpt_oss"), Dtype::Float32, true).unwrap();
+    let ids = rows(&g["input_ids"]);
+    let mut failures = Vec::new();
+    for explicit in [false, true] {
+        let mut points = vec![HookName::Z(0), HookName::Z(1)];
+        points.extend((0..2).flat_map(|i| [HookName::RotQ(i), HookName::RotK(i)]));
+        if explicit {
+            points.extend([HookName::Pattern(0), HookName::Pattern(1)]);
+        }
+        model.hooks.start_capture(&points);
+        model.forward_ids(&ids).unwrap();
+        let seen = model.hooks.take_capture();
+        for i in 0..2 {
+            for (p, key) in [
+                (HookName::RotQ(i), "attn_rot_q"),
+                (HookName::RotK(i), "attn_rot_k"),
+            ] {
+                let got = seen[&p][0].contiguous().unwrap();
+                let d = max_abs_diff(&got, &g[&format!("{key}_l{i}")]);
+                if d >= 1e-5 {
+                    failures.push(format!("layer {i}: {p} (YaRN) differs by {d}"));
+                }
+            }
+            let z = seen[&HookName::Z(i)][0].contiguous().unwrap();
+            let d = max_abs_diff(&z, &g[&format!("attn_z_l{i}")]);
+            println!("layer {i} explicit={explicit}: hook_z max |diff| {d:.2e}");
+            if d >= 1e-5 {
+                failures.push(format!(
+                    "layer {i} explicit={explicit}: hook_z differs by {d}"
+                ));
+            }
+            if explicit {
+                let p = seen[&HookName::Pattern(i)][0].contiguous().unwrap();
+                let want = &g[&format!("attn_pattern_l{i}")];
+                let d = max_abs_diff(&p, want);
+                println!("layer {i}: hook_pattern max |diff| {d:.2e}");
+                if d >= 1e-5 {
+                    failures.push(format!("layer {i}: hook_pattern differs by {d}"));
+                }
+                let sums = p.sum_axis(-1, false).unwrap();
+                let most = sums.max(None).unwrap().item_exact::<f32>();
+                if most >= 0.999 {
+                    failures.push(format!("layer {i}: a pattern row sums to {most}: no sink"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

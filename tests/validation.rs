@@ -217,11 +217,58 @@ fn every_architecture_checks_its_config() {
         json!(1_000_000_000),
         "num_experts = 1000000000",
     );
+    // gpt_oss: its config lists one `layer_types` entry per layer, so more layers than the
+    // checkpoint holds is first a layer_types mismatch.
+    refused(
+        "gpt_oss",
+        "num_attention_heads",
+        json!(0),
+        "num_attention_heads = 0: must be at least 1",
+    );
+    refused(
+        "gpt_oss",
+        "num_hidden_layers",
+        json!(1_000_000_000_000u64),
+        "num_hidden_layers = 1000000000000",
+    );
+    refused(
+        "gpt_oss",
+        "num_hidden_layers",
+        json!(40),
+        "layer_types = 2 entries: must have one per layer (40)",
+    );
+    refused("gpt_oss", "rms_norm_eps", json!(0), "rms_norm_eps = 0");
+    refused(
+        "gpt_oss",
+        "num_experts_per_tok",
+        json!(5),
+        "num_experts_per_tok = 5: is larger",
+    );
+    refused("gpt_oss", "sliding_window", json!(0), "sliding_window = 0");
+    refused(
+        "gpt_oss",
+        "layer_types",
+        json!(["sliding_attention"]),
+        "layer_types = 1 entries: must have one per layer (2)",
+    );
+    refused(
+        "gpt_oss",
+        "rope_scaling",
+        json!({"rope_type": "yarn", "factor": 32.0, "beta_fast": 0.0}),
+        "rope_scaling.beta_fast = 0",
+    );
 }
 
 #[test]
 fn the_fixtures_still_load() {
-    for arch in ["llama", "gemma2", "qwen3_moe", "llama-sharded", "qwen3-q8"] {
+    for arch in [
+        "llama",
+        "gemma2",
+        "qwen3_moe",
+        "llama-sharded",
+        "qwen3-q8",
+        "gpt_oss-mxfp4",
+    ] {
         let dir = fixture(arch);
         let code = format!(
             "load({:?}).info().n_layers",

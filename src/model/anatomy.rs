@@ -9,6 +9,7 @@ use mlx_rs::{ops, Array, Dtype};
 use serde::Serialize;
 
 use super::layers::Step;
+use super::quant::{self, QuantMode};
 use super::Model;
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
@@ -17,13 +18,14 @@ use crate::hooks::Hooks;
 #[derive(Debug, Clone)]
 pub enum ParamValue {
     Dense(Array),
-    /// MLX affine quantization: packed weights, per-group scales and biases.
+    /// MLX quantization: packed weights, per-group scales and (affine mode) biases.
     Quantized {
         weight: Array,
         scales: Array,
-        biases: Array,
+        biases: Option<Array>,
         group_size: i32,
         bits: i32,
+        mode: QuantMode,
     },
 }
 
@@ -81,7 +83,8 @@ impl ParamInfo {
                 biases,
                 group_size,
                 bits,
-            } => ops::dequantize(weight, scales, biases, *group_size, *bits)?,
+                mode,
+            } => quant::dequantize(weight, scales, biases.as_ref(), *group_size, *bits, *mode)?,
         };
         Ok(a.as_dtype(Dtype::Float32)?)
     }

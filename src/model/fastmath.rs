@@ -53,6 +53,8 @@ pub fn gated(act: Act, gate: &Array, up: &Array) -> Result<Option<Array>> {
     let cell = match act {
         Act::Silu => &SILU,
         Act::GeluTanh => &GELU,
+        // gpt-oss's clamped SwiGLU: MLX's own operations.
+        Act::SwigluOai { .. } => return Ok(None),
     };
     let out = cell.with(|c| {
         let mut c = c.borrow_mut();
@@ -61,7 +63,7 @@ pub fn gated(act: Act, gate: &Array, up: &Array) -> Result<Option<Array>> {
                 |(g, u): (&Array, &Array)| silu_mul(g, u),
                 false,
             )),
-            Act::GeluTanh => Box::new(mlx_rs::transforms::compile::compile(
+            _ => Box::new(mlx_rs::transforms::compile::compile(
                 |(g, u): (&Array, &Array)| gelu_tanh_mul(g, u),
                 false,
             )),
@@ -167,7 +169,7 @@ mod tests {
                 let (g, u) = (*g as f64, *u as f64);
                 let a = match act {
                     Act::Silu => g / (1.0 + (-g).exp()),
-                    Act::GeluTanh => {
+                    _ => {
                         let z = (2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g.powi(3));
                         0.5 * g * (1.0 + z.tanh())
                     }

@@ -13,12 +13,14 @@ use mlx_rs::ops::{
 use mlx_rs::{nn, Array, Dtype};
 
 use super::lora::{Adapter, Target};
+use super::quant::{self, QuantMode};
 use super::weights::Weights;
 use crate::error::{Error, Result};
 use crate::hooks::{HookName, Hooks};
 
-/// A linear layer `y = x W^T + b`, with `W` stored plain (`[out, in]`) or quantized in MLX's
-/// affine format (packed `uint32` weight, per-group `scales` and `biases`).
+/// A linear layer `y = x W^T + b`, with `W` stored plain (`[out, in]`) or quantized in one of
+/// MLX's formats (packed `uint32` weight, per-group `scales`, and per-group `biases` in the
+/// affine mode; see [`QuantMode`]).
 #[derive(Debug, Clone)]
 pub enum Linear {
     Dense {
@@ -28,10 +30,12 @@ pub enum Linear {
     Quantized {
         weight: Array,
         scales: Array,
-        biases: Array,
+        /// The affine mode's per-group offsets (none in mxfp4).
+        biases: Option<Array>,
         bias: Option<Array>,
         group_size: i32,
         bits: i32,
+        mode: QuantMode,
     },
 }
 
@@ -51,8 +55,17 @@ impl Linear {
                 bias,
                 group_size,
                 bits,
+                mode,
             } => (
-                ops::quantized_matmul(x, weight, scales, biases, true, *group_size, *bits)?,
+                quant::quantized_matmul(
+                    x,
+                    weight,
+                    scales,
+                    biases.as_ref(),
+                    *group_size,
+                    *bits,
+                    *mode,
+                )?,
                 bias,
             ),
         };
@@ -72,8 +85,9 @@ impl Linear {
                 biases,
                 group_size,
                 bits,
+                mode,
                 ..
-            } => Ok(ops::dequantize(weight, scales, biases, *group_size, *bits)?),
+            } => quant::dequantize(weight, scales, biases.as_ref(), *group_size, *bits, *mode),
         }
     }
 
@@ -93,18 +107,17 @@ impl Linear {
                 bias,
                 group_size,
                 bits,
+                mode,
             } => (
-                ops::gather_qmm(
+                quant::gather_qmm(
                     x,
                     weight,
                     scales,
-                    biases,
-                    None,
+                    biases.as_ref(),
                     indices,
-                    true,
                     *group_size,
                     *bits,
-                    None,
+                    *mode,
                 )?,
                 bias,
             ),
@@ -163,7 +176,7 @@ impl Linear {
             } => {
                 weight.nbytes()
                     + scales.nbytes()
-                    + biases.nbytes()
+                    + biases.as_ref().map_or(0, |b| b.nbytes())
                     + bias.as_ref().map_or(0, |b| b.nbytes())
             }
         }
@@ -187,12 +200,13 @@ impl Embedding {
                 biases,
                 group_size,
                 bits,
+                mode,
                 ..
             } => {
                 let w = weight.take_axis(ids, 0)?;
                 let s = scales.take_axis(ids, 0)?;
-                let b = biases.take_axis(ids, 0)?;
-                Ok(ops::dequantize(&w, &s, &b, *group_size, *bits)?)
+                let b = biases.as_ref().map(|b| b.take_axis(ids, 0)).transpose()?;
+                quant::dequantize(&w, &s, b.as_ref(), *group_size, *bits, *mode)
             }
         }
     }
@@ -261,6 +275,12 @@ pub struct RopeScaling {
     pub short_factor: Option<Vec<f32>>,
     pub long_factor: Option<Vec<f32>>,
     pub long_mscale: Option<f32>,
+    /// YaRN: the rotation counts that bound the blend between kept and interpolated
+    /// frequencies, and the attention temperature terms.
+    pub beta_fast: Option<f32>,
+    pub beta_slow: Option<f32>,
+    pub mscale: Option<f32>,
+    pub mscale_all_dim: Option<f32>,
 }
 
 /// Rotary position embedding, applied to `[batch, heads, pos, d_head]`.
@@ -331,10 +351,65 @@ impl Rope {
                     ..plain
                 })
             }
+            "yarn" => Rope::yarn(dims, base, scaling),
             other => Err(Error::Model(format!(
-                "unsupported rope_scaling type {other:?} (supported: default, linear, llama3)"
+                "unsupported rope_scaling type {other:?} (supported: default, linear, llama3, \
+                 yarn)"
             ))),
         }
+    }
+
+    /// YaRN scaling, as mlx-lm's `YarnRoPE`: pair `i` of `dims / 2` keeps its period
+    /// `base^(2i/dims)` below the correction range (fast rotations), is slowed by `factor` above
+    /// it, and blends linearly in between; the range runs from the pair that rotates `beta_fast`
+    /// times in `original_max_position_embeddings` positions (floored) to the one that rotates
+    /// `beta_slow` times (ceiled). Queries and keys are also scaled by
+    /// `mscale(factor, mscale) / mscale(factor, mscale_all_dim)`, `mscale(s, m) = 0.1 m ln s + 1`
+    /// (1 when `s <= 1`). Hugging Face's `truncate: false` (no floor/ceil) is ignored, as mlx-lm
+    /// ignores it.
+    fn yarn(dims: i32, base: f32, scaling: &RopeScaling) -> Result<Rope> {
+        let factor = scaling
+            .factor
+            .ok_or_else(|| Error::Model("rope_scaling yarn needs `factor`".into()))?;
+        let orig = f64::from(scaling.original_max_position_embeddings.unwrap_or(4096.0));
+        let (d, ln_base) = (f64::from(dims), f64::from(base).ln());
+        let correction_dim = |rotations: f64| {
+            d * (orig / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * ln_base)
+        };
+        let low = correction_dim(f64::from(scaling.beta_fast.unwrap_or(32.0)))
+            .floor()
+            .max(0.0);
+        let mut high = correction_dim(f64::from(scaling.beta_slow.unwrap_or(1.0)))
+            .ceil()
+            .min(d - 1.0);
+        if low == high {
+            high += 0.001;
+        }
+        let freqs: Vec<f32> = (0..dims / 2)
+            .map(|i| {
+                let extra = base.powf(2.0 * i as f32 / dims as f32);
+                let inter = factor * extra;
+                let ramp = ((f64::from(i) - low) / (high - low)).clamp(0.0, 1.0) as f32;
+                let keep = 1.0 - ramp;
+                inter * extra / (inter * keep + extra * (1.0 - keep))
+            })
+            .collect();
+        let mscale = |m: f32| {
+            if factor <= 1.0 {
+                1.0
+            } else {
+                0.1 * m * factor.ln() + 1.0
+            }
+        };
+        Ok(Rope {
+            dims,
+            traditional: false,
+            base: None,
+            scale: 1.0,
+            freqs: Some(Array::from_slice(&freqs, &[dims / 2])),
+            mscale: mscale(scaling.mscale.unwrap_or(1.0))
+                / mscale(scaling.mscale_all_dim.unwrap_or(0.0)),
+        })
     }
 
     /// Phi-3's `longrope` (also called `su`) scaling, as mlx-lm's `SuScaledRoPE`: periods
@@ -719,6 +794,26 @@ pub fn attend(
     o_proj: &Linear,
     step: &mut Step,
 ) -> Result<Array> {
+    attend_with_sinks(layer, q, k, v, rope, cache, mask, heads, None, o_proj, step)
+}
+
+/// [`attend`] with attention sinks (gpt-oss): one learned logit per query head `[H]` that joins
+/// every softmax as an extra key with no value, so a query can give part of its attention to
+/// nothing (see [`attention_core`]).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_with_sinks(
+    layer: usize,
+    q: Array,
+    k: Array,
+    v: Array,
+    rope: &Rope,
+    cache: Option<&mut KvCache>,
+    mask: &Mask,
+    heads: &Heads,
+    sinks: Option<&Array>,
+    o_proj: &Linear,
+    step: &mut Step,
+) -> Result<Array> {
     let q = step.hook(HookName::Q(layer), q)?.swap_axes(1, 2)?;
     let k = step.hook(HookName::K(layer), k)?.swap_axes(1, 2)?;
     let v = step.hook(HookName::V(layer), v)?.swap_axes(1, 2)?;
@@ -728,7 +823,7 @@ pub fn attend(
         Some(c) => c.layers[layer].update(k, v)?,
         None => (k, v),
     };
-    let z = attention_core(layer, q, k, v, mask, heads, step)?;
+    let z = attention_core(layer, q, k, v, mask, heads, sinks, step)?;
     let z = step.hook(HookName::Z(layer), z)?;
     output_projection(layer, z, o_proj, step)
 }
@@ -775,6 +870,12 @@ fn output_projection(layer: usize, z: Array, o_proj: &Linear, step: &mut Step) -
 /// soft-caps logits; then the scores are computed explicitly (scaled `q k^T`, soft-capped, masked
 /// entries `-inf`, with the same GQA grouping), hooked as `hook_attn_scores` (and masked again
 /// when hooked, so a replacement cannot unmask a key), and their softmax hooked as `hook_pattern`.
+///
+/// With `sinks` `[H]` (gpt-oss), each head's sink logit joins the softmax as one more column
+/// (not scaled, never masked), as MLX's fused kernel does; `hook_attn_scores` holds the key
+/// scores only, and `hook_pattern` the keys' share of the softmax without the sink's column,
+/// so its rows sum to `1 - p(sink)`.
+#[allow(clippy::too_many_arguments)]
 fn attention_core(
     layer: usize,
     q: Array,
@@ -782,6 +883,7 @@ fn attention_core(
     v: Array,
     mask: &Mask,
     heads: &Heads,
+    sinks: Option<&Array>,
     step: &mut Step,
 ) -> Result<Array> {
     let (scale, softcap) = (heads.scale, heads.softcap);
@@ -826,23 +928,34 @@ fn attention_core(
         } else {
             scores
         };
-        let pattern =
-            ops::softmax_axis(&scores.as_dtype(Dtype::Float32)?, -1, true)?.as_dtype(q.dtype())?;
+        let scores = scores.as_dtype(Dtype::Float32)?;
+        let pattern = match sinks {
+            None => ops::softmax_axis(&scores, -1, true)?,
+            Some(sinks) => {
+                let sink = ops::broadcast_to(
+                    sinks.as_dtype(Dtype::Float32)?.reshape(&[1, h, 1, 1])?,
+                    &[b, h, t, 1],
+                )?;
+                let with_sink = ops::concatenate(&[sink, scores], -1)?;
+                ops::softmax_axis(&with_sink, -1, true)?.try_index((.., .., .., 1..))?
+            }
+        };
+        let pattern = pattern.as_dtype(q.dtype())?;
         let pattern = step.hook(pattern_name, pattern)?;
         let pg = pattern.reshape(&[b, hkv, groups, t, s])?;
         pg.matmul(v.expand_dims(2)?)?.reshape(&[b, h, t, d])?
     } else {
         match mask {
-            Mask::None => fast::scaled_dot_product_attention(&q, &k, &v, scale, None, None)?,
+            Mask::None => fast::scaled_dot_product_attention(&q, &k, &v, scale, None, sinks)?,
             Mask::Causal => fast::scaled_dot_product_attention(
                 &q,
                 &k,
                 &v,
                 scale,
                 ScaledDotProductAttentionMask::Causal,
-                None,
+                sinks,
             )?,
-            Mask::Explicit(m) => fast::scaled_dot_product_attention(&q, &k, &v, scale, m, None)?,
+            Mask::Explicit(m) => fast::scaled_dot_product_attention(&q, &k, &v, scale, m, sinks)?,
         }
     };
     Ok(out.swap_axes(1, 2)?)
@@ -866,21 +979,39 @@ pub enum Act {
     Silu,
     /// GELU, tanh approximation (Gemma).
     GeluTanh,
+    /// gpt-oss's SwiGLU: the gate clamped from above at `limit`, the up projection to
+    /// `[-limit, limit]`, then `(up + 1) * gate * sigmoid(alpha * gate)`.
+    SwigluOai {
+        alpha: f32,
+        limit: f32,
+    },
 }
 
 /// A gated MLP's hidden activation `act(gate) * up` of block `layer`, from its gate and up
 /// projections (any shape, the same for both), hooked as `mlp.hook_pre` (the gate),
-/// `mlp.hook_pre_linear` (the up projection) and `mlp.hook_post` (the product).
+/// `mlp.hook_pre_linear` (the up projection) and `mlp.hook_post` (the product). Both
+/// projections are hooked as computed, before any clamping ([`Act::SwigluOai`]).
 pub fn gated_mlp(layer: usize, gate: Array, up: Array, act: Act, step: &mut Step) -> Result<Array> {
     let gate = step.hook(HookName::MlpPre(layer), gate)?;
     let up = step.hook(HookName::MlpPreLinear(layer), up)?;
     let post = match super::fastmath::gated(act, &gate, &up)? {
         Some(post) => post,
-        None => match act {
-            Act::Silu => nn::silu(&gate)?,
-            Act::GeluTanh => nn::gelu_approximate(&gate)?,
+        None => {
+            let (activated, up) = match act {
+                Act::Silu => (nn::silu(&gate)?, up),
+                Act::GeluTanh => (nn::gelu_approximate(&gate)?, up),
+                Act::SwigluOai { alpha, limit } => {
+                    let dt = gate.dtype();
+                    let scalar = |x: f32| Array::from_f32(x).as_dtype(dt);
+                    let g = ops::minimum(&gate, scalar(limit)?)?;
+                    let glu = g.multiply(ops::sigmoid(g.multiply(scalar(alpha)?)?)?)?;
+                    let (lo, hi) = (scalar(-limit)?, scalar(limit)?);
+                    let up = ops::clip(&up, (&lo, &hi))?.add(scalar(1.0)?)?;
+                    (glu, up)
+                }
+            };
+            activated.multiply(&up)?
         }
-        .multiply(&up)?,
     };
     step.hook(HookName::MlpPost(layer), post)
 }

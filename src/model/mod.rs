@@ -6,11 +6,13 @@ pub mod fastmath;
 pub mod gemma2;
 pub mod gemma3_text;
 pub mod gguf;
+pub mod gpt_oss;
 pub mod layers;
 pub mod llama;
 pub mod lora;
 pub mod moe;
 pub mod phi3;
+pub mod quant;
 pub mod qwen2;
 pub mod qwen3;
 pub mod qwen3_moe;
@@ -45,6 +47,7 @@ pub const SUPPORTED: &[&str] = &[
     "gemma2",
     "gemma3_text",
     "phi3",
+    "gpt_oss",
 ];
 
 /// Aliases: model types that run on another type's implementation unchanged.
@@ -60,6 +63,7 @@ fn model_type_of_architecture(arch: &str) -> String {
     match arch {
         "Qwen3MoeForCausalLM" => "qwen3_moe".into(),
         "Gemma3ForCausalLM" => "gemma3_text".into(),
+        "GptOssForCausalLM" => "gpt_oss".into(),
         other => other.trim_end_matches("ForCausalLM").to_lowercase(),
     }
 }
@@ -71,6 +75,7 @@ pub enum Net {
     Gemma3Text(gemma3_text::Gemma3Text),
     Phi3(phi3::Phi3),
     Qwen3Moe(qwen3_moe::Qwen3Moe),
+    GptOss(gpt_oss::GptOss),
 }
 
 /// What the model asks of each architecture. The block loop is the architecture's own; the
@@ -124,6 +129,7 @@ impl Net {
             Net::Gemma3Text(m) => m,
             Net::Phi3(m) => m,
             Net::Qwen3Moe(m) => m,
+            Net::GptOss(m) => m,
         }
     }
     fn arch_mut(&mut self) -> &mut dyn Architecture {
@@ -133,6 +139,7 @@ impl Net {
             Net::Gemma3Text(m) => m,
             Net::Phi3(m) => m,
             Net::Qwen3Moe(m) => m,
+            Net::GptOss(m) => m,
         }
     }
     fn embed(&self, ids: &Array, step: &mut Step) -> Result<Array> {
@@ -167,6 +174,7 @@ pub enum ArchConfig {
     Gemma3Text(gemma3_text::Config),
     Phi3(phi3::Config),
     Qwen3Moe(qwen3_moe::Config),
+    GptOss(gpt_oss::Config),
 }
 
 impl ArchConfig {
@@ -197,6 +205,7 @@ impl ArchConfig {
             "gemma2" => ArchConfig::Gemma2(parse(config).map_err(de)?),
             "gemma3_text" => ArchConfig::Gemma3Text(parse(config).map_err(de)?),
             "phi3" => ArchConfig::Phi3(parse(config).map_err(de)?),
+            "gpt_oss" => ArchConfig::GptOss(parse(config).map_err(de)?),
             other => {
                 return Err(Error::Model(format!(
                     "{}: model_type {other:?} is not supported (supported: {})",
@@ -217,6 +226,7 @@ impl ArchConfig {
             ArchConfig::Gemma3Text(c) => c.validate(),
             ArchConfig::Phi3(c) => c.validate(),
             ArchConfig::Qwen3Moe(c) => c.validate(),
+            ArchConfig::GptOss(c) => c.validate(),
         }
     }
 }
@@ -524,7 +534,7 @@ impl Model {
             .get("quantization")
             .or_else(|| config.get("quantization_config"))
         {
-            Some(q) => QuantConfig::from_json(q)?,
+            Some(q) => QuantConfig::from_json(q).map_err(|e| e.in_file(&config_path))?,
             None => None,
         };
         let (tensors, origins) = source::load_safetensors_dir(dir)?;
@@ -540,6 +550,7 @@ impl Model {
             }
             ArchConfig::Phi3(c) => phi3::Phi3::load(c, &mut w).map(Net::Phi3),
             ArchConfig::Qwen3Moe(c) => qwen3_moe::Qwen3Moe::load(c, &mut w).map(Net::Qwen3Moe),
+            ArchConfig::GptOss(c) => gpt_oss::GptOss::load(c, &mut w).map(Net::GptOss),
         }
         .map_err(|e| e.in_file(&config_path))?;
         let (stored, params, bytes) = (w.stored_quantization(), w.params, w.param_bytes());

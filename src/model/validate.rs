@@ -159,7 +159,18 @@ pub fn rope_scaling(s: Option<&super::layers::RopeScaling>) -> Result<()> {
     positive_opt(
         "rope_scaling.original_max_position_embeddings",
         s.original_max_position_embeddings,
-    )
+    )?;
+    positive_opt("rope_scaling.beta_fast", s.beta_fast)?;
+    positive_opt("rope_scaling.beta_slow", s.beta_slow)?;
+    for (key, v) in [
+        ("rope_scaling.mscale", s.mscale),
+        ("rope_scaling.mscale_all_dim", s.mscale_all_dim),
+    ] {
+        if let Some(v) = v.filter(|v| !v.is_finite()) {
+            return Err(invalid(key, v, "must be a finite number"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

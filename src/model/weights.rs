@@ -6,61 +6,74 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use mlx_rs::{ops, Array, Dtype};
+use mlx_rs::{Array, Dtype};
 
 use super::anatomy::{ParamInfo, ParamValue};
 use super::layers::{Embedding, Linear, RmsNorm};
+use super::quant::{self, QuantMode};
 use crate::arrays::dtype_name;
 use crate::error::{Error, Result};
 
 /// `quantization` (or `quantization_config`) from an mlx-community config.json.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct QuantConfig {
     pub group_size: i32,
     pub bits: i32,
-    /// Per-layer settings by module path (`model.layers.0.mlp.down_proj`).
-    pub overrides: HashMap<String, (i32, i32)>,
+    pub mode: QuantMode,
+    /// Per-layer settings `(group_size, bits, mode)` by module path
+    /// (`model.layers.0.mlp.down_proj`); a missing `mode` is affine, as in mlx-lm.
+    pub overrides: HashMap<String, (i32, i32, QuantMode)>,
 }
 
 impl QuantConfig {
-    /// Read a config.json `quantization` object.
+    /// Read a config.json `quantization` object (or OpenAI's `quantization_config`
+    /// `{"quant_method": "mxfp4"}`, which means MXFP4, 4-bit group 32, where stored).
     pub fn from_json(v: &serde_json::Value) -> Result<Option<QuantConfig>> {
         let Some(obj) = v.as_object() else {
             return Ok(None);
         };
-        if let Some(mode) = obj.get("mode").and_then(|m| m.as_str()) {
-            if mode != "affine" {
-                return Err(Error::Model(format!(
-                    "unsupported quantization mode {mode:?} (supported: affine)"
-                )));
-            }
-        }
+        let mode = |o: &serde_json::Map<String, serde_json::Value>| {
+            o.get("mode")
+                .and_then(|m| m.as_str())
+                .map_or(Ok(QuantMode::Affine), QuantMode::parse)
+        };
+        let top_mode = mode(obj)?;
         let int = |o: &serde_json::Map<String, serde_json::Value>, k: &str| {
             o.get(k).and_then(|x| x.as_i64()).map(|x| x as i32)
         };
-        let (Some(group_size), Some(bits)) = (int(obj, "group_size"), int(obj, "bits")) else {
-            return Ok(None);
+        let (group_size, bits) = match (int(obj, "group_size"), int(obj, "bits")) {
+            (Some(g), Some(b)) => (g, b),
+            _ if obj.get("quant_method").and_then(|m| m.as_str()) == Some("mxfp4") => {
+                return Ok(Some(QuantConfig {
+                    group_size: 32,
+                    bits: 4,
+                    mode: QuantMode::Mxfp4,
+                    overrides: HashMap::new(),
+                }))
+            }
+            _ => return Ok(None),
         };
         let mut overrides = HashMap::new();
         for (k, val) in obj {
             if let Some(o) = val.as_object() {
                 let g = int(o, "group_size").unwrap_or(group_size);
                 let b = int(o, "bits").unwrap_or(bits);
-                overrides.insert(k.clone(), (g, b));
+                overrides.insert(k.clone(), (g, b, mode(o)?));
             }
         }
         Ok(Some(QuantConfig {
             group_size,
             bits,
+            mode: top_mode,
             overrides,
         }))
     }
 
-    fn for_module(&self, module: &str) -> (i32, i32) {
+    fn for_module(&self, module: &str) -> (i32, i32, QuantMode) {
         self.overrides
             .get(module)
             .copied()
-            .unwrap_or((self.group_size, self.bits))
+            .unwrap_or((self.group_size, self.bits, self.mode))
     }
 }
 
@@ -278,6 +291,17 @@ impl Weights {
         self.stacked_linear(prefix, &[n], in_dim, out_dim, false)
     }
 
+    /// [`Weights::experts`] with a per-expert bias `prefix.bias` `[n, out]` (gpt-oss).
+    pub fn experts_with_bias(
+        &mut self,
+        prefix: &str,
+        n: i32,
+        in_dim: i32,
+        out_dim: i32,
+    ) -> Result<Linear> {
+        self.stacked_linear(prefix, &[n], in_dim, out_dim, true)
+    }
+
     fn stacked_linear(
         &mut self,
         prefix: &str,
@@ -300,7 +324,15 @@ impl Weights {
         }
         let weight = self.take_raw(&wkey)?;
         let scales = self.take_raw(&skey)?;
-        let biases = self.take_raw(&format!("{prefix}.biases"))?;
+        let bkey = format!("{prefix}.biases");
+        // mlx-lm's rule: float scales are the affine mode (which has offsets); uint8 scales one
+        // of the fixed formats, told apart by bits and group size.
+        let affine = scales.dtype() != Dtype::Uint8;
+        let biases = if affine || self.contains(&bkey) {
+            Some(self.take_raw(&bkey)?)
+        } else {
+            None
+        };
         let (ws, ss) = (weight.shape().to_vec(), scales.shape().to_vec());
         let bad = |why: &str| {
             Error::Model(format!(
@@ -333,25 +365,54 @@ impl Weights {
         }
         let group_size = in_dim / scols;
         let bits = (packed_bits / i64::from(in_dim)) as i32;
+        let mode = if affine {
+            QuantMode::Affine
+        } else if QuantMode::Mxfp4.fixed_format() == Some((bits, group_size)) {
+            QuantMode::Mxfp4
+        } else {
+            return Err(bad(&format!(
+                "uint8 scales with {bits}-bit group {group_size} is no quantization mode mlxi \
+                 supports (mxfp4 is 4-bit group 32)"
+            )));
+        };
         if let Some(q) = &self.quant {
-            let (g, b) = q.for_module(prefix);
-            if (g, b) != (group_size, bits) {
+            let (g, b, m) = q.for_module(prefix);
+            if (g, b, m) != (group_size, bits, mode) {
                 return Err(bad(&format!(
-                    "config.json says {b}-bit group {g}, the tensors are {bits}-bit group {group_size}"
+                    "config.json says {b}-bit group {g} {}, the tensors are {bits}-bit group \
+                     {group_size} {}",
+                    m.name(),
+                    mode.name()
                 )));
             }
         }
-        if biases.shape() != scales.shape() {
-            return Err(bad("biases and scales differ in shape"));
+        match &biases {
+            Some(_) if !affine => return Err(bad("mxfp4 has no .biases, but the file has them")),
+            Some(b) if b.shape() != scales.shape() => {
+                return Err(bad("biases and scales differ in shape"))
+            }
+            _ => {}
         }
-        self.expect_float(&skey, &scales)?;
-        self.expect_float(&format!("{prefix}.biases"), &biases)?;
+        if affine {
+            self.expect_float(&skey, &scales)?;
+        }
+        if let Some(b) = &biases {
+            self.expect_float(&bkey, b)?;
+        }
         *self.quant_seen.entry((bits, group_size)).or_default() += 1;
         let params = scales.size() as u64 * group_size as u64;
         self.params += params;
-        let scales = scales.as_dtype(self.dtype)?;
-        let biases = biases.as_dtype(self.dtype)?;
-        let quantized = format!("{bits}-bit group {group_size}");
+        // mxfp4 scales stay uint8 (e8m0 exponents); affine ones take the model's float type.
+        let scales = if affine {
+            scales.as_dtype(self.dtype)?
+        } else {
+            scales
+        };
+        let biases = biases.map(|b| b.as_dtype(self.dtype)).transpose()?;
+        let quantized = match mode {
+            QuantMode::Affine => format!("{bits}-bit group {group_size}"),
+            QuantMode::Mxfp4 => "mxfp4".to_string(),
+        };
         let mut info = ParamInfo {
             name: wkey,
             shape: shape(&[out_dim, in_dim]),
@@ -362,8 +423,9 @@ impl Weights {
             value: ParamValue::Dense(weight.clone()),
         };
         if self.dequantize {
-            let weight = ops::dequantize(&weight, &scales, &biases, group_size, bits)?
-                .as_dtype(self.dtype)?;
+            let weight =
+                quant::dequantize(&weight, &scales, biases.as_ref(), group_size, bits, mode)?
+                    .as_dtype(self.dtype)?;
             let weight = self.keep(weight);
             info.dtype = dtype_name(self.dtype).to_string();
             info.bytes = weight.nbytes() as u64;
@@ -371,14 +433,17 @@ impl Weights {
             self.parameters.push(info);
             return Ok(Linear::Dense { weight, bias });
         }
-        let (weight, scales, biases) = (self.keep(weight), self.keep(scales), self.keep(biases));
-        info.bytes = (weight.nbytes() + scales.nbytes() + biases.nbytes()) as u64;
+        let (weight, scales) = (self.keep(weight), self.keep(scales));
+        let biases = biases.map(|b| self.keep(b));
+        info.bytes =
+            (weight.nbytes() + scales.nbytes() + biases.as_ref().map_or(0, |b| b.nbytes())) as u64;
         info.value = ParamValue::Quantized {
             weight: weight.clone(),
             scales: scales.clone(),
             biases: biases.clone(),
             group_size,
             bits,
+            mode,
         };
         self.parameters.push(info);
         Ok(Linear::Quantized {
@@ -388,6 +453,7 @@ impl Weights {
             bias,
             group_size,
             bits,
+            mode,
         })
     }
 

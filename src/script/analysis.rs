@@ -82,7 +82,8 @@ mod analysis_functions {
     }
 
     /// The attention pattern of a layer (negative from the end): a Tensor `[head, query_pos,
-    /// key_pos]` whose rows sum to 1.
+    /// key_pos]` whose rows sum to 1 (less on models with attention sinks, gpt-oss: the rest
+    /// went to the sink).
     ///
     /// Example: `attention(m, "The cat sat on the mat", 0).shape  // [9, 7, 7]`
     #[rhai_fn(return_raw)]

@@ -408,6 +408,104 @@ def case_phi3(vocab, ids):
     return cfg, w, {"reference": "phi3.py"}
 
 
+GPT_OSS_EXPERTS, GPT_OSS_FF = 4, 32  # experts per layer, expert width (a multiple of 32 for MXFP4)
+
+
+def gpt_oss_weights(w, vocab):
+    """gpt_oss parameters under mlx-lm's own names (what `sanitize` produces and what
+    `mlx_lm.convert` saves): experts stacked `[experts, out, in]` with biases, q/k/v/o biases,
+    per-head attention `sinks`, a router with a bias, untied `lm_head`.
+
+    Expert gate/up pre-activations get large biases (std 3) so that SwiGLU-OAI's clamping at
+    ±7 is reached by some units; the sinks are large enough to take visible attention mass."""
+    t = {"model.embed_tokens.weight": w.normal((vocab, H), EMB_STD)}
+    e, ff = GPT_OSS_EXPERTS, GPT_OSS_FF
+    for i in range(2):
+        p = f"model.layers.{i}"
+        t[f"{p}.input_layernorm.weight"] = w.norm(H)
+        t[f"{p}.post_attention_layernorm.weight"] = w.norm(H)
+        for name, out in [("q", NQ * HD), ("k", NKV * HD), ("v", NKV * HD)]:
+            t[f"{p}.self_attn.{name}_proj.weight"] = w.linear(out, H, ATTN_STD)
+            t[f"{p}.self_attn.{name}_proj.bias"] = w.normal((out,), 0.1)
+        t[f"{p}.self_attn.o_proj.weight"] = w.linear(H, NQ * HD, ATTN_STD)
+        t[f"{p}.self_attn.o_proj.bias"] = w.normal((H,), 0.1)
+        t[f"{p}.self_attn.sinks"] = w.normal((NQ,), 1.0) + 1.0
+        t[f"{p}.mlp.router.weight"] = w.linear(e, H, 0.3)
+        t[f"{p}.mlp.router.bias"] = w.normal((e,), 0.1)
+        x = f"{p}.mlp.experts"
+        t[f"{x}.gate_proj.weight"] = w.normal((e, ff, H), 0.3)
+        t[f"{x}.gate_proj.bias"] = w.normal((e, ff), 3.0)
+        t[f"{x}.up_proj.weight"] = w.normal((e, ff, H), 0.3)
+        t[f"{x}.up_proj.bias"] = w.normal((e, ff), 3.0)
+        t[f"{x}.down_proj.weight"] = w.normal((e, H, ff), 0.03)
+        t[f"{x}.down_proj.bias"] = w.normal((e, H), 0.1)
+    t["model.norm.weight"] = w.norm(H)
+    t["lm_head.weight"] = w.linear(vocab, H, HEAD_STD)
+    return t
+
+
+def case_gpt_oss(vocab, ids):
+    cfg = base_config(
+        "GptOssForCausalLM", "gpt_oss", vocab, ids, 2, False,
+        intermediate_size=GPT_OSS_FF, num_local_experts=GPT_OSS_EXPERTS,
+        num_experts_per_tok=2, experts_per_token=2,
+        rope_theta=150000.0, max_position_embeddings=131072, initial_context_length=4096,
+        # YaRN as gpt-oss ships it (factor 32, original context 4096, beta 32 / 1).
+        rope_scaling={
+            "beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+            "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": False,
+        },
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        attention_bias=True, attention_dropout=0.0, swiglu_limit=7.0,
+        router_aux_loss_coef=0.9, output_router_logits=False,
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    return cfg, gpt_oss_weights(W(110), vocab), {"reference": "gpt_oss.py + switch_layers.py + rope_utils.py (YarnRoPE)"}
+
+
+def mxfp4_blocks(weight):
+    """MLX's mxfp4 quantization of `weight` `[..., out, in]`, in the layout OpenAI's checkpoints
+    store: `blocks` uint8 `[..., out, in/32, 16]` (two e2m1 values a byte, the byte order of MLX's
+    packed uint32 words, which mlx-lm's sanitize views back as uint32) and `scales` uint8 e8m0
+    `[..., out, in/32]`."""
+    q, scales = mx.quantize(mx.array(weight), group_size=32, bits=4, mode="mxfp4")
+    q8 = np.array(q.view(mx.uint8))
+    return q8.reshape(*q8.shape[:-1], -1, 16), np.array(scales)
+
+
+def gpt_oss_openai_layout(weights):
+    """The float gpt_oss weights rewritten the way openai/gpt-oss-* ship on Hugging Face:
+    experts MXFP4 (`*_blocks`, `*_scales`), gate and up fused in `gate_up_proj` with their rows
+    interleaved (gate j at row 2j, up j at 2j+1), biases `*_proj_bias`; everything else as is."""
+    out = {}
+    for k, v in weights.items():
+        if ".mlp.experts." not in k:
+            out[k] = v
+    for i in range(2):
+        x = f"model.layers.{i}.mlp.experts"
+        g, u = weights[f"{x}.gate_proj.weight"], weights[f"{x}.up_proj.weight"]
+        fused = np.stack([g, u], axis=2).reshape(g.shape[0], 2 * g.shape[1], g.shape[2])
+        out[f"{x}.gate_up_proj_blocks"], out[f"{x}.gate_up_proj_scales"] = mxfp4_blocks(fused)
+        gb, ub = weights[f"{x}.gate_proj.bias"], weights[f"{x}.up_proj.bias"]
+        out[f"{x}.gate_up_proj_bias"] = np.stack([gb, ub], axis=2).reshape(gb.shape[0], -1)
+        out[f"{x}.down_proj_blocks"], out[f"{x}.down_proj_scales"] = mxfp4_blocks(
+            weights[f"{x}.down_proj.weight"]
+        )
+        out[f"{x}.down_proj_bias"] = weights[f"{x}.down_proj.bias"]
+    return out
+
+
+def case_gpt_oss_openai(vocab, ids):
+    cfg, w, _ = case_gpt_oss(vocab, ids)
+    cfg["quantization_config"] = {
+        "modules_to_not_convert": [
+            "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head",
+        ],
+        "quant_method": "mxfp4",
+    }
+    return cfg, gpt_oss_openai_layout(w), {"reference": "gpt_oss.py sanitize + mxfp4 QuantizedSwitchLinear"}
+
+
 FLOAT_CASES = {
     "llama": case_llama,
     "llama3-scaled": case_llama3_scaled,
@@ -418,6 +516,9 @@ FLOAT_CASES = {
     "gemma3_text": case_gemma3_text,
     "phi3": case_phi3,
     "qwen3_moe": case_qwen3_moe,
+    "gpt_oss": case_gpt_oss,
+    # OpenAI's own layout: MXFP4 experts as `*_blocks`/`*_scales`, fused gate_up.
+    "gpt_oss-openai": case_gpt_oss_openai,
 }
 
 
@@ -450,6 +551,10 @@ QUANT_CASES = {
     # `switch_mlp` names, and the router (`mlp.gate`) at 8 bits through
     # qwen3_moe.Model.quant_predicate. Group 32 because moe_intermediate_size is 32.
     "qwen3_moe-q4": ("qwen3_moe", 4, 32, None, "float32"),
+    # gpt_oss as mlx-community ships it (gpt-oss-*-MXFP4-Q8): convert of OpenAI's layout keeps
+    # the MXFP4 experts (split into gate/up, stored under mlx-lm's names) and quantizes the
+    # rest at 8 bits/group 64 affine (the router through gpt_oss's own quant_predicate).
+    "gpt_oss-mxfp4": ("gpt_oss-openai", 8, 64, None, "float32"),
 }
 
 # Cases whose golden logits need Hugging Face semantics that mlx-lm lacks.
@@ -463,7 +568,7 @@ ALL_CASES = list(FLOAT_CASES) + list(QUANT_CASES) + ["llama-sharded"]
 # --------------------------------------------------------------------------- #
 
 
-_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.int32): "I32"}
+_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8"}
 
 
 def save_safetensors(path, tensors, metadata):
@@ -596,6 +701,46 @@ def gemma2_forward_windowed(model, inputs, layer_types, window):
     return mx.tanh(out / cap) * cap
 
 
+def gpt_oss_attention_goldens(model, ids):
+    """Layer by layer, mlx-lm's own queries and keys (projected, roped by its YarnRoPE:
+    `attn_rot_q_l{i}`, `attn_rot_k_l{i}` `[batch, pos, heads, head_dim]`) and its attention output (MLX's fused kernel with the sinks, the layer's mask): `attn_z_l{i}`
+    `[batch, pos, heads, head_dim]`, and the attention pattern computed here in NumPy (float64)
+    from the same queries and keys, each head's sink logit joining the softmax as one more
+    column that is then dropped: `attn_pattern_l{i}` `[batch, heads, pos, pos]`. The pattern
+    times the values must give mlx-lm's output (checked here), so both describe one attention."""
+    m = model.model
+    h = m.embed_tokens(ids)
+    out = {}
+    for i, (layer, lt) in enumerate(zip(m.layers, m.layer_types)):
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        B, L, _ = x.shape
+        D = attn.head_dim
+        q = attn.rope(attn.q_proj(x).reshape(B, L, -1, D).swapaxes(1, 2))
+        k = attn.rope(attn.k_proj(x).reshape(B, L, -1, D).swapaxes(1, 2))
+        v = attn.v_proj(x).reshape(B, L, -1, D).swapaxes(1, 2)
+        window = m.window_size if lt == "sliding_attention" else None
+        mask = create_causal_mask(L, window_size=window)
+        z = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.sm_scale, mask=mask, sinks=attn.sinks)
+        qn, kn, vn = (np.array(a, dtype=np.float64) for a in (q, k, v))
+        groups = qn.shape[1] // kn.shape[1]
+        kn, vn = np.repeat(kn, groups, axis=1), np.repeat(vn, groups, axis=1)
+        scores = np.einsum("bhqd,bhkd->bhqk", qn * attn.sm_scale, kn)
+        scores = np.where(np.array(mask)[None, None], scores, -np.inf)
+        sinks = np.broadcast_to(np.array(attn.sinks, dtype=np.float64)[None, :, None, None], (B, qn.shape[1], L, 1))
+        full = np.concatenate([sinks, scores], axis=-1)
+        full = np.exp(full - full.max(axis=-1, keepdims=True))
+        pattern = (full / full.sum(axis=-1, keepdims=True))[..., 1:]
+        zn = np.einsum("bhqk,bhkd->bhqd", pattern, vn)
+        assert np.max(np.abs(zn - np.array(z))) < 1e-5, "NumPy sink attention differs from MLX's"
+        out[f"attn_pattern_l{i}"] = pattern.astype(np.float32)
+        out[f"attn_z_l{i}"] = np.array(z.swapaxes(1, 2))
+        out[f"attn_rot_q_l{i}"] = np.array(q.swapaxes(1, 2))
+        out[f"attn_rot_k_l{i}"] = np.array(k.swapaxes(1, 2))
+        h = layer(h, mask, None)
+    return out
+
+
 def run_logits(folder, model_config=None, hook=None, upcast=False):
     model, tok, cfg = load(str(folder), model_config=model_config, return_config=True)
     if upcast:
@@ -624,6 +769,8 @@ def write_golden(folder, case, hook=None):
     if hook == "gemma2_window":
         plain, *_ = run_logits(folder)
         tensors["logits_mlx_lm_no_window"] = np.array(plain)
+    if case == "gpt_oss":
+        tensors.update(gpt_oss_attention_goldens(model, mx.array(tensors["input_ids"])))
     sample_ids = tok.encode(SAMPLE_TEXT)
     chat_ids = tok.apply_chat_template(
         [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=True
@@ -666,7 +813,30 @@ ABLATIONS = {
         ("no linear rope scaling", {"rope_scaling": None}),
         ("query_pre_attn_scalar = head_dim", {"query_pre_attn_scalar": HD}),
     ],
+    "gpt_oss": [
+        ("no sliding window", {"sliding_window": 100000}),
+        ("rope_scaling removed", {"rope_scaling": None}),
+    ],
 }
+
+
+def gpt_oss_feature_checks(folder, logits, ids):
+    """gpt_oss features that config.json cannot switch off: attention sinks (set to -inf: no
+    sink) and SwiGLU-OAI's clamping at 7 (limit raised to 1e9). Each must move the logits."""
+    notes, ok = [], True
+    model, _ = load(str(folder))
+    for layer in model.model.layers:
+        layer.self_attn.sinks = mx.full(layer.self_attn.sinks.shape, -mx.inf)
+    d = max_diff(model(mx.array(ids)), logits)
+    notes.append(f"sinks off: max|d|={d:.3f}")
+    ok &= d > 1e-2
+    model, _ = load(str(folder))
+    for layer in model.model.layers:
+        layer.mlp.experts.activation._limit = 1e9
+    d = max_diff(model(mx.array(ids)), logits)
+    notes.append(f"clamp off: max|d|={d:.3f}")
+    ok &= d > 1e-2
+    return notes, ok
 
 
 def check_case(folder, case):
@@ -707,6 +877,10 @@ def check_case(folder, case):
         notes.append(f"{desc}: max|d|={d:.3f}")
         if d < 1e-2:
             ok = False
+    if case == "gpt_oss":
+        more, good = gpt_oss_feature_checks(folder, logits, g["input_ids"])
+        notes += more
+        ok &= good
     if case == "qwen3_moe":
         # Make sure routing is not degenerate: several distinct top-2 sets.
         layer = model.model.layers[0]
