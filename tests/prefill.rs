@@ -29,6 +29,7 @@ fn load(case: &str) -> Model {
     let opts = LoadOptions {
         dtype: Some(Dtype::Float32),
         dequantize: Some(true),
+        ..Default::default()
     };
     Model::load(&format!("{FIXTURES}/{case}"), &opts).unwrap()
 }

@@ -39,6 +39,7 @@ impl Fixture {
         let opts = LoadOptions {
             dtype: Some(Dtype::Float32),
             dequantize: Some(true),
+            ..Default::default()
         };
         let model = Model::load(&dir, &opts).unwrap();
         let (golden, meta) =
@@ -644,8 +645,10 @@ fn every_weighting_matches_mlx_lm() {
         let mut step = Step {
             len: 16,
             offset: 0,
+            window_start: 0,
             pads: &[],
             hooks: &mut hooks,
+            lora: None,
         };
         let route = router.route(0, logits.clone(), &mut step).unwrap();
         let want_ids = fx.g(&format!("{name}.expert_ids"));
