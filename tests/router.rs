@@ -1,5 +1,5 @@
-//! Mixture-of-experts router hooks and routing interventions on the qwen3_moe and qwen3_moe-q4
-//! fixtures, against mlx-lm: `router_golden.safetensors` beside each fixture holds mlx-lm's
+//! Mixture-of-experts router hooks and routing interventions on the qwen3_moe, qwen3_moe-q4,
+//! gpt_oss and gpt_oss-mxfp4 fixtures (the quantized ones loaded dequantized), against mlx-lm: `router_golden.safetensors` beside each fixture holds mlx-lm's
 //! router logits, chosen experts, weights and expert outputs, and the logits of forwards with a
 //! banned expert (router logit -inf), a forced expert, an expert's output scaled, and a steering
 //! vector added, each computed with mlx-lm's own modules (tests/reference/moe_router_golden.py).
@@ -23,7 +23,7 @@ use mlxi::model::{LoadOptions, Model};
 use mlxi::script::Context;
 use rhai::Dynamic;
 
-const CASES: [&str; 2] = ["qwen3_moe", "qwen3_moe-q4"];
+const CASES: [&str; 4] = ["qwen3_moe", "qwen3_moe-q4", "gpt_oss", "gpt_oss-mxfp4"];
 
 /// A fixture's model (f32, dequantized), its router goldens and their metadata.
 struct Fixture {
@@ -331,11 +331,18 @@ fn steering_an_moe_model_matches_mlx_lm() {
 }
 
 /// Routing interventions act the same in cached decoding (a prompt, then one token at a time)
-/// as in one forward, also with a window that covers part of the prompt and part of the steps.
+/// as in one forward, also with a window that covers part of the prompt and part of the steps
+/// (on gpt_oss with its 4-position sliding window too).
 #[test]
 fn routing_interventions_in_cached_decoding() {
     let _mlx = lock();
-    let mut fx = Fixture::load("qwen3_moe");
+    for case in ["qwen3_moe", "gpt_oss"] {
+        cached_decoding_case(case);
+    }
+}
+
+fn cached_decoding_case(case: &str) {
+    let mut fx = Fixture::load(case);
     let (ban, force) = (fx.expert("ban_expert"), fx.expert("force_expert"));
     let rows = fx.rows();
     let ids = Array::from_slice(
@@ -390,12 +397,12 @@ fn routing_interventions_in_cached_decoding() {
     }
     let cached = mlx_rs::ops::concatenate(&parts, 1).unwrap();
     let d = max_abs_diff(&whole, &cached);
-    assert!(d < 1e-4, "cached decoding differs by {d}");
+    assert!(d < 1e-4, "{case}: cached decoding differs by {d}");
     fx.model.hooks.clear();
     let plain = fx.model.run(&ids, &[], None, false).unwrap();
     assert!(
         max_abs_diff(&whole, &plain) > 1e-2,
-        "the interventions did nothing"
+        "{case}: the interventions did nothing"
     );
 }
 
@@ -550,6 +557,11 @@ fn scripts_get_clear_errors_for_bad_routing() {
             r#"let d = load("tests/fixtures/models/llama", #{dtype: "f32"});
                capture(d, "Hi", #{points: ["blocks.*.mlp.hook_expert_ids"]})"#,
             "has no mixture-of-experts router",
+        ),
+        (
+            r#"let d = load("tests/fixtures/models/llama", #{dtype: "f32"});
+               steer(d, direction(zeros([4]), #{layer: 0, point: "mlp.hook_router_logits"}))"#,
+            "steer: hook point blocks.0.mlp.hook_router_logits: block 0 of this model has no",
         ),
     ];
     let mut failures = Vec::new();

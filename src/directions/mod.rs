@@ -291,6 +291,12 @@ pub fn steer(m: &mut Model, d: &Direction, s: &Steering) -> Result<()> {
             )));
         }
         let point = d.hook_at(li as usize, n_layers)?;
+        // A router point on a dense block would never fire: refuse it, naming the blocks that
+        // have a router.
+        m.check_point(&point).map_err(|e| match e {
+            Error::Invalid(msg) => Error::Invalid(format!("steer: {msg}")),
+            e => e,
+        })?;
         let vector = d.vector.clone();
         let alpha = s.alpha;
         let op = match s.mode {

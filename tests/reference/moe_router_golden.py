@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Router goldens for mlxi's mixture-of-experts hooks and routing interventions.
 
-For the qwen3_moe and qwen3_moe-q4 fixtures (tests/fixtures/models/), runs mlx-lm's own
+For the qwen3_moe, qwen3_moe-q4, gpt_oss and gpt_oss-mxfp4 fixtures (tests/fixtures/models/),
+runs mlx-lm's own
 model (after `mlx_lm.load(folder)`) on the fixture's `input_ids` and writes
 `router_golden.safetensors` next to `golden.safetensors` with:
 
@@ -27,7 +28,10 @@ model (after `mlx_lm.load(folder)`) on the fixture's `input_ids` and writes
 The experts named in the metadata are chosen from the plain run: `ban_expert` and
 `scale_expert` are the most used experts of layer 0 over both rows, `force_expert` the least
 used. The script first checks that its own block call without interventions reproduces
-mlx-lm's logits exactly (it is mlx-lm's `Qwen3MoeSparseMoeBlock.__call__` plus hooks).
+mlx-lm's logits exactly (it is mlx-lm's `Qwen3MoeSparseMoeBlock.__call__`, or gpt-oss's
+`MLPBlock.__call__`, plus hooks). On gpt-oss a ban leaves the softmax over the chosen experts'
+(unbanned) logits and a force takes the softmax over the forced pair's logits: gpt-oss's own
+weighting of whatever experts are chosen.
 
 It also writes `tests/fixtures/models/qwen3_moe/experts_golden.json`, what the `experts`
 recipe (stdlib/experts.rhai) must report in quick mode on that fixture (its first 6 texts,
@@ -58,7 +62,7 @@ import mlx.core as mx  # noqa: E402
 import mlx_lm  # noqa: E402
 from mlx_lm.models import gpt_oss, qwen3_moe  # noqa: E402
 
-CASES = ["qwen3_moe", "qwen3_moe-q4"]
+CASES = ["qwen3_moe", "qwen3_moe-q4", "gpt_oss", "gpt_oss-mxfp4"]
 
 # The first 6 texts of `experts::dataset()` (stdlib/experts.rhai), which quick mode uses.
 EXPERTS_TEXTS = [
@@ -107,13 +111,50 @@ def moe_call(self, x):
     return y
 
 
-ORIGINAL_LAYER_CALL = qwen3_moe.Qwen3MoeDecoderLayer.__call__
+def gptoss_moe_call(self, x):
+    """mlx-lm's gpt_oss.MLPBlock.__call__ (0.32.2) with the interventions in STATE: the
+    chosen experts' weights are the softmax of their logits (after a ban, over the banned
+    logits; after a force, over the forced choice's logits)."""
+    cfg = STATE["moe"].get(self._ref_idx, {})
+    g = self.router(x)
+    T = x.shape[1]
+    window = cfg.get("window")
+    win = mx.array([True] * T if window is None else [t in window for t in range(T)])
+    if "ban" in cfg:
+        banned = mx.array([e == cfg["ban"] for e in range(self.num_local_experts)])
+        g = mx.where(win[:, None] & banned, mx.array(-np.inf, g.dtype), g)
+    k = self.num_experts_per_tok
+    chosen, inds = gpt_oss.mlx_topk(g, k=k, axis=-1)
+    if "force" in cfg:
+        f = cfg["force"]
+        key = mx.where(mx.arange(self.num_local_experts) == f, mx.array(np.inf), g)
+        forced = mx.argpartition(key, kth=-k, axis=-1)[..., -k:]
+        inds = mx.where(win[:, None], forced, inds)
+        chosen = mx.take_along_axis(g, inds, axis=-1)
+    weights = mx.softmax(chosen, axis=-1, precise=True)
+    y = self.experts(x, inds)
+    if STATE["record"] is not None:
+        STATE["record"][self._ref_idx] = (g, inds, weights, y)
+    if "scale" in cfg:
+        e, factor = cfg["scale"]
+        hit = (inds == e)[..., None] & win[:, None, None]
+        y = mx.where(hit, y * factor, y)
+    return (y * mx.expand_dims(weights, axis=-1)).sum(axis=-2)
 
 
-def layer_call(self, x, mask=None, cache=None):
-    out = ORIGINAL_LAYER_CALL(self, x, mask, cache)
-    delta = STATE["steer"].get(self._ref_idx)
-    return out if delta is None else out + delta
+LAYER_CLASSES = {"qwen3_moe": qwen3_moe.Qwen3MoeDecoderLayer, "gpt_oss": gpt_oss.TransformerBlock}
+MOE_CLASSES = {"qwen3_moe": (qwen3_moe.Qwen3MoeSparseMoeBlock, moe_call),
+               "gpt_oss": (gpt_oss.MLPBlock, gptoss_moe_call)}
+ORIGINAL_LAYER_CALLS = {name: c.__call__ for name, c in LAYER_CLASSES.items()}
+
+
+def steered(original):
+    """A decoder layer call that adds STATE's steering vector to the layer's output."""
+    def layer_call(self, x, mask=None, cache=None):
+        out = original(self, x, mask, cache)
+        delta = STATE["steer"].get(self._ref_idx)
+        return out if delta is None else out + delta
+    return layer_call
 
 
 def run(model, ids, moe=None, steer=None, record=False):
@@ -177,16 +218,18 @@ def experts_golden(model, tokenizer, folder):
 
 
 def main():
-    original_moe_call = qwen3_moe.Qwen3MoeSparseMoeBlock.__call__
     for case in CASES:
         folder = REPO / "tests" / "fixtures" / "models" / case
+        arch = json.loads((folder / "config.json").read_text())["model_type"]
         model, tokenizer = mlx_lm.load(str(folder))
         golden = mx.load(str(folder / "golden.safetensors"))
         ids = golden["input_ids"]
         plain = model(ids)
         mx.eval(plain)
-        qwen3_moe.Qwen3MoeSparseMoeBlock.__call__ = moe_call
-        qwen3_moe.Qwen3MoeDecoderLayer.__call__ = layer_call
+        moe_class, patched_moe_call = MOE_CLASSES[arch]
+        original_moe_call = moe_class.__call__
+        moe_class.__call__ = patched_moe_call
+        LAYER_CLASSES[arch].__call__ = steered(ORIGINAL_LAYER_CALLS[arch])
         layers = model.model.layers
         for i, layer in enumerate(layers):
             layer._ref_idx = i
@@ -200,7 +243,7 @@ def main():
             out[f"layer{layer_idx}.expert_ids"] = mx.array(e_ids)
             out[f"layer{layer_idx}.expert_weights"] = mx.array(w)
             out[f"layer{layer_idx}.expert_out"] = mx.array(eo)
-        n_experts = layers[0].mlp.num_experts
+        n_experts = len(out["layer0.router_logits"][0, 0])
         counts = np.bincount(np.array(out["layer0.expert_ids"]).ravel(), minlength=n_experts)
         most, least = int(np.argmax(counts)), int(np.argmin(counts))
         every = {i: {"ban": most} for i in range(len(layers))}
@@ -248,8 +291,8 @@ def main():
         mx.save_safetensors(str(folder / "router_golden.safetensors"), out, metadata=meta)
         if case == "qwen3_moe":
             experts_golden(model, tokenizer, folder)
-        qwen3_moe.Qwen3MoeSparseMoeBlock.__call__ = original_moe_call
-        qwen3_moe.Qwen3MoeDecoderLayer.__call__ = ORIGINAL_LAYER_CALL
+        moe_class.__call__ = original_moe_call
+        LAYER_CLASSES[arch].__call__ = ORIGINAL_LAYER_CALLS[arch]
         small = [n for n, c in changes.items() if c < 1e-2]
         status = "BAD" if small else "OK"
         print(f"{status} {case}: layer 0 counts {counts.tolist()}, ban/scale {most}, "
