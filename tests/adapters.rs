@@ -63,6 +63,9 @@ const CASES: &[(&str, &str, bool)] = &[
     ("qwen3-q8-mlx", "qwen3-q8", true),
     ("llama-peft", "llama", false),
     ("qwen3-peft", "qwen3", false),
+    ("gemma2-mlx", "gemma2", false),
+    ("gemma3_text-mlx", "gemma3_text", false),
+    ("gemma3_text-peft", "gemma3_text", false),
 ];
 
 #[test]
@@ -407,11 +410,16 @@ fn broken_adapters_are_clear_errors_that_change_nothing() {
         .to_string()
         .contains("already has an adapter"));
     // Architectures without adapter support say so.
-    let mut gemma = Model::load(&format!("{FIXTURES}/gemma2"), &opts(None, false, true)).unwrap();
-    let e = gemma
+    let mut phi3 = Model::load(&format!("{FIXTURES}/phi3"), &opts(None, false, true)).unwrap();
+    let e = phi3
         .attach_adapter(&Path::new(ADAPTERS).join("llama-mlx"), false)
         .unwrap_err();
-    assert!(e.to_string().contains("not supported on gemma2"), "{e}");
+    assert!(
+        e.to_string().contains(
+            "adapters are not supported on phi3 models yet (supported: llama, mistral, qwen2"
+        ),
+        "{e}"
+    );
 }
 
 /// The script verbs: `load(base, #{adapter, fuse})`, `adapter(m)`, `adapter(m, on)`,

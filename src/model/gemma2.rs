@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::layers::{
     attend, gated_mlp, offset_norm, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, Step, Tail,
 };
+use super::lora::Target;
 use super::validate;
 use super::weights::Weights;
 use super::{Architecture, Dims};
@@ -202,9 +203,15 @@ impl Architecture for Gemma2 {
             let (b, t) = (h.shape()[0], h.shape()[1]);
             h = step.hook(HookName::ResidPre(i), h)?;
             let x = layer.input_norm.hooked(&h, HookName::ln1(i), step)?;
-            let q = layer.q_proj.forward(&x)?.reshape(&[b, t, h_heads, hd])?;
-            let k = layer.k_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
-            let v = layer.v_proj.forward(&x)?.reshape(&[b, t, kv_heads, hd])?;
+            let q = step
+                .project(i, Target::Q, &layer.q_proj, &x)?
+                .reshape(&[b, t, h_heads, hd])?;
+            let k = step
+                .project(i, Target::K, &layer.k_proj, &x)?
+                .reshape(&[b, t, kv_heads, hd])?;
+            let v = step
+                .project(i, Target::V, &layer.v_proj, &x)?
+                .reshape(&[b, t, kv_heads, hd])?;
             let mask = masks.for_layer(layer.window);
             let o = attend(
                 i,
@@ -221,10 +228,10 @@ impl Architecture for Gemma2 {
             let attn_out = step.hook(HookName::AttnOut(i), layer.post_attn_norm.forward(&o)?)?;
             h = step.hook(HookName::ResidMid(i), h.add(&attn_out)?)?;
             let x = layer.pre_ff_norm.hooked(&h, HookName::ln2(i), step)?;
-            let gate = layer.gate_proj.forward(&x)?;
-            let up = layer.up_proj.forward(&x)?;
+            let gate = step.project(i, Target::Gate, &layer.gate_proj, &x)?;
+            let up = step.project(i, Target::Up, &layer.up_proj, &x)?;
             let post = gated_mlp(i, gate, up, Act::GeluTanh, step)?;
-            let down = layer.down_proj.forward(&post)?;
+            let down = step.project(i, Target::Down, &layer.down_proj, &post)?;
             let mlp_out = step.hook(HookName::MlpOut(i), layer.post_ff_norm.forward(&down)?)?;
             h = step.hook(HookName::ResidPost(i), h.add(&mlp_out)?)?;
         }
@@ -236,6 +243,18 @@ impl Architecture for Gemma2 {
     }
     fn quantization(&self) -> Option<(i32, i32)> {
         self.layers.first().and_then(|l| l.q_proj.quantization())
+    }
+    fn projection_mut(&mut self, layer: usize, target: Target) -> Option<&mut Linear> {
+        let l = self.layers.get_mut(layer)?;
+        Some(match target {
+            Target::Q => &mut l.q_proj,
+            Target::K => &mut l.k_proj,
+            Target::V => &mut l.v_proj,
+            Target::O => &mut l.o_proj,
+            Target::Gate => &mut l.gate_proj,
+            Target::Up => &mut l.up_proj,
+            Target::Down => &mut l.down_proj,
+        })
     }
     fn windows(&self) -> Vec<Option<i32>> {
         self.layers.iter().map(|l| l.window).collect()

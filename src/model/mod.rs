@@ -400,7 +400,8 @@ impl Model {
         }
         if dims.is_empty() {
             return Err(Error::Model(format!(
-                "adapters are not supported on {} models yet (supported: llama, mistral,                  qwen2, qwen3)",
+                "adapters are not supported on {} models yet (supported: llama, mistral, \
+                 qwen2, qwen3, gemma2, gemma3_text)",
                 self.info.arch
             )));
         }
@@ -455,7 +456,8 @@ impl Model {
                 "adapter: this model has no adapter (load(base, #{adapter: DIR}))".into(),
             )),
             Some(a) if a.fused => Err(Error::Invalid(
-                "adapter: this adapter is fused into the weights and cannot be switched off;                  load without fuse: true to switch it"
+                "adapter: this adapter is fused into the weights and cannot be switched off; \
+                 load without fuse: true to switch it"
                     .into(),
             )),
             Some(a) => {

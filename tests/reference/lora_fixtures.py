@@ -35,7 +35,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from make_fixtures import save_safetensors, write_json  # noqa: E402
+from make_fixtures import gemma2_forward_windowed, save_safetensors, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "tests/fixtures/models"
@@ -57,6 +57,8 @@ MLX_CASES = [
     ("qwen3-mlx", "qwen3", -1, 8, 0.5, ["self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj"], 2),
     ("llama-q4-mlx", "llama-q4", 2, 4, 2.0, None, 3),
     ("qwen3-q8-mlx", "qwen3-q8", 1, 4, 1.5, ["self_attn.q_proj", "mlp.up_proj"], 4),
+    ("gemma2-mlx", "gemma2", -1, 4, 2.0, None, 5),
+    ("gemma3_text-mlx", "gemma3_text", 1, 4, 2.0, ["self_attn.k_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"], 6),
 ]
 
 
@@ -117,7 +119,12 @@ def mlx_case(name, base, num_layers, rank, scale, keys, seed):
     save_safetensors(folder / "adapters.safetensors", tensors, {"format": "mlx"})
     ids = load_file(str(MODELS / base / "golden.safetensors"))["input_ids"]
     model, _ = mlx_lm.load(str(MODELS / base), adapter_path=str(folder))
-    logits = model(mx.array(ids))
+    if cfg["model_type"] == "gemma2":
+        # As the gemma2 fixture's own golden: mlx-lm's modules with Hugging Face's per-layer
+        # sliding window, which mlx-lm's gemma2.py leaves out (see FIXTURES.md).
+        logits = gemma2_forward_windowed(model, mx.array(ids), cfg["layer_types"], cfg["sliding_window"])
+    else:
+        logits = model(mx.array(ids))
     mx.eval(logits)
     golden = {"input_ids": ids, "logits": np.array(logits.astype(mx.float32))}
     save_safetensors(folder / "golden.safetensors", golden, {
@@ -256,6 +263,11 @@ def main():
         "use_rslora": True,
         "target_modules": r".*\.(q_proj|v_proj|up_proj)",
     }, seed=12)
+    peft_case("gemma3_text-peft", "gemma3_text", {
+        "r": 4,
+        "lora_alpha": 16,
+        "target_modules": ["q_proj", "v_proj", "o_proj", "up_proj"],
+    }, seed=13)
     if args.default:
         default_case(Path(args.f32_dir))
 
