@@ -3,8 +3,8 @@
 //! tests/reference/FIXTURES.md):
 //! - mlx-lm adapters on the tiny float and quantized (QLoRA) checkpoints against
 //!   `mlx_lm.load(base, adapter_path=...)`;
-//! - PEFT adapters on the tiny float checkpoints, and a rank-4 q/v adapter on the default
-//!   model, against transformers + PEFT;
+//! - PEFT adapters on the tiny float checkpoints and on a 4-bit one, and a rank-4 q/v adapter
+//!   on the default model, against transformers + PEFT;
 //! - fused equals unfused, switching the adapter off gives the base model's logits, the
 //!   `hook_lora_*` points carry the update, and broken adapters are clear errors that leave
 //!   the model as it was.
@@ -66,6 +66,7 @@ const CASES: &[(&str, &str, bool)] = &[
     ("gemma2-mlx", "gemma2", false),
     ("gemma3_text-mlx", "gemma3_text", false),
     ("gemma3_text-peft", "gemma3_text", false),
+    ("llama-q4-peft", "llama-q4", true),
 ];
 
 #[test]

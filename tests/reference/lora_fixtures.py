@@ -160,6 +160,9 @@ def peft_adapter(model, config, folder, seed, half=False, std=0.2):
     cfg_path = folder / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = Path(cfg["base_model_name_or_path"]).name
+    # PEFT stores target_modules from a set: sorted, the file is the same on every run.
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
     write_json(cfg_path, cfg)
     if half:
         path = folder / "adapter_model.safetensors"
@@ -205,6 +208,43 @@ def peft_case(name, base, config_kwargs, seed):
         **meta(),
     })
     print(f"{name}: {n} matrices, max |adapted - base| logit {np.abs(adapted - plain).max():.3f}")
+
+
+def peft_on_quantized_case(name, adapter, base):
+    """The PEFT adapter `adapter` (already made) on the quantized fixture `base`: the reference is
+    transformers + PEFT on the base's weights dequantized by mlx (`mlx_lm.utils.dequantize_model`,
+    exactly the values mlxi's quantized matmul multiplies), so only the adapter's golden is new:
+    the folder holds a copy of the adapter's files and `golden.safetensors`."""
+    import tempfile
+
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import dequantize_model
+
+    folder = OUT / name
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(OUT / adapter, folder)
+    (folder / "golden.safetensors").unlink()
+    model, _ = mlx_lm.load(str(MODELS / base))
+    model = dequantize_model(model)
+    cfg = json.loads((MODELS / base / "config.json").read_text())
+    cfg.pop("quantization", None)
+    cfg.pop("quantization_config", None)
+    ids = load_file(str(MODELS / base / "golden.safetensors"))["input_ids"]
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = {k: np.array(v.astype(mx.float32)) for k, v in tree_flatten(model.parameters())}
+        from safetensors.numpy import save_file
+
+        save_file(weights, str(Path(tmp) / "model.safetensors"), {"format": "pt"})
+        write_json(Path(tmp) / "config.json", cfg)
+        plain, adapted = peft_logits(Path(tmp), folder, ids)
+    save_safetensors(folder / "golden.safetensors", {"input_ids": ids, "logits": adapted, "logits_base": plain}, {
+        "base": base,
+        "reference": "transformers + peft on the base dequantized by mlx_lm.utils.dequantize_model",
+        **meta(),
+    })
+    quantized = np.array(model(mx.array(ids)).astype(mx.float32))
+    print(f"{name}: max |adapted - base| logit {np.abs(adapted - plain).max():.3f}, "
+          f"|transformers base - mlx-lm dequantized base| {np.abs(plain - quantized).max():.2e}")
 
 
 def default_case(f32_dir):
@@ -268,6 +308,7 @@ def main():
         "lora_alpha": 16,
         "target_modules": ["q_proj", "v_proj", "o_proj", "up_proj"],
     }, seed=13)
+    peft_on_quantized_case("llama-q4-peft", "llama-peft", "llama-q4")
     if args.default:
         default_case(Path(args.f32_dir))
 
