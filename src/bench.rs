@@ -190,10 +190,10 @@ pub fn run(source: &str, opts: &LoadOptions, spec: &BenchSpec) -> Result<BenchRe
     let base = model.tokenizer.encode(PROMPT_TEXT, false)?;
     let prompt: Vec<u32> = (0..prompt_tokens).map(|i| base[i % base.len()]).collect();
 
-    timed(&mut model, &prompt[..prompt.len().min(16)], 2)?;
+    timed_one(&mut model, &prompt[..prompt.len().min(16)], 2)?;
     let mut runs = Vec::new();
     for _ in 0..trials.max(1) {
-        runs.push(timed(&mut model, &prompt, gen_tokens)?);
+        runs.push(timed_one(&mut model, &prompt, gen_tokens)?);
     }
     let prefill_s = median(runs.iter().map(|r| r.0).collect());
     let decode_s = median(runs.iter().map(|r| r.1).collect());
@@ -243,27 +243,12 @@ fn gen_batch(
         batch_size: batch.max(1),
         ..Default::default()
     };
-    let once = |model: &mut Model| -> Result<(f64, Vec<u32>)> {
-        let mut clock = Clock { first: None };
-        let t = Instant::now();
-        let out = generate(
-            model,
-            &rows,
-            &opts,
-            &[],
-            0,
-            &|_| Ok(String::new()),
-            &mut clock,
-        )?;
-        let ids = out.into_iter().next().map(|g| g.ids).unwrap_or_default();
-        Ok((t.elapsed().as_secs_f64(), ids))
-    };
-    once(model)?;
+    timed(model, &rows, &opts)?;
     let mut times = Vec::new();
     let mut ids = Vec::new();
     for _ in 0..trials.max(1) {
-        let (s, i) = once(model)?;
-        times.push(s);
+        let (prefill, decode, i) = timed(model, &rows, &opts)?;
+        times.push(prefill + decode);
         ids = i;
     }
     let seconds = median(times);
@@ -291,19 +276,28 @@ impl Sink for Clock {
     }
 }
 
-/// Greedy generation of `n` tokens: `(prefill seconds, decode seconds, ids)`, where prefill runs
-/// until the first token is known and decode from then until the last.
-fn timed(model: &mut Model, prompt: &[u32], n: usize) -> Result<(f64, f64, Vec<u32>)> {
+/// Greedy generation of `n` tokens from `prompt`: `(prefill seconds, decode seconds, ids)`.
+fn timed_one(model: &mut Model, prompt: &[u32], n: usize) -> Result<(f64, f64, Vec<u32>)> {
     let opts = GenerateOptions {
         max_tokens: n,
         ..Default::default()
     };
+    timed(model, &[prompt.to_vec()], &opts)
+}
+
+/// Generation of `rows` with `opts`: `(prefill seconds, decode seconds, the first row's ids)`,
+/// where prefill runs until the first token is known and decode from then until the last.
+fn timed(
+    model: &mut Model,
+    rows: &[Vec<u32>],
+    opts: &GenerateOptions,
+) -> Result<(f64, f64, Vec<u32>)> {
     let mut clock = Clock { first: None };
     let start = Instant::now();
     let out = generate(
         model,
-        &[prompt.to_vec()],
-        &opts,
+        rows,
+        opts,
         &[],
         0,
         &|_| Ok(String::new()),

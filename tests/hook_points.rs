@@ -8,7 +8,7 @@
 //! holds `MLX` while it runs.
 
 mod common;
-use common::{expect_ok, floats, full_f32, max_abs_diff, mlx_lock as lock, FIXTURES};
+use common::{expect_ok, floats, full_f32, load_fixture, max_abs_diff, mlx_lock as lock, FIXTURES};
 
 use std::collections::HashMap;
 
@@ -17,7 +17,7 @@ use mlxi::capture::{capture, Captured, Positions};
 use mlxi::hooks::{Hook, HookName};
 use mlxi::interventions::{Intervention, Op, Window};
 use mlxi::model::layers::KvCache;
-use mlxi::model::{pad_left, LoadOptions, Model};
+use mlxi::model::{pad_left, Model};
 use serde_json::Value;
 
 const CASES: [&str; 8] = [
@@ -43,12 +43,7 @@ impl Fixture {
     fn load(case: &'static str) -> Fixture {
         full_f32();
         let dir = format!("{FIXTURES}/{case}");
-        let opts = LoadOptions {
-            dtype: Some(Dtype::Float32),
-            dequantize: Some(true),
-            ..Default::default()
-        };
-        let model = Model::load(&dir, &opts).unwrap();
+        let model = load_fixture(case);
         let cfg =
             serde_json::from_str(&std::fs::read_to_string(format!("{dir}/config.json")).unwrap())
                 .unwrap();

@@ -6,14 +6,14 @@
 //! holds `MLX` while it runs.
 
 mod common;
-use common::{max_abs_diff, mlx_lock as lock, FIXTURES};
+use common::{load_fixture, max_abs_diff, mlx_lock as lock};
 
-use mlx_rs::{ops, Array, Dtype};
+use mlx_rs::{ops, Array};
 use mlxi::capture::{capture, Captured, Positions};
 use mlxi::generate::GenerateOptions;
 use mlxi::hooks::{Hook, HookName};
 use mlxi::interventions::{Intervention, Op, PatchSource, Window};
-use mlxi::model::{LoadOptions, Model};
+use mlxi::model::Model;
 
 const CASES: [&str; 8] = [
     "llama",
@@ -25,15 +25,6 @@ const CASES: [&str; 8] = [
     "qwen3_moe",
     "gpt_oss",
 ];
-
-fn load(case: &str) -> Model {
-    let opts = LoadOptions {
-        dtype: Some(Dtype::Float32),
-        dequantize: Some(true),
-        ..Default::default()
-    };
-    Model::load(&format!("{FIXTURES}/{case}"), &opts).unwrap()
-}
 
 /// Two rows of different lengths (the second is left-padded in a batch).
 fn rows() -> Vec<Vec<u32>> {
@@ -68,7 +59,7 @@ fn interventions_are_identities_where_they_should_be() {
     let _mlx = lock();
     let mut failures = Vec::new();
     for case in CASES {
-        let mut model = load(case);
+        let mut model = load_fixture(case);
         let d = model.info.d_model;
         let n = model.n_layers();
         let base = model.forward_ids(&rows()).unwrap();
@@ -139,7 +130,7 @@ fn steering_only_generated_tokens_in_batched_generation() {
     let _mlx = lock();
     let mut failures = Vec::new();
     for case in CASES {
-        let mut model = load(case);
+        let mut model = load_fixture(case);
         let d = model.info.d_model;
         let plain = greedy(&mut model, &rows());
         // A generated-only intervention leaves the prompt's activations alone: record the
@@ -198,7 +189,7 @@ fn capture_and_attention_under_left_padding() {
     let _mlx = lock();
     let mut failures = Vec::new();
     for case in CASES {
-        let mut model = load(case);
+        let mut model = load_fixture(case);
         let n = model.n_layers();
         let pts: Vec<HookName> = vec![
             HookName::Embed,

@@ -8,11 +8,11 @@
 //! holds `MLX` while it runs.
 
 mod common;
-use common::{max_abs_diff, mlx_lock as lock, FIXTURES};
+use common::{load_fixture, max_abs_diff, mlx_lock as lock};
 
 use mlx_rs::{Array, Dtype};
 use mlxi::model::layers::KvCache;
-use mlxi::model::{pad_left, LoadOptions, Model, PREFILL_CHUNK};
+use mlxi::model::{pad_left, PREFILL_CHUNK};
 
 const CASES: [&str; 8] = [
     "llama",
@@ -24,15 +24,6 @@ const CASES: [&str; 8] = [
     "qwen3_moe",
     "mistral",
 ];
-
-fn load(case: &str) -> Model {
-    let opts = LoadOptions {
-        dtype: Some(Dtype::Float32),
-        dequantize: Some(true),
-        ..Default::default()
-    };
-    Model::load(&format!("{FIXTURES}/{case}"), &opts).unwrap()
-}
 
 /// A deterministic id sequence of `n` tokens inside the fixtures' 320-token vocabulary.
 fn ids(n: usize, seed: u32) -> Vec<u32> {
@@ -50,7 +41,7 @@ fn chunked_prefill_equals_one_forward_on_every_architecture() {
     let rows = vec![ids(long, 1), ids(long - PREFILL_CHUNK as usize - 100, 2)];
     let (input, pads) = pad_left(&rows, 0).unwrap();
     for case in CASES {
-        let mut m = load(case);
+        let mut m = load_fixture(case);
         let n = m.n_layers();
 
         let mut whole = KvCache::new(n);
@@ -81,7 +72,7 @@ fn chunked_prefill_equals_one_forward_on_every_architecture() {
 #[test]
 fn prefill_refuses_a_cache_in_use() {
     let _g = lock();
-    let mut m = load("llama");
+    let mut m = load_fixture("llama");
     let (input, pads) = pad_left(&[ids(8, 1)], 0).unwrap();
     let mut cache = KvCache::new(m.n_layers());
     m.prefill(&input, &pads, &mut cache).unwrap();
@@ -102,7 +93,7 @@ fn generation_after_a_long_prompt_keeps_its_prompt_window() {
     use mlxi::interventions::{Intervention, Op, Window};
     let _g = lock();
     common::full_f32();
-    let mut m = load("qwen3");
+    let mut m = load_fixture("qwen3");
     let prompt = ids(PREFILL_CHUNK as usize + 200, 5);
     let opts = GenerateOptions {
         max_tokens: 5,
@@ -147,7 +138,7 @@ fn long_generation_with_trimmed_window_caches_matches_a_cacheless_forward() {
     let _g = lock();
     common::full_f32();
     for case in ["gemma2", "gemma3_text"] {
-        let mut m = load(case);
+        let mut m = load_fixture(case);
         let n = m.n_layers();
         let prompt = ids(10, 7);
         let (input, pads) = pad_left(std::slice::from_ref(&prompt), 0).unwrap();

@@ -10,7 +10,9 @@
 //! holds `MLX` while it runs.
 
 mod common;
-use common::{expect_err, expect_ok, full_f32, max_abs_diff, mlx_lock as lock, FIXTURES};
+use common::{
+    expect_err, expect_ok, full_f32, load_fixture, max_abs_diff, mlx_lock as lock, FIXTURES,
+};
 
 use std::collections::HashMap;
 
@@ -19,7 +21,7 @@ use mlx_rs::{Array, Dtype};
 use mlxi::hooks::{Hook, HookName};
 use mlxi::interventions::{Intervention, Op, Window};
 use mlxi::model::layers::KvCache;
-use mlxi::model::{LoadOptions, Model};
+use mlxi::model::Model;
 use mlxi::script::Context;
 use rhai::Dynamic;
 
@@ -36,12 +38,7 @@ impl Fixture {
     fn load(case: &str) -> Fixture {
         full_f32();
         let dir = format!("{FIXTURES}/{case}");
-        let opts = LoadOptions {
-            dtype: Some(Dtype::Float32),
-            dequantize: Some(true),
-            ..Default::default()
-        };
-        let model = Model::load(&dir, &opts).unwrap();
+        let model = load_fixture(case);
         let (golden, meta) =
             Array::load_safetensors_with_metadata(format!("{dir}/router_golden.safetensors"))
                 .unwrap();

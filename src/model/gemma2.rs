@@ -246,15 +246,15 @@ impl Architecture for Gemma2 {
     }
     fn projection_mut(&mut self, layer: usize, target: Target) -> Option<&mut Linear> {
         let l = self.layers.get_mut(layer)?;
-        Some(match target {
-            Target::Q => &mut l.q_proj,
-            Target::K => &mut l.k_proj,
-            Target::V => &mut l.v_proj,
-            Target::O => &mut l.o_proj,
-            Target::Gate => &mut l.gate_proj,
-            Target::Up => &mut l.up_proj,
-            Target::Down => &mut l.down_proj,
-        })
+        Some(target.pick([
+            &mut l.q_proj,
+            &mut l.k_proj,
+            &mut l.v_proj,
+            &mut l.o_proj,
+            &mut l.gate_proj,
+            &mut l.up_proj,
+            &mut l.down_proj,
+        ]))
     }
     fn windows(&self) -> Vec<Option<i32>> {
         self.layers.iter().map(|l| l.window).collect()

@@ -39,6 +39,20 @@ pub enum Target {
 }
 
 impl Target {
+    /// This target's layer among a block's seven, given in the order of [`Target::ALL`]
+    /// (q, k, v, o, gate, up, down): what an architecture's `projection_mut` returns.
+    pub fn pick<T>(self, [q, k, v, o, gate, up, down]: [T; 7]) -> T {
+        match self {
+            Target::Q => q,
+            Target::K => k,
+            Target::V => v,
+            Target::O => o,
+            Target::Gate => gate,
+            Target::Up => up,
+            Target::Down => down,
+        }
+    }
+
     pub const ALL: [Target; 7] = [
         Target::Q,
         Target::K,

@@ -163,6 +163,17 @@ pub fn mlx_lock() -> std::sync::MutexGuard<'static, ()> {
 /// The committed random-weight checkpoints (tests/reference/FIXTURES.md).
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
 
+/// The fixture `case` (a folder of [`FIXTURES`]) loaded in f32, a quantized one dequantized: the
+/// precision its mlx-lm goldens are compared in.
+pub fn load_fixture(case: &str) -> mlxi::model::Model {
+    let opts = mlxi::model::LoadOptions {
+        dtype: Some(mlx_rs::Dtype::Float32),
+        dequantize: Some(true),
+        ..Default::default()
+    };
+    mlxi::model::Model::load(&format!("{FIXTURES}/{case}"), &opts).unwrap()
+}
+
 /// The largest `|a - b|` of two arrays of one shape, in f32; a NaN on either side counts as
 /// infinitely far.
 #[track_caller]
