@@ -127,7 +127,7 @@ fn gradients_match_pytorch_and_finite_differences() {
             (d - gv).abs() / gv.abs()
         }};
         let fd_err = [];
-        for p in points {{ for seed in [1, 2] {{ fd_err.push(fd.call(p, g[p], seed)); }} }}
+        for p in points {{ fd_err.push(fd.call(p, g[p], 1)); }}
         // Steering on: a vector added at block 5 changes the gradient at block 13, and the
         // finite differences (run with the same hook on) still agree with it.
         hook(m, "blocks.5.hook_resid_pre", #{{op: "add", vector: randn([576], 7), alpha: 8.0}});
@@ -161,12 +161,15 @@ fn gradients_match_pytorch_and_finite_differences() {
     }
     let fd = common::floats(&field(&v, "fd"));
     eprintln!("finite differences, relative errors: {fd:?}");
-    assert_eq!(fd.len(), 10);
+    assert_eq!(fd.len(), 5);
     assert!(fd.iter().all(|&e| e < 1e-3), "{fd:?}");
     let steered = common::floats(&field(&v, "steered"));
     eprintln!("with steering on: {steered:?}");
     assert!(steered.iter().all(|&e| e < 1e-3), "{steered:?}");
-    assert!(num(&v, "moved") > 0.05, "steering did not change the gradient");
+    assert!(
+        num(&v, "moved") > 0.05,
+        "steering did not change the gradient"
+    );
 }
 
 /// Attribution patching estimates real activation patching: the Pearson correlation of the
@@ -193,7 +196,11 @@ fn attribution_patching_tracks_activation_patching() {
     );
     // The same result shape as `patch`, the same clean and corrupted metrics.
     for key in ["rows", "cols", "tokens", "positions", "points"] {
-        assert_eq!(field(&a, key).to_string(), field(&p, key).to_string(), "{key}");
+        assert_eq!(
+            field(&a, key).to_string(),
+            field(&p, key).to_string(),
+            "{key}"
+        );
     }
     assert!((num(&a, "clean") - num(&p, "clean")).abs() < 1e-3);
     assert!((num(&a, "corrupted") - num(&p, "corrupted")).abs() < 1e-3);
