@@ -13,6 +13,7 @@ pub mod fsaccess;
 pub mod fuzz;
 pub mod generate;
 pub mod gguf;
+pub mod grad;
 pub mod hooks;
 pub mod interrupt;
 pub mod interventions;

@@ -40,6 +40,15 @@ impl Metric {
 
     /// The metric of each row of `logits` (`[rows, pos, vocab]`), at the last position.
     pub fn eval(&self, logits: &Array) -> Result<Vec<f64>> {
+        Ok(crate::arrays::to_f32_vec(&self.array(logits)?)?
+            .into_iter()
+            .map(|x| x as f64)
+            .collect())
+    }
+
+    /// [`Metric::eval`] as an array `[rows]` (float32) built from `logits` by MLX operations,
+    /// so autodiff can go through it.
+    pub fn array(&self, logits: &Array) -> Result<Array> {
         let shape = logits.shape();
         if shape.len() != 3 {
             return Err(Error::Invalid(format!(
@@ -62,7 +71,7 @@ impl Metric {
         let pick = |a: &Array, t: u32| -> Result<Array> {
             Ok(a.take_axis(Array::from_int(t as i32), -1)?)
         };
-        let v = match *self {
+        Ok(match *self {
             Metric::LogitDiff(a, b) => pick(&last, a)?.subtract(pick(&last, b)?)?,
             Metric::Logit(a) => pick(&last, a)?,
             Metric::LogprobDiff(a, b) => {
@@ -70,11 +79,7 @@ impl Metric {
                 pick(&lp, a)?.subtract(pick(&lp, b)?)?
             }
             Metric::Logprob(a) => pick(&logp()?, a)?,
-        };
-        Ok(crate::arrays::to_f32_vec(&v)?
-            .into_iter()
-            .map(|x| x as f64)
-            .collect())
+        })
     }
 }
 
@@ -116,32 +121,11 @@ pub fn patch(
     metric: &mut MetricFn<'_>,
     opts: PatchOptions<'_>,
 ) -> Result<PatchGrid> {
+    check_pair("patch", model, clean, corrupted, positions)?;
+    if points.is_empty() {
+        return Err(Error::Invalid("patch: no points".into()));
+    }
     let t = clean.len();
-    if t == 0 || corrupted.is_empty() {
-        return Err(Error::Invalid("patch: an input has no tokens".into()));
-    }
-    if corrupted.len() != t {
-        return Err(Error::Invalid(format!(
-            "patch: the clean input has {t} tokens and the corrupted one {}; activation \
-             patching needs prompts of the same length (position i of one is patched into \
-             position i of the other)",
-            corrupted.len()
-        )));
-    }
-    if points.is_empty() || positions.is_empty() {
-        return Err(Error::Invalid("patch: no points or no positions".into()));
-    }
-    if let Some(&p) = positions.iter().find(|&&p| p >= t) {
-        return Err(Error::Invalid(format!(
-            "patch: position {p} is out of range for prompts of {t} tokens"
-        )));
-    }
-    let vocab = model.info.vocab as u32;
-    if let Some(bad) = clean.iter().chain(corrupted).find(|&&x| x >= vocab) {
-        return Err(Error::Invalid(format!(
-            "patch: token id {bad} is out of range (vocabulary of {vocab})"
-        )));
-    }
     let row = |ids: &[u32]| {
         Array::from_slice(
             &ids.iter().map(|&x| x as i32).collect::<Vec<_>>(),
@@ -259,29 +243,86 @@ pub fn patch(
                 .unwrap_or_default()
         })
         .collect();
-    let span = clean_m - corrupted_m;
-    let normalized = raw
-        .iter()
-        .map(|r| {
-            r.iter()
-                .map(|v| {
-                    if span == 0.0 {
-                        f64::NAN
-                    } else {
-                        (v - corrupted_m) / span
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    Ok(PatchGrid {
-        points: points.to_vec(),
-        positions: positions.to_vec(),
-        clean: clean_m,
-        corrupted: corrupted_m,
+    Ok(PatchGrid::new(
+        points.to_vec(),
+        positions.to_vec(),
+        clean_m,
+        corrupted_m,
         raw,
-        normalized,
-    })
+    ))
+}
+
+impl PatchGrid {
+    /// A grid from its raw metrics, normalised by the clean and corrupted ones.
+    pub fn new(
+        points: Vec<HookName>,
+        positions: Vec<usize>,
+        clean: f64,
+        corrupted: f64,
+        raw: Vec<Vec<f64>>,
+    ) -> PatchGrid {
+        let span = clean - corrupted;
+        let normalized = raw
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|v| {
+                        if span == 0.0 {
+                            f64::NAN
+                        } else {
+                            (v - corrupted) / span
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        PatchGrid {
+            points,
+            positions,
+            clean,
+            corrupted,
+            raw,
+            normalized,
+        }
+    }
+}
+
+/// Checks a clean/corrupted pair of prompts and the positions to patch (or attribute) at:
+/// both non-empty, the same length, ids in the vocabulary, positions inside the prompts.
+pub fn check_pair(
+    verb: &str,
+    model: &Model,
+    clean: &[u32],
+    corrupted: &[u32],
+    positions: &[usize],
+) -> Result<()> {
+    let t = clean.len();
+    if t == 0 || corrupted.is_empty() {
+        return Err(Error::Invalid(format!("{verb}: an input has no tokens")));
+    }
+    if corrupted.len() != t {
+        return Err(Error::Invalid(format!(
+            "{verb}: the clean input has {t} tokens and the corrupted one {}; activation \
+             patching needs prompts of the same length (position i of one is patched into \
+             position i of the other)",
+            corrupted.len()
+        )));
+    }
+    if positions.is_empty() {
+        return Err(Error::Invalid(format!("{verb}: no positions")));
+    }
+    if let Some(&p) = positions.iter().find(|&&p| p >= t) {
+        return Err(Error::Invalid(format!(
+            "{verb}: position {p} is out of range for prompts of {t} tokens"
+        )));
+    }
+    let vocab = model.info.vocab as u32;
+    if let Some(bad) = clean.iter().chain(corrupted).find(|&&x| x >= vocab) {
+        return Err(Error::Invalid(format!(
+            "{verb}: token id {bad} is out of range (vocabulary of {vocab})"
+        )));
+    }
+    Ok(())
 }
 
 fn one(v: Vec<f64>, which: &str) -> Result<f64> {

@@ -188,7 +188,15 @@ fn min_max(xs: impl IntoIterator<Item = f64>) -> Option<(f64, f64)> {
 
 /// A line chart as SVG text.
 pub fn line_svg(c: &LineChart) -> Result<String> {
-    let verb = "plot::line";
+    xy_svg(c, "plot::line", true)
+}
+
+/// A scatter plot: each series' points as markers, unjoined (x values required).
+pub fn scatter_svg(c: &LineChart) -> Result<String> {
+    xy_svg(c, "plot::scatter", false)
+}
+
+fn xy_svg(c: &LineChart, verb: &str, lines: bool) -> Result<String> {
     if c.series.is_empty() {
         return Err(invalid(verb, "no series to draw"));
     }
@@ -282,16 +290,28 @@ pub fn line_svg(c: &LineChart) -> Result<String> {
             for (i, (s, x)) in c.series.iter().zip(&xs).enumerate() {
                 let color = PALETTE[i % PALETTE.len()];
                 let points: Vec<(f64, f64)> = x.iter().copied().zip(s.y.iter().copied()).collect();
-                let line =
-                    chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
-                if !s.name.is_empty() {
-                    legend = true;
-                    line.label(clean(&s.name)).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
-                }
-                if points.len() <= 200 {
-                    chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+                if lines {
+                    let line = chart
+                        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
+                    if !s.name.is_empty() {
+                        legend = true;
+                        line.label(clean(&s.name)).legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                        });
+                    }
+                    if points.len() <= 200 {
+                        chart.draw_series(
+                            points.iter().map(|&p| Circle::new(p, 3, color.filled())),
+                        )?;
+                    }
+                } else {
+                    let dots = chart
+                        .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+                    if !s.name.is_empty() {
+                        legend = true;
+                        dots.label(clean(&s.name))
+                            .legend(move |(x, y)| Circle::new((x + 10, y), 3, color.filled()));
+                    }
                 }
                 if let Some(err) = &s.err {
                     chart.draw_series(points.iter().zip(err).map(|(&(x, y), e)| {

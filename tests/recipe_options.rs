@@ -78,6 +78,10 @@ const RECIPES: &[(&str, &str)] = &[
         r#"import "std/concepts" as concepts; concepts::library((), #{cold: #{pair: []}}, #{})"#,
         "concepts::library: cold: unknown option 'pair' (did you mean 'pairs'?)",
     ),
+    (
+        r#"import "std/patching" as patching; patching::compare((), "a", "b", #{metirc: 1})"#,
+        "patching::compare: unknown option 'metirc' (did you mean 'metric'?)",
+    ),
 ];
 
 #[test]

@@ -254,6 +254,39 @@ fn patching_finds_the_fact_at_the_subject_then_the_last_token() {
         &out.path().join("hook_resid_pre.svg"),
         "share of logit_diff",
     );
+    // The attribution half: the estimated grid, its correlation with the real one (recomputed
+    // here from the two grids in the results file), and its plots.
+    let est = g["attribution_grid"].as_array().unwrap();
+    assert_eq!(est.len(), 30);
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for (r, e) in grid.iter().zip(est) {
+        for (x, y) in r.as_array().unwrap().iter().zip(e.as_array().unwrap()) {
+            xs.push(f(x));
+            ys.push(f(y));
+        }
+    }
+    let n = xs.len() as f64;
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let cov: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let vx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    let vy: f64 = ys.iter().map(|y| (y - my).powi(2)).sum();
+    let r = cov / (vx * vy).sqrt();
+    assert!(
+        (f(&g["pearson"]) - r).abs() < 1e-9,
+        "{r} vs {}",
+        g["pearson"]
+    );
+    assert!(r > 0.6, "{r}");
+    // The last token's late-layer cells, where patching restores nearly all, are estimated so.
+    assert!(f(&est[29][5]) > 0.6, "{}", est[29][5]);
+    svg(
+        &out.path().join("hook_resid_pre_attribution.svg"),
+        "attribution patching",
+    );
+    svg(
+        &out.path().join("hook_resid_pre_scatter.svg"),
+        "attribution vs activation patching",
+    );
 }
 
 /// The finetune recipe on the default model with the test adapter (tests/fixtures/adapters/

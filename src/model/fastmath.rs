@@ -40,9 +40,28 @@ thread_local! {
     static GELU: RefCell<Option<Compiled>> = const { RefCell::new(None) };
 }
 
+thread_local! {
+    /// Set while a forward is being differentiated (see [`plain`]).
+    static PLAIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the fast path off: autodiff cannot go through it (its `2^n` is built by
+/// reinterpreting integer bits, an MLX `view`, which has no vector-Jacobian product).
+pub fn plain<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PLAIN.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PLAIN.with(|p| p.replace(true)));
+    f()
+}
+
 /// `act(gate) * up`, or `None` when the plain MLX operations should compute it.
 pub fn gated(act: Act, gate: &Array, up: &Array) -> Result<Option<Array>> {
-    if gate.dtype() != Dtype::Float32
+    if PLAIN.with(|p| p.get())
+        || gate.dtype() != Dtype::Float32
         || up.dtype() != Dtype::Float32
         || gate.shape() != up.shape()
         || gate.size() < MIN_ELEMENTS

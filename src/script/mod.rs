@@ -14,6 +14,7 @@ pub mod analysis;
 pub mod capture;
 pub mod display;
 pub mod files;
+pub mod grad;
 pub mod help;
 pub mod hooks;
 pub mod inspect;
@@ -326,6 +327,7 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
     inspect::register(&mut engine);
     plot::register(&mut engine);
     patch::register(&mut engine);
+    grad::register(&mut engine);
     progress::register(&mut engine);
     results::register(&mut engine);
     engine

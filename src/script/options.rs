@@ -39,6 +39,11 @@ impl<'a> Options<'a> {
         Ok(Options { verb, map })
     }
 
+    /// The verb these options belong to (for error messages).
+    pub fn verb(&self) -> &'a str {
+        self.verb
+    }
+
     /// The raw value, if given (and not `()`).
     pub fn get(&self, key: &str) -> Option<&'a Dynamic> {
         self.map.get(key).filter(|v| !v.is_unit())

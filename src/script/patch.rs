@@ -65,7 +65,7 @@ pub struct MetricSpec {
 }
 
 impl MetricSpec {
-    fn resolve(&self, m: &Model) -> Result<Metric> {
+    pub(super) fn resolve(&self, m: &Model) -> Result<Metric> {
         let (a, b) = (self.a.id(m, self.kind)?, self.b.id(m, self.kind)?);
         Ok(match self.kind {
             "logprob_diff" => Metric::LogprobDiff(a, b),
@@ -73,7 +73,7 @@ impl MetricSpec {
         })
     }
 
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         let t = |r: &TokenRef| match r {
             TokenRef::Text(s) => format!("{s:?}"),
             TokenRef::Id(i) => i.to_string(),
@@ -97,16 +97,24 @@ fn default_batch(t: usize) -> usize {
     (4096 / t.max(1)).clamp(1, 256)
 }
 
-fn single(m: &Model, v: &Dynamic, what: &str) -> Result<Vec<u32>> {
-    match input(m, v, "patch")? {
+pub(super) fn single(m: &Model, v: &Dynamic, what: &str) -> Result<Vec<u32>> {
+    single_for("patch", m, v, what)
+}
+
+/// One input of `verb` (text or ids, not a batch) as token ids.
+pub(super) fn single_for(verb: &str, m: &Model, v: &Dynamic, what: &str) -> Result<Vec<u32>> {
+    match input(m, v, verb)? {
         Input::One(ids) => Ok(ids),
         Input::Batch(_) => Err(Error::Invalid(format!(
-            "patch: the {what} input is one text or one array of ids, not an array of texts"
+            "{verb}: the {what} input is one text or one array of ids, not an array of texts"
         ))),
     }
 }
 
-fn points_of(o: &Options, m: &crate::model::Model) -> Result<Vec<crate::hooks::HookName>> {
+pub(super) fn points_of(
+    o: &Options,
+    m: &crate::model::Model,
+) -> Result<Vec<crate::hooks::HookName>> {
     let patterns: Vec<String> = match o.get("points") {
         None => vec!["blocks.*.hook_resid_pre".into()],
         Some(v) => match v.clone().into_string() {
@@ -117,7 +125,7 @@ fn points_of(o: &Options, m: &crate::model::Model) -> Result<Vec<crate::hooks::H
                 .iter()
                 .map(|p| {
                     p.clone().into_string().map_err(|_| {
-                        Error::Invalid("patch: points must be hook names (strings)".into())
+                        Error::Invalid(format!("{}: points must be hook names (strings)", o.verb()))
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -126,7 +134,8 @@ fn points_of(o: &Options, m: &crate::model::Model) -> Result<Vec<crate::hooks::H
     m.expand_points(&patterns)
 }
 
-fn positions_of(o: &Options, t: usize) -> Result<Vec<usize>> {
+pub(super) fn positions_of(o: &Options, t: usize) -> Result<Vec<usize>> {
+    let verb = o.verb();
     let Some(v) = o.get("positions") else {
         return Ok((0..t).collect());
     };
@@ -135,7 +144,7 @@ fn positions_of(o: &Options, t: usize) -> Result<Vec<usize>> {
     }
     let bad = || {
         Error::Invalid(format!(
-            "patch: positions is \"all\" or an array of token positions (negative from the \
+            "{verb}: positions is \"all\" or an array of token positions (negative from the \
              end), got {}",
             super::display::inline(v)
         ))
@@ -147,7 +156,7 @@ fn positions_of(o: &Options, t: usize) -> Result<Vec<usize>> {
         let k = if i < 0 { i + t as INT } else { i };
         if !(0..t as INT).contains(&k) {
             return Err(Error::Invalid(format!(
-                "patch: position {i} is out of range for prompts of {t} tokens"
+                "{verb}: position {i} is out of range for prompts of {t} tokens"
             )));
         }
         if !out.contains(&(k as usize)) {
@@ -160,7 +169,7 @@ fn positions_of(o: &Options, t: usize) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-fn floats(rows: &[Vec<f64>]) -> Dynamic {
+pub(super) fn floats(rows: &[Vec<f64>]) -> Dynamic {
     Dynamic::from_array(
         rows.iter()
             .map(|r| Dynamic::from_array(r.iter().map(|&x| Dynamic::from_float(x)).collect()))
@@ -168,7 +177,7 @@ fn floats(rows: &[Vec<f64>]) -> Dynamic {
     )
 }
 
-fn strings(items: impl IntoIterator<Item = String>) -> Dynamic {
+pub(super) fn strings(items: impl IntoIterator<Item = String>) -> Dynamic {
     Dynamic::from_array(items.into_iter().map(Dynamic::from).collect())
 }
 
@@ -273,11 +282,21 @@ fn patch_impl(
         b.finish_and_clear();
     }
     let grid = grid?;
-    result_map(ctx, m, &o, &grid, &clean_ids, &corrupted_ids, metric_name)
+    let title = format!("Activation patching: share of {metric_name} restored");
+    result_map(
+        ctx,
+        m,
+        &o,
+        &grid,
+        &clean_ids,
+        &corrupted_ids,
+        metric_name,
+        title,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
-fn result_map(
+pub(super) fn result_map(
     ctx: &NativeCallContext,
     m: &Model,
     o: &Options,
@@ -285,6 +304,7 @@ fn result_map(
     clean: &[u32],
     corrupted: &[u32],
     metric: String,
+    default_title: String,
 ) -> Result<Map> {
     let token = |id: u32| m.tokenizer.decode(&[id], false);
     let clean_tokens: Vec<String> = clean.iter().map(|&i| token(i)).collect::<Result<_>>()?;
@@ -328,9 +348,7 @@ fn result_map(
     let plot = match o.string("plot")? {
         None => Dynamic::UNIT,
         Some(path) => {
-            let title = o
-                .string("title")?
-                .unwrap_or_else(|| format!("Activation patching: share of {metric} restored"));
+            let title = o.string("title")?.unwrap_or(default_title);
             let h = Heatmap {
                 labels: Labels {
                     title,
@@ -345,7 +363,7 @@ fn result_map(
                 max: None,
             };
             let svg = crate::plot::heatmap_svg(&h)?;
-            Dynamic::from(super::plot::write_svg_to(ctx, "patch", &path, &svg)?)
+            Dynamic::from(super::plot::write_svg_to(ctx, o.verb(), &path, &svg)?)
         }
     };
     out.insert("plot".into(), plot);

@@ -292,6 +292,41 @@ fn line_verb(ctx: &NativeCallContext, series: &Dynamic, opts: &Map) -> Result<St
     write_svg(ctx, &o, verb, &svg)
 }
 
+const SCATTER_KEYS: &[&str] = &[
+    "path",
+    "title",
+    "x_label",
+    "y_label",
+    "name",
+    "hline",
+    "hline_label",
+    "y_min",
+    "y_max",
+    "width",
+    "height",
+];
+
+fn scatter_verb(ctx: &NativeCallContext, x: &Dynamic, y: &Dynamic, opts: &Map) -> Result<String> {
+    let verb = "plot::scatter";
+    let o = Options::parse(verb, opts, SCATTER_KEYS)?;
+    let series = vec![Series {
+        name: o.string("name")?.unwrap_or_default(),
+        x: Some(vector(x, verb, "x")?),
+        y: vector(y, verb, "y")?,
+        err: None,
+    }];
+    let chart = LineChart {
+        labels: chart_labels(&o)?,
+        series,
+        hline: hline(&o)?,
+        y_min: o.opt_float("y_min")?,
+        y_max: o.opt_float("y_max")?,
+        size: size(&o, verb)?,
+    };
+    let svg = plot::scatter_svg(&chart)?;
+    write_svg(ctx, &o, verb, &svg)
+}
+
 fn bars_verb(
     ctx: &NativeCallContext,
     labels: &Array,
@@ -396,6 +431,22 @@ mod plot_functions {
     #[rhai_fn(name = "line", return_raw)]
     pub fn line(ctx: NativeCallContext, series: Dynamic, opts: Map) -> RhaiResult<String> {
         located(&ctx, line_verb(&ctx, &series, &opts))
+    }
+
+    /// Writes a scatter plot as SVG and returns the path written: one marker per `(x[i],
+    /// y[i])` (numbers or 1-d Tensors of one length). Options: `path` (required), `title`,
+    /// `x_label`, `y_label`, `name` (a legend entry), `hline`, `hline_label`, `y_min`, `y_max`,
+    /// `width`, `height`.
+    ///
+    /// Example: `plot::scatter([0.1, 0.5, 0.9], [0.2, 0.4, 1.0], #{path: "out/scatter.svg", x_label: "patching"})`
+    #[rhai_fn(name = "scatter", return_raw)]
+    pub fn scatter(
+        ctx: NativeCallContext,
+        x: Dynamic,
+        y: Dynamic,
+        opts: Map,
+    ) -> RhaiResult<String> {
+        located(&ctx, scatter_verb(&ctx, &x, &y, &opts))
     }
 
     /// Writes a bar chart as SVG and returns the path written: one bar per value, labelled.

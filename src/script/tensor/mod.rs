@@ -505,11 +505,35 @@ fn item_impl(t: &Tensor) -> Result<Dynamic> {
     Ok(leaves(&t.array)?.remove(0))
 }
 
+thread_local! {
+    /// Set while a metric that autodiff goes through runs (see [`keeping_scalars`]).
+    static KEEP_SCALARS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with results that have no axes left (`t[1][2]`, `sum(t)`) kept as 0-d Tensors
+/// instead of numbers: inside a metric that gradients flow through, a number read to the host
+/// would carry no gradient. `item(t)` still gives a number.
+pub fn keeping_scalars<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KEEP_SCALARS.with(|k| k.set(self.0));
+        }
+    }
+    let _restore = Restore(KEEP_SCALARS.with(|k| k.replace(true)));
+    f()
+}
+
+/// True inside [`keeping_scalars`].
+pub(super) fn keep_scalars() -> bool {
+    KEEP_SCALARS.with(|k| k.get())
+}
+
 /// A Tensor result, or a number (bool, integer or float, by dtype) when the result has no
-/// dimensions left.
+/// dimensions left (a 0-d Tensor inside [`keeping_scalars`]).
 fn tensor_or_number(a: Array) -> Result<Dynamic> {
     let t = Tensor::new(a);
-    if t.ndim() == 0 {
+    if t.ndim() == 0 && !keep_scalars() {
         item_impl(&t)
     } else {
         Ok(Dynamic::from(t))

@@ -408,7 +408,9 @@ impl Reduction {
     fn whole(&self, t: &Tensor) -> Result<Dynamic> {
         let all: Vec<i32> = (0..t.ndim() as i32).collect();
         let r = Tensor::new((self.apply)(&self.input(t)?, &all, false)?);
-        if self.logical {
+        if super::keep_scalars() && !self.logical {
+            Ok(Dynamic::from(r))
+        } else if self.logical {
             super::item_impl(&r)
         } else {
             Ok(Dynamic::from_float(r.scalar()?))
