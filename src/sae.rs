@@ -257,7 +257,12 @@ impl Sae {
         let apply_b_dec_to_input = match cfg.get("apply_b_dec_to_input") {
             None | Some(Value::Null) => true,
             Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(bad(&cfg_path, "'apply_b_dec_to_input' must be true or false")),
+            Some(_) => {
+                return Err(bad(
+                    &cfg_path,
+                    "'apply_b_dec_to_input' must be true or false",
+                ))
+            }
         };
         let meta = cfg.get("metadata");
         let hook = meta
@@ -396,7 +401,10 @@ impl Sae {
             .get("W_enc")
             .ok_or_else(|| bad(path, "the archive has no W_enc.npy"))?;
         if w.ndim() != 2 {
-            return Err(bad(path, format!("W_enc has shape {:?}, expected 2 axes", w.shape())));
+            return Err(bad(
+                path,
+                format!("W_enc has shape {:?}, expected 2 axes", w.shape()),
+            ));
         }
         let (d_in, d_sae) = (w.shape()[0], w.shape()[1]);
         let mut sae = Sae::from_tensors(path, &mut map, d_in, d_sae, Activation::JumpRelu, &[])?;
@@ -516,9 +524,10 @@ impl Sae {
         Ok(match &self.activation {
             Activation::Relu => relu,
             Activation::JumpRelu => {
-                let t = self.threshold.as_ref().ok_or_else(|| {
-                    Error::Invalid("a jumprelu SAE without a threshold".into())
-                })?;
+                let t = self
+                    .threshold
+                    .as_ref()
+                    .ok_or_else(|| Error::Invalid("a jumprelu SAE without a threshold".into()))?;
                 relu.multiply(pre.gt(t)?.as_dtype(Dtype::Float32)?)?
             }
             Activation::TopK(k) => relu.multiply(topk_mask(pre, *k)?)?,
@@ -634,7 +643,9 @@ impl Sae {
 /// all kept).
 fn topk_mask(pre: &Array, k: i32) -> Result<Array> {
     let kth = topk_axis(pre, k, -1)?.min_axis(-1, true)?;
-    Ok(mlx_rs::stop_gradient(pre.ge(&kth)?.as_dtype(Dtype::Float32)?)?)
+    Ok(mlx_rs::stop_gradient(
+        pre.ge(&kth)?.as_dtype(Dtype::Float32)?,
+    )?)
 }
 
 /// What an SAE hook does to the activation.
@@ -645,7 +656,10 @@ pub enum SaeEdit {
     Splice { keep_error: bool },
     /// The reconstruction with these features set to 0; with `keep_error` (the default) the
     /// error term is added back, so only the features' contribution is removed.
-    Ablate { features: Vec<i32>, keep_error: bool },
+    Ablate {
+        features: Vec<i32>,
+        keep_error: bool,
+    },
     /// `x + scale * sum of these features' decoder rows`.
     Steer { features: Vec<i32>, scale: f32 },
 }
@@ -692,7 +706,11 @@ fn read_npy(name: &str, bytes: &[u8], path: &Path) -> Result<Array> {
         "<f4" => 4,
         "<f8" => 8,
         "<f2" => 2,
-        _ => return Err(what("only little-endian float16/32/64 arrays are supported")),
+        _ => {
+            return Err(what(
+                "only little-endian float16/32/64 arrays are supported",
+            ))
+        }
     };
     if field("fortran_order").is_none_or(|s| !s.starts_with("False")) {
         return Err(what("only C-order arrays are supported"));
@@ -703,13 +721,17 @@ fn read_npy(name: &str, bytes: &[u8], path: &Path) -> Result<Array> {
         .ok_or_else(|| what("the header has no shape"))?;
     let mut shape = Vec::new();
     for d in dims.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let n: i64 = d.parse().map_err(|_| what("the shape is not a list of sizes"))?;
+        let n: i64 = d
+            .parse()
+            .map_err(|_| what("the shape is not a list of sizes"))?;
         if !(0..=i32::MAX as i64).contains(&n) || shape.len() >= 4 {
             return Err(what("the shape is out of range"));
         }
         shape.push(n as i32);
     }
-    let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d as usize));
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d as usize));
     let data = &bytes[start + hlen..];
     if count.and_then(|c| c.checked_mul(item)) != Some(data.len()) {
         return Err(what("the data size does not match the shape"));
@@ -748,10 +770,12 @@ fn read_npy(name: &str, bytes: &[u8], path: &Path) -> Result<Array> {
 fn read_npz(path: &Path) -> Result<Vec<(String, Array)>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut zip =
-        zip::ZipArchive::new(file).map_err(|_| bad(path, "not a .npz (zip) archive"))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|_| bad(path, "not a .npz (zip) archive"))?;
     if zip.len() > 16 {
-        return Err(bad(path, format!("{} members, more than an SAE has", zip.len())));
+        return Err(bad(
+            path,
+            format!("{} members, more than an SAE has", zip.len()),
+        ));
     }
     let mut out = Vec::new();
     for i in 0..zip.len() {
@@ -769,7 +793,10 @@ fn read_npz(path: &Path) -> Result<Vec<(String, Array)>> {
         if member.size() > limit {
             return Err(bad(path, format!("{key}.npy is too large")));
         }
-        check_fits(&[(member.size() / 4).min(i32::MAX as u64) as i32], Dtype::Float32)?;
+        check_fits(
+            &[(member.size() / 4).min(i32::MAX as u64) as i32],
+            Dtype::Float32,
+        )?;
         let mut bytes = Vec::with_capacity(member.size().min(1 << 26) as usize);
         member
             .by_ref()
@@ -810,8 +837,7 @@ fn next_token_loss(model: &mut crate::model::Model, rows: &[Vec<u32>]) -> Result
         let lp = logits.try_index((.., 0..l - 1))?;
         let lse = lp.logsumexp_axis(-1, false)?;
         let idx = Array::from_slice(&next, &[b, l - 1, 1]);
-        let picked =
-            mlx_rs::ops::indexing::take_along_axis(&lp, &idx, -1)?.reshape(&[b, l - 1])?;
+        let picked = mlx_rs::ops::indexing::take_along_axis(&lp, &idx, -1)?.reshape(&[b, l - 1])?;
         let nll = lse
             .subtract(&picked)?
             .multiply(Array::from_slice(&mask, &[b, l - 1]))?
@@ -871,7 +897,11 @@ pub fn activations(
     )?;
     let per_input = match cache.entries.get(&point) {
         Some(crate::capture::Captured::PerInput(rows)) => rows.clone(),
-        _ => return Err(Error::Invalid(format!("no activations captured at {point}"))),
+        _ => {
+            return Err(Error::Invalid(format!(
+                "no activations captured at {point}"
+            )))
+        }
     };
     let mut parts = Vec::new();
     for a in per_input {
@@ -897,10 +927,7 @@ pub fn reconstruction_stats(sae: &Sae, x: &Array) -> Result<(f64, f64, f64, Vec<
     let xh = sae.decode_with(&f, &st)?;
     let x = x.as_dtype(Dtype::Float32)?;
     let resid = x.subtract(&xh)?.square()?.sum(None)?;
-    let centred = x
-        .subtract(x.mean_axis(0, true)?)?
-        .square()?
-        .sum(None)?;
+    let centred = x.subtract(x.mean_axis(0, true)?)?.square()?.sum(None)?;
     let active = f.gt(f32s(0.0))?.as_dtype(Dtype::Float32)?;
     let l0 = active.sum_axis(-1, false)?.mean(None)?;
     let density = active.mean_axis(0, false)?;
@@ -1074,7 +1101,11 @@ pub fn train(
                 _ => relu,
             };
             let xh = f.matmul(w_dec)?.add(b_dec)?;
-            let mse = xh.subtract(&xb)?.square()?.sum_axis(-1, false)?.mean(None)?;
+            let mse = xh
+                .subtract(&xb)?
+                .square()?
+                .sum_axis(-1, false)?
+                .mean(None)?;
             let loss = match act {
                 Activation::TopK(_) => mse,
                 _ => {

@@ -370,8 +370,16 @@ fn sae_trains_measures_and_saves() {
     let q = &v["quality"];
     assert!((f(&q["l0"]) - 32.0).abs() < 1e-3, "{q}");
     assert!(f(&q["explained_variance"]) > 0.4, "{q}");
-    assert!(f(&q["loss_spliced"]).is_finite() && f(&q["loss"]).is_finite(), "{q}");
-    let counts: f64 = v["density"]["counts"].as_array().unwrap().iter().map(f).sum();
+    assert!(
+        f(&q["loss_spliced"]).is_finite() && f(&q["loss"]).is_finite(),
+        "{q}"
+    );
+    let counts: f64 = v["density"]["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(f)
+        .sum();
     assert_eq!(counts, 576.0);
     let feats = v["features"].as_array().unwrap();
     assert_eq!(feats.len(), 3);

@@ -77,7 +77,11 @@ fn encode_and_decode_match_numpy_for_every_kind() {
     let x = &gold["acts"];
     for kind in KINDS {
         let sae = Sae::load(&sae_path(kind), None).unwrap();
-        assert_eq!(sae.hook.as_deref(), Some("blocks.0.hook_resid_post"), "{kind}");
+        assert_eq!(
+            sae.hook.as_deref(),
+            Some("blocks.0.hook_resid_post"),
+            "{kind}"
+        );
         let f = sae.encode(x).unwrap();
         let d = rel_diff(&f, &gold[&format!("{kind}.encode")]);
         assert!(d < 1e-4, "{kind}: encode differs by {d}");
@@ -298,7 +302,10 @@ fn bad_files_are_clear_errors() {
     let npz = p.join("x.npz");
     std::fs::write(&npz, "SECRET-TEXT").unwrap();
     let err = Sae::load(&npz, None).unwrap_err().to_string();
-    assert!(err.contains("not a .npz") && !err.contains("SECRET"), "{err}");
+    assert!(
+        err.contains("not a .npz") && !err.contains("SECRET"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -399,7 +406,12 @@ fn a_trained_sae_reconstructs_held_out_activations() {
     println!("trained SAE: {m:?}");
     assert!(f("ev") > 0.8, "held-out explained variance {}", f("ev"));
     assert!((f("l0") - 32.0).abs() < 1e-3, "TopK L0 {}", f("l0"));
-    assert!(f("last") < 0.2 * f("first"), "loss {} -> {}", f("first"), f("last"));
+    assert!(
+        f("last") < 0.2 * f("first"),
+        "loss {} -> {}",
+        f("first"),
+        f("last")
+    );
     assert!(f("eval_ev") > 0.8, "{}", f("eval_ev"));
     assert!(f("loss").is_finite() && f("loss_spliced").is_finite());
     assert!((f("change") - (f("loss_spliced") - f("loss"))).abs() < 1e-9);

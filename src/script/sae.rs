@@ -50,7 +50,11 @@ fn features_of(verb: &str, v: Option<&Dynamic>) -> Result<Option<Vec<i32>>> {
     let Some(v) = v.filter(|v| !v.is_unit()) else {
         return Ok(None);
     };
-    let bad = || Error::Invalid(format!("{verb}: features must be an integer or an array of integers"));
+    let bad = || {
+        Error::Invalid(format!(
+            "{verb}: features must be an integer or an array of integers"
+        ))
+    };
     let one = |d: &Dynamic| -> Result<i32> {
         let i = d.as_int().map_err(|_| bad())?;
         i32::try_from(i).map_err(|_| Error::Invalid(format!("{verb}: feature {i} is out of range")))
@@ -90,9 +94,8 @@ pub fn parse_sae_op(op: &str, verb: &str, o: &Options) -> Result<Op> {
         _ => {
             let f = features_of(verb, o.get("features"))?.or(features_of(verb, o.get("feature"))?);
             SaeEdit::Steer {
-                features: f.ok_or_else(|| {
-                    Error::Invalid(format!("{verb}: needs 'feature' (an index)"))
-                })?,
+                features: f
+                    .ok_or_else(|| Error::Invalid(format!("{verb}: needs 'feature' (an index)")))?,
                 scale: o.float("scale", 1.0)? as f32,
             }
         }
@@ -103,12 +106,18 @@ pub fn parse_sae_op(op: &str, verb: &str, o: &Options) -> Result<Op> {
 fn eval_map(e: &crate::sae::Evaluation) -> Map {
     let mut m = Map::new();
     let dead = e.density.iter().filter(|d| **d == 0.0).count();
-    m.insert("explained_variance".into(), (e.explained_variance as FLOAT).into());
+    m.insert(
+        "explained_variance".into(),
+        (e.explained_variance as FLOAT).into(),
+    );
     m.insert("mse".into(), (e.mse as FLOAT).into());
     m.insert("l0".into(), (e.l0 as FLOAT).into());
     m.insert("loss".into(), (e.loss as FLOAT).into());
     m.insert("loss_spliced".into(), (e.loss_spliced as FLOAT).into());
-    m.insert("loss_change".into(), ((e.loss_spliced - e.loss) as FLOAT).into());
+    m.insert(
+        "loss_change".into(),
+        ((e.loss_spliced - e.loss) as FLOAT).into(),
+    );
     let n = e.density.len() as i32;
     m.insert(
         "density".into(),
@@ -140,7 +149,7 @@ fn train_opts(o: &Options, d_in: i32) -> Result<TrainOptions> {
     in_range("k", k, 1, d_sae)?;
     let lr = o.float("lr", 1e-3)?;
     let l1 = o.float("l1", 5.0)?;
-    if !(lr.is_finite() && lr > 0.0) || !(l1.is_finite() && l1 >= 0.0) {
+    if !(lr.is_finite() && lr > 0.0 && l1.is_finite() && l1 >= 0.0) {
         return Err(Error::Invalid(
             "sae_train: lr must be a positive number and l1 a number >= 0".into(),
         ));
@@ -188,7 +197,9 @@ fn train_on(
     let opts = train_opts(o, d_in)?;
     let holdout = o.float("holdout", 0.1)?;
     if !(0.0..0.9).contains(&holdout) {
-        return Err(Error::Invalid("sae_train: holdout must be from 0 to 0.9".into()));
+        return Err(Error::Invalid(
+            "sae_train: holdout must be from 0 to 0.9".into(),
+        ));
     }
     let n = x.shape()[0];
     let n_test = ((n as f64) * holdout).round() as i32;
@@ -228,7 +239,11 @@ fn train_on(
         "dead".into(),
         (density.iter().filter(|d| **d == 0.0).count() as INT).into(),
     );
-    let losses: RhaiArray = report.losses.iter().map(|l| Dynamic::from(*l as FLOAT)).collect();
+    let losses: RhaiArray = report
+        .losses
+        .iter()
+        .map(|l| Dynamic::from(*l as FLOAT))
+        .collect();
     m.insert("losses".into(), losses.into());
     m.insert("tokens".into(), ((n - n_test) as INT).into());
     m.insert("heldout_tokens".into(), (n_test as INT).into());
@@ -275,7 +290,10 @@ mod sae_functions {
         let c = context(&ctx);
         let w = c.write_path("save_sae", &format!("{dir}/sae_weights.safetensors"))?;
         c.write_path("save_sae", &format!("{dir}/cfg.json"))?;
-        let folder = w.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let folder = w
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
         Ok(sae.0.save(&folder)?)
     }
 
@@ -330,7 +348,12 @@ mod sae_functions {
     ///
     /// Example: `sae_eval(m, s, texts)`
     #[rhai_fn(name = "sae_eval", return_raw)]
-    pub fn sae_eval(ctx: NativeCallContext, m: &mut Model, sae: Sae, texts: Dynamic) -> RhaiResult<Map> {
+    pub fn sae_eval(
+        ctx: NativeCallContext,
+        m: &mut Model,
+        sae: Sae,
+        texts: Dynamic,
+    ) -> RhaiResult<Map> {
         sae_eval_with(ctx, m, sae, texts, Map::new())
     }
 
@@ -369,7 +392,12 @@ mod sae_functions {
             }
             _ => x,
         };
-        Ok(train_on(&x, &o, Some(p.to_string()), Some(g.info.name.clone()))?)
+        Ok(train_on(
+            &x,
+            &o,
+            Some(p.to_string()),
+            Some(g.info.name.clone()),
+        )?)
     }
 
     /// Trains an SAE on activations `[tokens, d]` (a Tensor) you captured yourself; options as
