@@ -101,6 +101,29 @@ pub struct Sae {
 /// The normalisation statistics of one input, to undo on the way out.
 pub struct NormState(Option<(Array, Array)>);
 
+/// SAELens's architectures (sae_lens 6.54, `saes/`), named in errors; any other value is not
+/// quoted (a file's contents never end up in a message).
+const SAELENS_ARCHITECTURES: &[&str] = &[
+    "gated",
+    "batchtopk",
+    "matryoshka_batchtopk",
+    "abstopk",
+    "matching_pursuit",
+    "temporal",
+    "transcoder",
+    "skip_transcoder",
+    "jumprelu_transcoder",
+];
+
+/// `"value"` when it is one of `known`, else a phrase that does not quote it.
+fn named(value: &str, known: &[&str]) -> String {
+    if known.contains(&value) {
+        format!("{value:?}")
+    } else {
+        "(a value SAELens does not define)".into()
+    }
+}
+
 fn bad(path: &Path, why: impl std::fmt::Display) -> Error {
     Error::Model(format!("{}: not a usable SAE: {why}", path.display()))
 }
@@ -205,8 +228,8 @@ impl Sae {
                 return Err(bad(
                     &cfg_path,
                     format!(
-                        "architecture {:?} is not supported (supported: standard, jumprelu, topk)",
-                        other.chars().take(40).collect::<String>()
+                        "architecture {} is not supported (supported: standard, jumprelu, topk)",
+                        named(other, SAELENS_ARCHITECTURES)
                     ),
                 ))
             }
@@ -225,8 +248,8 @@ impl Sae {
             return Err(bad(
                 &cfg_path,
                 format!(
-                    "reshape_activations {:?} is not supported (none only)",
-                    r.chars().take(40).collect::<String>()
+                    "reshape_activations {} is not supported (none only)",
+                    named(r, &["hook_z"])
                 ),
             ));
         }
@@ -247,9 +270,9 @@ impl Sae {
                 return Err(bad(
                     &cfg_path,
                     format!(
-                        "normalize_activations {:?} is not supported (none, \
+                        "normalize_activations {} is not supported (none, \
                          expected_average_only_in, constant_norm_rescale, layer_norm)",
-                        other.chars().take(40).collect::<String>()
+                        named(other, &["covariance_whitening"])
                     ),
                 ))
             }

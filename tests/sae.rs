@@ -231,8 +231,12 @@ fn bad_files_are_clear_errors() {
     let z = |s: &[i32]| mlx_rs::ops::zeros::<f32>(s).unwrap();
     let cases: Vec<(PathBuf, &str)> = vec![
         (
-            broken(p, "arch", |c| c["architecture"] = "gated_x".into(), None),
-            "architecture \"gated_x\" is not supported",
+            broken(p, "arch", |c| c["architecture"] = "gated".into(), None),
+            "architecture \"gated\" is not supported",
+        ),
+        (
+            broken(p, "arch2", |c| c["architecture"] = "SECRET".into(), None),
+            "architecture (a value SAELens does not define) is not supported",
         ),
         (
             broken(p, "d_in", |c| c["d_in"] = 32.into(), None),
