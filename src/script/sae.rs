@@ -419,30 +419,40 @@ mod sae_functions {
     }
 
     /// Input width.
+    ///
+    /// Example: `s.d_in  // 576`
     #[rhai_fn(get = "d_in", pure)]
     pub fn d_in(s: &mut Sae) -> INT {
         s.0.d_in as INT
     }
 
     /// Number of features.
+    ///
+    /// Example: `s.d_sae`
     #[rhai_fn(get = "d_sae", pure)]
     pub fn d_sae(s: &mut Sae) -> INT {
         s.0.d_sae as INT
     }
 
     /// The hook point it reads (TransformerLens name), or `()`.
+    ///
+    /// Example: `hook(m, s.hook, #{op: "sae_splice", sae: s})`
     #[rhai_fn(get = "hook", pure)]
     pub fn hook(s: &mut Sae) -> Dynamic {
         s.0.hook.clone().map_or(Dynamic::UNIT, Dynamic::from)
     }
 
     /// "standard", "jumprelu" or "topk".
+    ///
+    /// Example: `s.architecture`
     #[rhai_fn(get = "architecture", pure)]
     pub fn architecture(s: &mut Sae) -> String {
         s.0.activation.architecture().to_string()
     }
 
     /// TopK's k, or `()`.
+    ///
+    /// Example: `s.k`
     #[rhai_fn(get = "k", pure)]
     pub fn k(s: &mut Sae) -> Dynamic {
         match s.0.activation {
@@ -451,31 +461,41 @@ mod sae_functions {
         }
     }
 
-    /// `[d_in, d_sae]`
+    /// The encoder `[d_in, d_sae]`.
+    ///
+    /// Example: `s.W_enc.shape`
     #[rhai_fn(get = "W_enc", pure)]
     pub fn w_enc(s: &mut Sae) -> Tensor {
         Tensor::new(s.0.w_enc.clone())
     }
 
-    /// `[d_sae, d_in]`: row i is feature i's direction.
+    /// The decoder `[d_sae, d_in]`: row i is feature i's direction.
+    ///
+    /// Example: `let v = s.W_dec[7]`
     #[rhai_fn(get = "W_dec", pure)]
     pub fn w_dec(s: &mut Sae) -> Tensor {
         Tensor::new(s.0.w_dec.clone())
     }
 
-    /// `[d_sae]`
+    /// The encoder bias `[d_sae]`.
+    ///
+    /// Example: `s.b_enc`
     #[rhai_fn(get = "b_enc", pure)]
     pub fn b_enc(s: &mut Sae) -> Tensor {
         Tensor::new(s.0.b_enc.clone())
     }
 
-    /// `[d_in]`
+    /// The decoder bias `[d_in]`.
+    ///
+    /// Example: `s.b_dec`
     #[rhai_fn(get = "b_dec", pure)]
     pub fn b_dec(s: &mut Sae) -> Tensor {
         Tensor::new(s.0.b_dec.clone())
     }
 
     /// JumpReLU's thresholds `[d_sae]`, or `()`.
+    ///
+    /// Example: `s.threshold`
     #[rhai_fn(get = "threshold", pure)]
     pub fn threshold(s: &mut Sae) -> Dynamic {
         s.0.threshold
@@ -483,6 +503,9 @@ mod sae_functions {
             .map_or(Dynamic::UNIT, |t| Dynamic::from(Tensor::new(t)))
     }
 
+    /// A one-line description: format, kind, sizes, hook point.
+    ///
+    /// Example: `print(s)`
     #[rhai_fn(global, name = "to_string", pure)]
     pub fn to_string(s: &mut Sae) -> String {
         s.0.describe()
