@@ -118,6 +118,12 @@ pub enum Op {
     Ban { experts: Vec<i32> },
     /// at `hook_expert_ids`: these experts chosen first, the router's best of the others after
     Force { experts: Vec<i32> },
+    /// a sparse autoencoder at the point: its reconstruction spliced in, features ablated, or
+    /// a feature's decoder row added (see [`crate::sae`])
+    Sae {
+        sae: std::rc::Rc<crate::sae::Sae>,
+        edit: crate::sae::SaeEdit,
+    },
 }
 
 impl Op {
@@ -134,6 +140,7 @@ impl Op {
             Op::Scale { .. } => "scale",
             Op::Ban { .. } => "ban",
             Op::Force { .. } => "force",
+            Op::Sae { edit, .. } => edit.name(),
         }
     }
 
@@ -239,6 +246,23 @@ impl Intervention {
                 )))
             }
             _ => {}
+        }
+        if let Op::Sae { sae, edit } = &self.op {
+            if !widths.is_empty() && !widths.contains(&sae.d_in) {
+                let ws: Vec<String> = widths.iter().map(|w| w.to_string()).collect();
+                return Err(Error::Invalid(format!(
+                    "{what}: the SAE reads {} dimensions (d_in); this point has {}",
+                    sae.d_in,
+                    ws.join(" or ")
+                )));
+            }
+            match edit {
+                crate::sae::SaeEdit::Ablate { features, .. }
+                | crate::sae::SaeEdit::Steer { features, .. } => {
+                    sae.check_features(&what, features)?
+                }
+                crate::sae::SaeEdit::Splice { .. } => {}
+            }
         }
         if let Some(v) = self.op.vector() {
             if v.ndim() != 1 {
@@ -424,6 +448,7 @@ impl Intervention {
                 ops::select(&mask, &neg, x)?
             }
             Op::Force { experts } => force(x, experts)?,
+            Op::Sae { sae, edit } => sae.apply(x, edit)?,
             Op::Patch(src) => {
                 let (patched, patch_sel) = self.patch(src, x, &ctx)?;
                 sel = Some(match sel {
@@ -574,6 +599,18 @@ impl Intervention {
             Op::Add { alpha, .. } | Op::Reflect { alpha, .. } => s += &format!(" alpha={alpha}"),
             Op::Cap { tau, .. } => s += &format!(" tau={tau}"),
             Op::Ban { experts } | Op::Force { experts } => s += &format!(" experts={experts:?}"),
+            Op::Sae { edit, .. } => match edit {
+                crate::sae::SaeEdit::Splice { keep_error } => {
+                    s += &format!(" keep_error={keep_error}")
+                }
+                crate::sae::SaeEdit::Ablate {
+                    features,
+                    keep_error,
+                } => s += &format!(" features={features:?} keep_error={keep_error}"),
+                crate::sae::SaeEdit::Steer { features, scale } => {
+                    s += &format!(" features={features:?} scale={scale}")
+                }
+            },
             Op::Scale { factor, experts } => {
                 s += &format!(" factor={factor}");
                 if let Some(e) = experts {

@@ -22,6 +22,7 @@ pub mod patching;
 pub mod plot;
 pub mod probes;
 pub mod repl;
+pub mod sae;
 pub mod script;
 pub mod tokenizer;
 

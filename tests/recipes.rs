@@ -64,6 +64,7 @@ fn every_script_is_tested() {
         "patching", // here
         "finetune", // here
         "experts",  // here
+        "sae",      // here
     ];
     for entry in std::fs::read_dir(common::repo().join("scripts")).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
@@ -386,4 +387,44 @@ fn experts_usage_and_bans_match_mlx_lm() {
     }
     svg(&out.path().join("usage.svg"), "Expert usage");
     svg(&out.path().join("ban.svg"), "expert is banned");
+}
+
+/// The sparse-autoencoder recipe in quick mode on the default model: a TopK SAE trained at
+/// `blocks.15.hook_resid_post` (150 steps) reconstructs the test texts with L0 = k, its loss
+/// curve falls, the saved SAE loads back, and the plots and feature lists are written.
+#[test]
+fn sae_trains_measures_and_saves() {
+    let out = run_script("sae");
+    let v = json(&out.path().join("sae.json"));
+    assert_eq!(v["point"], "blocks.15.hook_resid_post");
+    let t = &v["training"];
+    assert!(f(&t["last_loss"]) < 0.1 * f(&t["first_loss"]), "{t}");
+    assert!(f(&t["heldout_explained_variance"]) > 0.5, "{t}");
+    let q = &v["quality"];
+    assert!((f(&q["l0"]) - 32.0).abs() < 1e-3, "{q}");
+    assert!(f(&q["explained_variance"]) > 0.4, "{q}");
+    assert!(
+        f(&q["loss_spliced"]).is_finite() && f(&q["loss"]).is_finite(),
+        "{q}"
+    );
+    let counts: f64 = v["density"]["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(f)
+        .sum();
+    assert_eq!(counts, 576.0);
+    let feats = v["features"].as_array().unwrap();
+    assert_eq!(feats.len(), 3);
+    for ft in feats {
+        let top = ft["top"].as_array().unwrap();
+        assert!(!top.is_empty());
+        assert!(top[0]["context"].as_str().unwrap().contains("[["), "{ft}");
+    }
+    svg(&out.path().join("loss.svg"), "SAE training loss");
+    svg(&out.path().join("density.svg"), "Feature density");
+    let cfg = json(&out.path().join("sae/cfg.json"));
+    assert_eq!(cfg["architecture"], "topk");
+    assert_eq!(cfg["k"], 32);
+    assert_eq!(cfg["metadata"]["hook_name"], "blocks.15.hook_resid_post");
 }

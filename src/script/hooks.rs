@@ -177,9 +177,12 @@ pub fn parse_op(m: &Model, point: HookName, map: &Map) -> Result<Intervention> {
         "patch" => &["op", "from", "window"],
         "scale" => &["op", "factor", "experts", "window"],
         "ban" | "force" => &["op", "experts", "window"],
+        other if super::sae::sae_op_keys(other).is_some() => {
+            super::sae::sae_op_keys(other).unwrap_or_default()
+        }
         other => {
             return Err(Error::Invalid(format!(
-                "hook: unknown op {other:?} (valid: {})",
+                "hook: unknown op {other:?} (valid: {}, sae_splice, sae_ablate, sae_steer)",
                 OPS.join(", ")
             )))
         }
@@ -199,6 +202,9 @@ pub fn parse_op(m: &Model, point: HookName, map: &Map) -> Result<Intervention> {
     };
     let alpha = o.float("alpha", 1.0)? as f32;
     let op = match op.as_str() {
+        sae_op if super::sae::sae_op_keys(sae_op).is_some() => {
+            super::sae::parse_sae_op(sae_op, &verb, &o)?
+        }
         "add" => Op::Add {
             vector: vector()?,
             alpha,

@@ -27,6 +27,7 @@ pub mod probe;
 pub mod progress;
 pub mod report;
 pub mod results;
+pub mod sae;
 pub mod scoped;
 pub mod stats;
 pub mod steer;
@@ -330,6 +331,7 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
     grad::register(&mut engine);
     progress::register(&mut engine);
     results::register(&mut engine);
+    sae::register(&mut engine);
     engine
 }
 

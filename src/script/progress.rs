@@ -65,6 +65,11 @@ impl Progress {
         self.bar.inc(k);
     }
 
+    /// Sets the text shown after the bar (e.g. the current loss).
+    pub fn set_message(&self, text: String) {
+        self.bar.set_message(text);
+    }
+
     /// Removes the bar from the screen, for engine work that reports its own result.
     pub fn clear(&self) {
         self.bar.finish_and_clear();
