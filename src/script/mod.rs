@@ -13,6 +13,7 @@
 pub mod analysis;
 pub mod capture;
 pub mod display;
+pub mod dist;
 pub mod files;
 pub mod help;
 pub mod hooks;
@@ -328,6 +329,7 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
     patch::register(&mut engine);
     progress::register(&mut engine);
     results::register(&mut engine);
+    dist::register(&mut engine);
     engine
 }
 
