@@ -19,6 +19,7 @@
 
 use std::cell::OnceCell;
 use std::ffi::CString;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
@@ -56,6 +57,39 @@ impl Drop for Group {
 thread_local! {
     // MLX is not thread safe: the world lives on the one thread that runs MLX.
     static WORLD: OnceCell<Rc<World>> = const { OnceCell::new() };
+    // Depth of `locally` scopes: inside one, work is not split and collectives are refused.
+    static LOCAL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// While it lives, this process works alone: data-parallel verbs (capture, ...) run every
+/// input here, and explicit collectives are an error (the other ranks may be elsewhere).
+pub struct LocalScope(());
+
+impl LocalScope {
+    pub fn enter() -> LocalScope {
+        LOCAL.with(|d| d.set(d.get() + 1));
+        LocalScope(())
+    }
+}
+
+impl Drop for LocalScope {
+    fn drop(&mut self) {
+        LOCAL.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+fn in_local_scope() -> bool {
+    LOCAL.with(|d| d.get() > 0)
+}
+
+/// The group a data-parallel verb splits its work over: `None` alone, in a group of one, or
+/// inside a [`LocalScope`].
+pub fn data_parallel() -> Result<Option<Rc<World>>> {
+    if !launched() || in_local_scope() {
+        return Ok(None);
+    }
+    let w = world()?;
+    Ok((w.size > 1).then_some(w))
 }
 
 /// True when a launcher started this process as one rank of a group (`MLX_RANK` is set).
@@ -170,6 +204,57 @@ fn join() -> Result<World> {
         backend,
         group: Some(group),
     })
+}
+
+/// Where rank > 0 writes: files a script writes go to a private scratch folder there, so that
+/// only rank 0 writes results and plots while every rank runs the same script.
+static SCRATCH: Mutex<Option<tempfile::TempDir>> = Mutex::new(None);
+
+/// The path a file write to `real` goes to: `real` itself alone or on rank 0; on another rank
+/// the same path under this rank's scratch folder (created on first use, removed by
+/// [`finish`]). Parent folders of the scratch path are created.
+pub fn write_target(real: &Path) -> Result<PathBuf> {
+    if !launched() {
+        return Ok(real.to_path_buf());
+    }
+    let w = world()?;
+    if w.rank == 0 {
+        return Ok(real.to_path_buf());
+    }
+    let mut guard = SCRATCH
+        .lock()
+        .map_err(|_| Error::Invalid("the rank's scratch folder is unusable".into()))?;
+    if guard.is_none() {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mlxi-rank{}-", w.rank))
+            .tempdir()
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        *guard = Some(dir);
+    }
+    let root = guard
+        .as_ref()
+        .map(|d| d.path().to_path_buf())
+        .unwrap_or_default();
+    let rel: PathBuf = real
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect();
+    let target = root.join(rel);
+    // Mirror the real folder's existence: a write into a folder that does not exist fails on
+    // rank 0, so it fails here too.
+    if let (Some(parent), Some(real_parent)) = (target.parent(), real.parent()) {
+        if real_parent.is_dir() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+    }
+    Ok(target)
+}
+
+/// Removes this rank's scratch folder (the process ends without destructors).
+pub fn finish() {
+    if let Ok(mut g) = SCRATCH.lock() {
+        g.take();
+    }
 }
 
 /// Seconds from an environment variable (0 means no limit), else the default.
@@ -315,6 +400,11 @@ impl World {
         let Some(group) = &self.group else {
             return Ok(x.clone());
         };
+        if in_local_scope() {
+            return Err(Error::Invalid(format!(
+                "{what}: a collective inside locally(...), where the ranks work apart"
+            )));
+        }
         // The ring and jaccl backends communicate from the CPU stream.
         let stream = Stream::cpu();
         let out = call(what, |res| unsafe {

@@ -195,7 +195,9 @@ fn exit_now(code: i32) -> ! {
 
 fn main_inner() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    mlxi::distributed::finish();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<Error>() {
             Some(Error::Interrupted) => {

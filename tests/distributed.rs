@@ -1,6 +1,10 @@
 //! Several processes as one MLX group: `mlxi launch -n N` (ring backend on loopback), `world()`,
 //! the collectives and their failure modes (a failing, killed or missing rank ends the job with
 //! an error in bounded time). Expected values are plain arithmetic on the ranks' inputs.
+//!
+//! Data-parallel studies (capture, probe, sweep) on the tiny random-weight llama fixture: the
+//! same script on 2 and 3 processes gives the figures one process gives (itself checked against
+//! mlx-lm by the parity tests), and only rank 0 writes files.
 
 mod common;
 
@@ -358,4 +362,179 @@ fn bad_launch_arguments_are_errors() {
         &["launch", "-n", "2", "--port", "65535", "a.rhai"],
     );
     assert!(r.failed().contains("within 1024..65535"), "{}", r.stderr);
+}
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/llama");
+
+/// Captures 7 prompts (every resid_post, last and all positions) and trains a probe; rank 0
+/// saves everything as JSON.
+const STUDY: &str = r#"
+let m = load(args.model);
+let pos = ["a b c", "a a b c d", "b c", "c c c a", "a b", "d d a b c"];
+let neg = ["d c b a", "c b", "b b b d a", "d d d", "c a", "a d c b b", "b a"];
+let texts = pos + neg;
+let c = capture(m, texts);
+let all = capture(m, texts, #{positions: "all", points: ["blocks.1.hook_resid_post"]});
+let p = probe(m, pos, neg, #{layers: "all", folds: 3});
+let out = #{
+    last: keys(c).map(|k| c[k].to_array()),
+    all: all["blocks.1.hook_resid_post"].map(|t| t.to_array()),
+    n: c.n,
+    ids: c.ids,
+    accuracy: p.accuracy,
+    direction: p.direction(1).vector.to_array(),
+};
+save_json(out, args.out + "/study.json");
+print(`saved on rank ${world().rank}`);
+"#;
+
+fn study(n: usize) -> serde_json::Value {
+    let dir = scratch();
+    write(dir.path(), "s.rhai", STUDY);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let out_s = out.display().to_string();
+    let model = format!("model={FIXTURE}");
+    let outset = format!("out={out_s}");
+    let args: Vec<&str> = if n == 1 {
+        vec!["run", "s.rhai", "--set", &model, "--out", &out_s]
+    } else {
+        vec![
+            "launch",
+            "-n",
+            if n == 2 { "2" } else { "3" },
+            "s.rhai",
+            "--set",
+            &model,
+            "--out",
+            &out_s,
+        ]
+    };
+    let _ = outset;
+    let r = run(dir.path(), &args);
+    r.ok();
+    assert_eq!(r.stdout.matches("saved on rank").count(), n, "{}", r.stdout);
+    // One file, written by rank 0 only (the others' writes go to their scratch folders).
+    let files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(files, ["study.json"]);
+    serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap()
+}
+
+/// The largest difference between two JSON values of the same structure (numbers compared,
+/// everything else equal), or a panic naming where they differ.
+fn max_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> f64 {
+    use serde_json::Value::*;
+    match (a, b) {
+        (Number(x), Number(y)) => (x.as_f64().unwrap() - y.as_f64().unwrap()).abs(),
+        (Array(x), Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: lengths");
+            x.iter()
+                .zip(y)
+                .enumerate()
+                .map(|(i, (x, y))| max_diff(x, y, &format!("{at}[{i}]")))
+                .fold(0.0, f64::max)
+        }
+        (Object(x), Object(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: keys");
+            x.iter()
+                .map(|(k, v)| max_diff(v, &y[k], &format!("{at}.{k}")))
+                .fold(0.0, f64::max)
+        }
+        _ => {
+            assert_eq!(a, b, "{at}");
+            0.0
+        }
+    }
+}
+
+#[test]
+fn capture_and_probe_give_one_process_figures_on_two_and_three() {
+    let one = study(1);
+    assert_eq!(one["n"], 13);
+    for n in [2, 3] {
+        let many = study(n);
+        let d = max_diff(&one, &many, "study");
+        assert!(d < 1e-4, "{n} processes differ from one by {d}");
+        assert_eq!(one["accuracy"], many["accuracy"], "{n} processes");
+    }
+}
+
+#[test]
+fn a_sweep_writes_one_results_file_with_one_process_cells() {
+    let script = r#"
+import "std/sweep" as sweep;
+let m = load(args.model);
+let d = direction(m, ["a b c", "a a b"], ["d c b", "c c d"], #{layer: 1});
+let r = sweep::run(m, d, #{alphas: [0.0, 1.0, 4.0], layers: [0, 1], prompts: ["a b", "c d a"],
+                            metric: |outputs| sweep::mention_rate(outputs, ["a"]),
+                            max_tokens: 4, chat: false, out: args.out});
+print(`best ${r.best.layer} ${r.best.alpha}`);
+"#;
+    let mut results = Vec::new();
+    for n in ["1", "2"] {
+        let dir = scratch();
+        write(dir.path(), "sw.rhai", script);
+        let out = dir.path().join("out");
+        let out_s = out.display().to_string();
+        let model = format!("model={FIXTURE}");
+        let r = run(
+            dir.path(),
+            &[
+                "launch", "-n", n, "sw.rhai", "--set", &model, "--out", &out_s,
+            ],
+        );
+        r.ok();
+        let mut files: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| !f.starts_with('.'))
+            .collect();
+        files.sort();
+        assert_eq!(files, ["sweep.json", "sweep.svg"], "{n} processes");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json")).unwrap())
+                .unwrap();
+        assert_eq!(v["cells"].as_array().unwrap().len(), 6);
+        results.push(v);
+    }
+    let d = max_diff(&results[0]["cells"], &results[1]["cells"], "cells");
+    assert!(d < 1e-3, "cells differ by {d}");
+    assert_eq!(results[0]["best"], results[1]["best"]);
+}
+
+#[test]
+fn capture_runs_each_rank_on_its_share_only() {
+    let script = r#"
+let m = load(args.model);
+let rows = 0;
+hook(m, "blocks.0.hook_resid_post", |x| { rows += x.shape[0]; });
+let c = capture(m, ["a", "b", "c", "d", "e", "f", "a b"], #{batch_size: 2});
+clear_hooks(m);
+let alone = locally(|| capture(m, ["a", "b", "c"]));
+print(`rows ${rows} of ${c.n} ${alone.n}`);
+"#;
+    let dir = scratch();
+    write(dir.path(), "r.rhai", script);
+    let model = format!("model={FIXTURE}");
+    for (n, want) in [
+        ("1", vec!["7"]),
+        ("2", vec!["4", "3"]),
+        ("3", vec!["3", "2", "2"]),
+    ] {
+        let r = run(dir.path(), &["launch", "-n", n, "r.rhai", "--set", &model]);
+        r.ok();
+        for (rank, rows) in want.iter().enumerate() {
+            assert_eq!(
+                lines_of(&r.stdout, rank),
+                [format!("rows {rows} of 7 3")],
+                "{n} processes: {}",
+                r.stdout
+            );
+        }
+    }
 }

@@ -1,12 +1,12 @@
 //! Ranks in scripts: `world()`, collectives on Tensors (`all_sum`, `all_gather`), `gather` of
-//! any JSON-able value, and `share` of a list of inputs ([`crate::distributed`]).
+//! any JSON-able value, `share` of a list of inputs, and `locally` for work ranks do apart ([`crate::distributed`]).
 //!
 //! In a process that no launcher started, the world is one rank: `world()` is
 //! `#{rank: 0, size: 1, backend: "none"}` and every call returns its input (`gather(v)` is
 //! `[v]`), so a script written for several processes runs unchanged alone.
 
 use rhai::plugin::*;
-use rhai::{Array, Dynamic, Engine, Map, INT};
+use rhai::{Array, Dynamic, Engine, FnPtr, Map, INT};
 
 use super::files::to_json;
 use super::results::from_json;
@@ -69,6 +69,17 @@ mod dist_functions {
         Ok(out)
     }
 
+    /// Calls `f` with this process working alone: capture and the other data-parallel verbs
+    /// run all their inputs here, and `all_sum`/`all_gather`/`gather` are errors. For work
+    /// that ranks do apart, e.g. a metric inside their own sweep cells. Returns `f`'s value.
+    ///
+    /// Example: `let acts = locally(|| capture(m, outputs));`
+    #[rhai_fn(return_raw)]
+    pub fn locally(ctx: NativeCallContext, f: FnPtr) -> RhaiResult<Dynamic> {
+        let _alone = distributed::LocalScope::enter();
+        f.call_within_context(&ctx, ())
+    }
+
     /// This rank's share of `items`: a contiguous slice, the first `len % size` ranks one item
     /// longer, so concatenating the shares in rank order gives `items` back.
     ///
@@ -80,7 +91,7 @@ mod dist_functions {
     }
 }
 
-/// Registers `world`, `all_sum`, `all_gather`, `gather` and `share`.
+/// Registers `world`, `all_sum`, `all_gather`, `gather`, `share` and `locally`.
 pub fn register(engine: &mut Engine) {
     engine.register_global_module(exported_module!(dist_functions).into());
 }

@@ -186,8 +186,11 @@ impl Context {
     }
 
     /// The real path of a file `verb` writes, if the script may write it.
+    /// In a group of processes, only rank 0 writes the real file; the others write a scratch
+    /// copy ([`crate::distributed::write_target`]).
     pub fn write_path(&self, verb: &str, path: &str) -> crate::Result<PathBuf> {
-        self.perms.write(verb, path)
+        let real = self.perms.write(verb, path)?;
+        crate::distributed::write_target(&real)
     }
 
     /// Starts evaluating the module `key` (a real path or a library name); an error naming the
