@@ -538,3 +538,26 @@ print(`rows ${rows} of ${c.n} ${alone.n}`);
         }
     }
 }
+
+#[test]
+fn batched_generation_gives_one_process_rows() {
+    let script = r#"
+let m = load(args.model);
+let outs = generate(m, ["a b", "c", "d a b c", "b b", "a"], #{max_tokens: 6, chat: false});
+let sampled = generate(m, ["a b", "c", "d a b c"], #{max_tokens: 6, chat: false, temperature: 1.0, seed: 3});
+print(`outputs ${outs} ${sampled}`);
+"#;
+    let dir = scratch();
+    write(dir.path(), "g.rhai", script);
+    let model = format!("model={FIXTURE}");
+    let mut seen = Vec::new();
+    for n in ["1", "2", "3"] {
+        let r = run(dir.path(), &["launch", "-n", n, "g.rhai", "--set", &model]);
+        r.ok();
+        let lines = lines_of(&r.stdout, 0);
+        assert_eq!(lines.len(), 1, "{}", r.stdout);
+        seen.push(lines[0].clone());
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[0], seen[2]);
+}
