@@ -432,7 +432,73 @@ fn check_request(rows: &[Vec<u32>], points: &[HookName], positions: Positions) -
 /// Runs `rows` (token ids) through `model` in batches of `batch_size`, keeping `positions` of
 /// the activations at `points`. Hooks attached to the model run as usual. `progress` shows a
 /// progress bar (on a terminal) when there is more than one batch.
+///
+/// In a group of several processes ([`crate::distributed`]) this is a collective call: each
+/// rank runs its share of `rows` and the ranks exchange what they kept, so every rank returns
+/// the cache of all the rows, as one process would (batches differ, so up to float noise). With
+/// fewer rows than ranks, every rank runs them all.
 pub fn capture(
+    model: &mut Model,
+    rows: &[Vec<u32>],
+    points: &[HookName],
+    positions: Positions,
+    batch_size: usize,
+    progress: bool,
+) -> Result<ActivationCache> {
+    // Attention maps are [heads, pos, pos] per input: not split (every rank runs every row).
+    let maps = points.iter().any(HookName::is_attention_map);
+    let world = match crate::distributed::data_parallel()? {
+        Some(w) if rows.len() >= w.size() && !maps => w,
+        _ => return capture_local(model, rows, points, positions, batch_size, progress),
+    };
+    check_request(rows, points, positions)?;
+    let mine = capture_local(
+        model,
+        &rows[world.share(rows.len())],
+        points,
+        positions,
+        batch_size,
+        progress,
+    )?;
+    let mut entries = HashMap::new();
+    for p in points {
+        let all = match mine.entries.get(p) {
+            Some(Captured::Stacked(a)) => Captured::Stacked(world.all_gather(a)?),
+            Some(Captured::PerInput(parts)) => {
+                // One array of every input's tokens, and each input's token count.
+                let lens: Vec<i32> = parts.iter().map(|a| a.shape()[0]).collect();
+                let joined = ops::concatenate(parts, 0)?;
+                let joined = world.all_gather(&joined)?;
+                let lens = world.all_gather(&Array::from_slice(&lens, &[lens.len() as i32]))?;
+                let mut start = 0;
+                let mut out = Vec::with_capacity(rows.len());
+                for &n in lens.as_slice::<i32>() {
+                    let idx = Array::from_iter(start..start + n, &[n]);
+                    out.push(joined.take_axis(&idx, 0)?);
+                    start += n;
+                }
+                Captured::PerInput(out)
+            }
+            None => {
+                return Err(Error::Invalid(format!(
+                    "capture: {p} was not captured on rank {}",
+                    world.rank()
+                )))
+            }
+        };
+        entries.insert(*p, all);
+    }
+    Ok(ActivationCache {
+        n: rows.len(),
+        prompts_hash: hash_ids(rows),
+        ids: Some(rows.to_vec()),
+        entries,
+        ..mine
+    })
+}
+
+/// [`capture`] in this process alone.
+fn capture_local(
     model: &mut Model,
     rows: &[Vec<u32>],
     points: &[HookName],

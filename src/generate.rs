@@ -71,7 +71,7 @@ impl Default for GenerateOptions {
 const REPETITION_CONTEXT: usize = 20;
 
 /// One generated row.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Generation {
     /// The generated ids (an end-of-sequence token is not included; the token that completed a
     /// stop string is).
@@ -236,6 +236,13 @@ pub fn generate(
         return Err(Error::Invalid("batch_size must be at least 1".into()));
     }
     let seed = opts.seed.unwrap_or_else(rand::random);
+    if let Some(world) = crate::distributed::data_parallel()? {
+        if prompts.len() >= world.size() {
+            return generate_shared(
+                &world, model, prompts, seed, opts, eos, pad_id, decode, sink,
+            );
+        }
+    }
     let mut out = Vec::with_capacity(prompts.len());
     for (i, chunk) in prompts.chunks(opts.batch_size).enumerate() {
         let first = i * opts.batch_size;
@@ -243,6 +250,54 @@ pub fn generate(
         out.extend(generate_batch(
             model, chunk, first, seed, opts, eos, pad_id, decode, &mut sink,
         )?);
+    }
+    Ok(out)
+}
+
+/// [`generate`] in a group of processes: each rank generates its share of the rows (row `i`
+/// samples from the same random stream as alone, and an unseeded run uses rank 0's seed), then
+/// the ranks exchange their rows, so every rank returns every row in order.
+#[allow(clippy::too_many_arguments)]
+fn generate_shared(
+    world: &crate::distributed::World,
+    model: &mut Model,
+    prompts: &[Vec<u32>],
+    seed: u64,
+    opts: &GenerateOptions,
+    eos: &[u32],
+    pad_id: u32,
+    decode: &dyn Fn(&[u32]) -> Result<String>,
+    sink: &mut dyn Sink,
+) -> Result<Vec<Generation>> {
+    let seeds = world.all_gather_bytes(&seed.to_le_bytes())?;
+    let seed = seeds
+        .first()
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| Error::Invalid("generate: rank 0's seed did not arrive".into()))?;
+    let range = world.share(prompts.len());
+    let mut mine = Vec::with_capacity(range.len());
+    for (i, chunk) in prompts[range.clone()].chunks(opts.batch_size).enumerate() {
+        let first = range.start + i * opts.batch_size;
+        let mut sink = Offset { sink, first };
+        mine.extend(generate_batch(
+            model, chunk, first, seed, opts, eos, pad_id, decode, &mut sink,
+        )?);
+    }
+    let bytes = serde_json::to_vec(&mine).map_err(|e| Error::Invalid(format!("generate: {e}")))?;
+    let mut out = Vec::with_capacity(prompts.len());
+    for (rank, part) in world.all_gather_bytes(&bytes)?.iter().enumerate() {
+        let rows: Vec<Generation> = serde_json::from_slice(part).map_err(|_| {
+            Error::Invalid(format!("generate: rank {rank}'s rows did not arrive whole"))
+        })?;
+        out.extend(rows);
+    }
+    if out.len() != prompts.len() {
+        return Err(Error::Invalid(format!(
+            "generate: {} rows came back for {} prompts",
+            out.len(),
+            prompts.len()
+        )));
     }
     Ok(out)
 }

@@ -72,6 +72,24 @@ enum Command {
         #[command(flatten)]
         access: Access,
     },
+    /// Run a script as N processes of one MLX group (ring backend on loopback); the script
+    /// sees its rank in `world()`. Several machines: `mlx.launch --hostfile H -- mlxi run F`
+    Launch {
+        /// Number of processes
+        #[arg(short = 'n', long = "processes", value_name = "N")]
+        n: usize,
+        /// The first ring port (the ranks take PORT..PORT+N); default: free ports
+        #[arg(long, value_name = "PORT")]
+        port: Option<u16>,
+        /// The script and its `run` arguments (`study.rhai --set k=v`), or `-e CODE`
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "SCRIPT [ARGS]"
+        )]
+        command: Vec<std::ffi::OsString>,
+    },
     /// List the models found locally: the default model and the Hugging Face cache
     Models {
         /// Print JSON instead of a table
@@ -177,7 +195,9 @@ fn exit_now(code: i32) -> ! {
 
 fn main_inner() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    mlxi::distributed::finish();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<Error>() {
             Some(Error::Interrupted) => {
@@ -199,6 +219,7 @@ fn main_inner() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(code) = cli.eval {
         interrupt::install_handler(true)?;
+        join_world()?;
         let runner = Runner::new(interactive_context(&cli.access)?);
         let value = runner.eval_code("<-e>", &code)?;
         if let Some(text) = display::show(&value) {
@@ -213,6 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             access,
         }) => run_file(&file, set, out, &access),
+        Some(Command::Launch { n, port, command }) => launch(n, port, command),
         Some(Command::Models { json }) => models(json),
         Some(Command::Bench {
             source,
@@ -292,9 +314,30 @@ fn run_file(
         (None, None) => None,
     };
     let perms = Permissions::script(&dir, out_dir.as_deref(), &access.grants())?;
+    join_world()?;
     let runner = Runner::new(Context::with_permissions(perms));
     let _ = runner.run_file(file, args)?;
     Ok(())
+}
+
+/// A process started by a launcher joins its group before the script runs, so a missing peer
+/// shows at once rather than at the script's first collective.
+fn join_world() -> anyhow::Result<()> {
+    if mlxi::distributed::launched() {
+        mlxi::distributed::world()?;
+    }
+    Ok(())
+}
+
+/// `mlxi launch -n N SCRIPT [ARGS]` (or `-e CODE`): exits with the ranks' status.
+fn launch(n: usize, port: Option<u16>, command: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the mlxi binary")?;
+    let mut args = command;
+    if args.first().is_some_and(|a| a != "-e" && a != "--eval") {
+        args.insert(0, "run".into());
+    }
+    let code = mlxi::launch::launch(&mlxi::launch::LaunchSpec { n, port, exe, args })?;
+    exit_now(code)
 }
 
 fn models(json: bool) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@
 pub mod analysis;
 pub mod capture;
 pub mod display;
+pub mod dist;
 pub mod files;
 pub mod grad;
 pub mod help;
@@ -187,8 +188,11 @@ impl Context {
     }
 
     /// The real path of a file `verb` writes, if the script may write it.
+    /// In a group of processes, only rank 0 writes the real file; the others write a scratch
+    /// copy ([`crate::distributed::write_target`]).
     pub fn write_path(&self, verb: &str, path: &str) -> crate::Result<PathBuf> {
-        self.perms.write(verb, path)
+        let real = self.perms.write(verb, path)?;
+        crate::distributed::write_target(&real)
     }
 
     /// Starts evaluating the module `key` (a real path or a library name); an error naming the
@@ -332,6 +336,7 @@ pub fn new_engine(ctx: Rc<Context>) -> Engine {
     progress::register(&mut engine);
     results::register(&mut engine);
     sae::register(&mut engine);
+    dist::register(&mut engine);
     engine
 }
 
