@@ -447,7 +447,7 @@ pub fn capture(
 ) -> Result<ActivationCache> {
     // Attention maps are [heads, pos, pos] per input: not split (every rank runs every row).
     let maps = points.iter().any(HookName::is_attention_map);
-    let world = match crate::distributed::data_parallel()? {
+    let world = match model.data_parallel()? {
         Some(w) if rows.len() >= w.size() && !maps => w,
         _ => return capture_local(model, rows, points, positions, batch_size, progress),
     };

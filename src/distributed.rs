@@ -550,6 +550,135 @@ impl World {
     }
 }
 
+/// Pipeline stages: point-to-point transfers and broadcasts that a pipeline-sharded model's
+/// forward makes on every rank at once. Unlike the script-level collectives they also run inside
+/// `locally(...)` (every rank runs the same forward there), and they skip the header exchange
+/// where the shape is known on every rank.
+impl World {
+    fn group(&self, what: &str) -> Result<&Group> {
+        self.group.as_ref().ok_or_else(|| {
+            Error::Invalid(format!("{what}: this process is not one rank of a group"))
+        })
+    }
+
+    /// Evaluates `out` under the collective deadline.
+    fn wait(&self, what: &str, out: &Array) -> Result<()> {
+        let label = format!("rank {}: {what}", self.rank);
+        with_deadline(&label, self.limit()?, || out.eval())?;
+        Ok(())
+    }
+
+    fn peer(&self, what: &str, r: usize) -> Result<i32> {
+        if r >= self.size || r == self.rank {
+            return Err(Error::Invalid(format!(
+                "{what}: rank {r} is not another rank of this group of {}",
+                self.size
+            )));
+        }
+        Ok(r as i32)
+    }
+
+    /// Sends `x` to rank `dst` and waits until it is handed over.
+    pub fn send(&self, x: &Array, dst: usize) -> Result<()> {
+        let what = format!("send to rank {dst}");
+        let dst = self.peer(&what, dst)?;
+        let group = self.group(&what)?;
+        let stream = Stream::cpu();
+        let out = call(&what, |res| unsafe {
+            // SAFETY: `x`, the group and the stream are valid handles for the call.
+            mlx_sys::mlx_distributed_send(res, x.as_ptr(), dst, group.0, stream.as_ptr())
+        })?;
+        self.wait(&what, &out)
+    }
+
+    /// Receives an array of `shape` and `dtype` from rank `src`.
+    pub fn recv(&self, shape: &[i32], dtype: Dtype, src: usize) -> Result<Array> {
+        let what = format!("receive from rank {src}");
+        let src = self.peer(&what, src)?;
+        let group = self.group(&what)?;
+        let stream = Stream::cpu();
+        let out = call(&what, |res| unsafe {
+            // SAFETY: `shape` outlives the call; the group and the stream are valid handles.
+            mlx_sys::mlx_distributed_recv(
+                res,
+                shape.as_ptr(),
+                shape.len(),
+                dtype as u32 as mlx_sys::mlx_dtype,
+                src,
+                group.0,
+                stream.as_ptr(),
+            )
+        })?;
+        self.wait(&what, &out)?;
+        Ok(out)
+    }
+
+    /// Rank `root`'s `x` on every rank, bit for bit. Every rank passes an array of the same
+    /// shape and dtype; only the root's values count.
+    pub fn broadcast_same(&self, x: &Array, root: usize) -> Result<Array> {
+        let what = format!("broadcast from rank {root}");
+        let group = self.group(&what)?;
+        let mut one = vec![1];
+        one.extend_from_slice(x.shape());
+        let x1 = x.reshape(&one)?;
+        let stream = Stream::cpu();
+        let all = call(&what, |res| unsafe {
+            // SAFETY: `x1`, the group and the stream are valid handles for the call.
+            mlx_sys::mlx_distributed_all_gather(res, x1.as_ptr(), group.0, stream.as_ptr())
+        })?;
+        self.wait(&what, &all)?;
+        use mlx_rs::ops::indexing::TryIndexOp;
+        let mine = all.try_index(root as i32)?;
+        Ok(mine)
+    }
+
+    /// Rank `root`'s `x` (or nothing) on every rank, whose shape only the root knows: a header
+    /// first, then the values.
+    pub fn broadcast(&self, x: Option<&Array>, root: usize) -> Result<Option<Array>> {
+        let what = format!("broadcast from rank {root}");
+        let group = self.group(&what)?;
+        let mut h = vec![-1i32; HEADER];
+        if let Some(x) = x {
+            if x.ndim() > MAX_DIMS {
+                return Err(Error::Invalid(format!(
+                    "{what}: at most {MAX_DIMS} dimensions, got {}",
+                    fmt_shape(x.shape())
+                )));
+            }
+            h[0] = x.ndim() as i32;
+            h[1] = dtype_code(x.dtype());
+            h[2..2 + x.ndim()].copy_from_slice(x.shape());
+        }
+        let head = Array::from_slice(&h, &[1, HEADER as i32]);
+        let stream = Stream::cpu();
+        let all = call(&what, |res| unsafe {
+            // SAFETY: `head`, the group and the stream are valid handles for the call.
+            mlx_sys::mlx_distributed_all_gather(res, head.as_ptr(), group.0, stream.as_ptr())
+        })?;
+        self.wait(&what, &all)?;
+        let flat = all.as_slice::<i32>();
+        let Some(c) = flat.chunks(HEADER).nth(root) else {
+            return Err(Error::Invalid(format!("{what}: the headers did not arrive")));
+        };
+        if c[0] < 0 {
+            return Ok(None);
+        }
+        let nd = (c[0] as usize).min(MAX_DIMS);
+        let shape = c[2..2 + nd].to_vec();
+        let dtype = Dtype::try_from(c[1] as u32)
+            .map_err(|_| Error::Invalid(format!("{what}: an unknown dtype")))?;
+        let zeros;
+        let x = match x {
+            Some(x) if self.rank == root => x,
+            _ => {
+                zeros = mlx_rs::ops::zeros_dtype(&shape, dtype)?;
+                &zeros
+            }
+        };
+        self.broadcast_same(x, root).map(Some)
+    }
+}
+
 fn dtype_name_of(code: i32) -> &'static str {
     Dtype::try_from(code as u32)
         .map(crate::arrays::dtype_name)

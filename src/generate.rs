@@ -235,8 +235,11 @@ pub fn generate(
     if opts.batch_size == 0 {
         return Err(Error::Invalid("batch_size must be at least 1".into()));
     }
-    let seed = opts.seed.unwrap_or_else(rand::random);
-    if let Some(world) = crate::distributed::data_parallel()? {
+    let seed = match opts.seed {
+        Some(s) => s,
+        None => model.agree_seed(rand::random())?,
+    };
+    if let Some(world) = model.data_parallel()? {
         if prompts.len() >= world.size() {
             return generate_shared(
                 &world, model, prompts, seed, opts, eos, pad_id, decode, sink,

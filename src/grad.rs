@@ -234,6 +234,8 @@ fn row(ids: &[u32], copies: usize) -> Array {
 }
 
 fn check_ids(model: &Model, verb: &str, ids: &[u32]) -> Result<()> {
+    // MLX's send and recv have no vector-Jacobian product: gradients stop at a stage boundary.
+    model.refuse_pipeline(verb)?;
     if ids.is_empty() {
         return Err(Error::Invalid(format!("{verb}: the input has no tokens")));
     }
@@ -283,6 +285,7 @@ pub fn attribute(
     last_only: bool,
     metric: &mut DiffMetricFn<'_>,
 ) -> Result<PatchGrid> {
+    model.refuse_pipeline("attribute")?;
     patching::check_pair("attribute", model, clean, corrupted, positions)?;
     check_points("attribute", points)?;
     let (clean_acts, clean_logits) = capture(model, &row(clean, 1), points, "attribute")?;

@@ -500,6 +500,28 @@ impl Hooks {
             .collect()
     }
 
+    /// Each captured point with how many activations it holds, in point order.
+    pub fn capture_counts(&self) -> Vec<(HookName, usize)> {
+        let mut v: Vec<(HookName, usize)> =
+            self.capture.iter().map(|(k, c)| (*k, c.store.len())).collect();
+        v.sort();
+        v
+    }
+
+    /// The newest activation recorded at `point`, if it holds more than `n`.
+    pub fn captured_after(&self, point: &HookName, n: usize) -> Option<Array> {
+        let c = self.capture.get(point)?;
+        (c.store.len() > n).then(|| c.store.last().cloned()).flatten()
+    }
+
+    /// Records `x` at `point` as if this process had computed it (pipeline stages share what
+    /// each captured); nothing when `point` is not being captured.
+    pub fn push_captured(&mut self, point: &HookName, x: Array) {
+        if let Some(c) = self.capture.get_mut(point) {
+            c.store.push(x);
+        }
+    }
+
     /// Run every hook attached at `name` on `x`, in attachment order, each seeing the previous
     /// one's output; record the result if `name` is being captured.
     pub fn at(&mut self, name: &HookName, x: Array, ctx: HookCtx<'_>) -> Result<Array> {

@@ -13,6 +13,7 @@ use mlx_rs::Array;
 use serde::Deserialize;
 
 use super::layers::{
+    Stack,
     attend, gated_mlp, offset_norm, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, Step, Tail,
 };
 use super::lora::Target;
@@ -136,7 +137,7 @@ struct Block {
 pub struct Gemma2 {
     pub cfg: Config,
     tail: Tail,
-    layers: Vec<Block>,
+    layers: Stack<Block>,
     rope: Rope,
 }
 
@@ -153,10 +154,9 @@ impl Gemma2 {
         );
         let eps = cfg.rms_norm_eps;
         let embed = w.embedding("model.embed_tokens", cfg.vocab_size, d)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
+        let layers = Stack::load(w, cfg.num_hidden_layers, |w, i| {
             let p = format!("model.layers.{i}");
-            layers.push(Block {
+            Ok(Block {
                 input_norm: offset_norm(w, &format!("{p}.input_layernorm"), d, eps)?,
                 q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, h * hd, false)?,
                 k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, false)?,
@@ -169,8 +169,8 @@ impl Gemma2 {
                 down_proj: w.linear(&format!("{p}.mlp.down_proj"), ff, d, false)?,
                 post_ff_norm: offset_norm(w, &format!("{p}.post_feedforward_layernorm"), d, eps)?,
                 window: cfg.sliding_window.filter(|_| cfg.is_sliding(i)),
-            });
-        }
+            })
+        })?;
         let norm = offset_norm(w, "model.norm", d, eps)?;
         // Embeddings are always tied (a stored copy of the head is dropped), scaled by
         // `sqrt(hidden_size)` in the activation dtype (as mlx-lm), and the logits soft-capped.
@@ -195,11 +195,10 @@ impl Architecture for Gemma2 {
         step: &mut Step,
         n: Option<usize>,
     ) -> Result<Array> {
-        let masks = Masks::build(step, self.layers.iter().find_map(|l| l.window))?;
+        let masks = Masks::build(step, self.layers.held().find_map(|l| l.window))?;
         let heads = self.cfg.heads();
         let (h_heads, kv_heads, hd) = (heads.n, heads.kv, heads.d);
-        let n = n.unwrap_or(self.layers.len()).min(self.layers.len());
-        for (i, layer) in self.layers.iter().take(n).enumerate() {
+        for (i, layer) in self.layers.upto(n) {
             let (b, t) = (h.shape()[0], h.shape()[1]);
             h = step.hook(HookName::ResidPre(i), h)?;
             let x = layer.input_norm.hooked(&h, HookName::ln1(i), step)?;
@@ -242,7 +241,7 @@ impl Architecture for Gemma2 {
         &self.tail
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        self.layers.first().and_then(|l| l.q_proj.quantization())
+        self.layers.held().next().and_then(|l| l.q_proj.quantization())
     }
     fn projection_mut(&mut self, layer: usize, target: Target) -> Option<&mut Linear> {
         let l = self.layers.get_mut(layer)?;
@@ -257,12 +256,12 @@ impl Architecture for Gemma2 {
         ]))
     }
     fn windows(&self) -> Vec<Option<i32>> {
-        self.layers.iter().map(|l| l.window).collect()
+        self.layers.per_layer(|l| l.window)
     }
     fn dims(&self) -> Dims {
         let c = &self.cfg;
         Dims {
-            n_layers: self.layers.len(),
+            n_layers: self.layers.total(),
             d_model: c.hidden_size,
             heads: c.heads(),
             d_mlp: c.intermediate_size,

@@ -14,6 +14,7 @@ use mlx_rs::{ops, Array, Dtype};
 use serde::Deserialize;
 
 use super::layers::{
+    Stack,
     attend, gated_mlp, offset_norm, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, RopeScaling,
     Step, Tail,
 };
@@ -163,7 +164,7 @@ struct Block {
 pub struct Gemma3Text {
     pub cfg: Config,
     tail: Tail,
-    layers: Vec<Block>,
+    layers: Stack<Block>,
 }
 
 impl Gemma3Text {
@@ -181,11 +182,10 @@ impl Gemma3Text {
         let embed = w.embedding("model.embed_tokens", cfg.vocab_size, d)?;
         let local_rope = Rope::new(hd, cfg.rope_local_base_freq, false, None)?;
         let global_rope = Rope::new(hd, cfg.rope_theta, false, cfg.rope_scaling.as_ref())?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
+        let layers = Stack::load(w, cfg.num_hidden_layers, |w, i| {
             let p = format!("model.layers.{i}");
             let sliding = cfg.is_sliding(i);
-            layers.push(Block {
+            Ok(Block {
                 input_norm: offset_norm(w, &format!("{p}.input_layernorm"), d, eps)?,
                 q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, h * hd, false)?,
                 k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, false)?,
@@ -205,8 +205,8 @@ impl Gemma3Text {
                     global_rope.clone()
                 },
                 window: sliding.then_some(cfg.sliding_window),
-            });
-        }
+            })
+        })?;
         let norm = offset_norm(w, "model.norm", d, eps)?;
         // `lm_head.weight` when stored, else tied; embeddings times `sqrt(hidden_size)` rounded
         // to bfloat16 (as mlx-lm).
@@ -226,11 +226,10 @@ impl Architecture for Gemma3Text {
         step: &mut Step,
         n: Option<usize>,
     ) -> Result<Array> {
-        let masks = Masks::build(step, self.layers.iter().find_map(|l| l.window))?;
+        let masks = Masks::build(step, self.layers.held().find_map(|l| l.window))?;
         let heads = self.cfg.heads();
         let (h_heads, kv_heads, hd) = (heads.n, heads.kv, heads.d);
-        let n = n.unwrap_or(self.layers.len()).min(self.layers.len());
-        for (i, layer) in self.layers.iter().take(n).enumerate() {
+        for (i, layer) in self.layers.upto(n) {
             let (b, t) = (h.shape()[0], h.shape()[1]);
             h = step.hook(HookName::ResidPre(i), h)?;
             let x = layer.input_norm.hooked(&h, HookName::ln1(i), step)?;
@@ -275,7 +274,7 @@ impl Architecture for Gemma3Text {
         &self.tail
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        self.layers.first().and_then(|l| l.q_proj.quantization())
+        self.layers.held().next().and_then(|l| l.q_proj.quantization())
     }
     fn projection_mut(&mut self, layer: usize, target: Target) -> Option<&mut Linear> {
         let l = self.layers.get_mut(layer)?;
@@ -290,12 +289,12 @@ impl Architecture for Gemma3Text {
         ]))
     }
     fn windows(&self) -> Vec<Option<i32>> {
-        self.layers.iter().map(|l| l.window).collect()
+        self.layers.per_layer(|l| l.window)
     }
     fn dims(&self) -> Dims {
         let c = &self.cfg;
         Dims {
-            n_layers: self.layers.len(),
+            n_layers: self.layers.total(),
             d_model: c.hidden_size,
             heads: c.heads(),
             d_mlp: c.intermediate_size,

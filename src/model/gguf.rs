@@ -111,6 +111,16 @@ impl Gguf {
     /// All tensors, renamed to Hugging Face keys. For llama-architecture files, the Q and K
     /// projections are un-permuted (llama.cpp stores them interleaved for its RoPE).
     pub fn tensors(&self, cfg_heads: Option<(i32, i32)>) -> Result<HashMap<String, Array>> {
+        self.tensors_where(cfg_heads, &|_| true)
+    }
+
+    /// [`Gguf::tensors`], reading only the tensors whose Hugging Face name `keep` accepts (the
+    /// others are never read: a pipeline stage reads only its own blocks).
+    pub fn tensors_where(
+        &self,
+        cfg_heads: Option<(i32, i32)>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<HashMap<String, Array>> {
         let mut out = HashMap::with_capacity(self.file.tensors().len());
         for t in self.file.tensors() {
             let Some(hf) = hf_name(&t.name) else {
@@ -120,6 +130,9 @@ impl Gguf {
                     self.arch
                 )));
             };
+            if !keep(&hf) {
+                continue;
+            }
             match self.to_arrays(t)? {
                 Stored::Dense(a) => {
                     out.insert(hf, a);
@@ -155,6 +168,22 @@ impl Gguf {
             }
         }
         Ok(out)
+    }
+
+    /// The number of blocks (`{arch}.block_count`).
+    pub fn block_count(&self) -> Result<usize> {
+        let layers = self.count("block_count", MAX_COUNT)?;
+        Ok(self.required("block_count", layers)? as usize)
+    }
+
+    /// The number of blocks the file holds tensors for (`blk.N.*`, highest N plus one).
+    pub fn blocks_present(&self) -> usize {
+        self.file
+            .tensors()
+            .iter()
+            .filter_map(|t| t.name.strip_prefix("blk.")?.split('.').next()?.parse::<usize>().ok())
+            .max()
+            .map_or(0, |n| n + 1)
     }
 
     /// Head counts `(heads, kv_heads)` from the metadata; `heads` a multiple of `kv_heads`.

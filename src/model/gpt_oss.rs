@@ -28,6 +28,7 @@ use mlx_rs::{Array, Dtype};
 use serde::Deserialize;
 
 use super::layers::{
+    Stack,
     attend_with_sinks, gated_mlp, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, RopeScaling,
     Step, Tail,
 };
@@ -278,7 +279,7 @@ struct Block {
 pub struct GptOss {
     pub cfg: Config,
     tail: Tail,
-    layers: Vec<Block>,
+    layers: Stack<Block>,
     rope: Rope,
 }
 
@@ -299,11 +300,10 @@ impl GptOss {
         );
         sanitize(&cfg, w)?;
         let embed = w.embedding("model.embed_tokens", cfg.vocab_size, d)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
+        let layers = Stack::load(w, cfg.num_hidden_layers, |w, i| {
             let p = format!("model.layers.{i}");
             let x = format!("{p}.mlp.experts");
-            layers.push(Block {
+            Ok(Block {
                 input_norm: w.rms_norm(&format!("{p}.input_layernorm"), d, eps)?,
                 q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, h * hd, true)?,
                 k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, true)?,
@@ -318,8 +318,8 @@ impl GptOss {
                     down_proj: w.experts_with_bias(&format!("{x}.down_proj"), e, ff, d)?,
                 },
                 window: cfg.is_sliding(i).then_some(cfg.sliding_window),
-            });
-        }
+            })
+        })?;
         let norm = w.rms_norm("model.norm", d, eps)?;
         // gpt-oss never ties its embeddings (mlx-lm always builds an `lm_head`).
         let tail = Tail::load(w, embed, norm, false, (d, cfg.vocab_size))?;
@@ -374,11 +374,10 @@ impl Architecture for GptOss {
         step: &mut Step,
         n: Option<usize>,
     ) -> Result<Array> {
-        let masks = Masks::build(step, self.layers.iter().find_map(|l| l.window))?;
+        let masks = Masks::build(step, self.layers.held().find_map(|l| l.window))?;
         let heads = self.cfg.heads();
         let (h_heads, kv_heads, hd) = (heads.n, heads.kv, heads.d);
-        let n = n.unwrap_or(self.layers.len()).min(self.layers.len());
-        for (i, layer) in self.layers.iter().take(n).enumerate() {
+        for (i, layer) in self.layers.upto(n) {
             let (b, t) = (h.shape()[0], h.shape()[1]);
             h = step.hook(HookName::ResidPre(i), h)?;
             let x = layer.input_norm.hooked(&h, HookName::ln1(i), step)?;
@@ -412,7 +411,7 @@ impl Architecture for GptOss {
         &self.tail
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        self.layers.first().and_then(|l| l.q_proj.quantization())
+        self.layers.held().next().and_then(|l| l.q_proj.quantization())
     }
     fn router(&self, _layer: usize) -> Option<Router> {
         Some(self.router_of())
@@ -420,7 +419,7 @@ impl Architecture for GptOss {
     fn dims(&self) -> Dims {
         let c = &self.cfg;
         Dims {
-            n_layers: self.layers.len(),
+            n_layers: self.layers.total(),
             d_model: c.hidden_size,
             heads: c.heads(),
             d_mlp: c.intermediate_size,

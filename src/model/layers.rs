@@ -1103,3 +1103,70 @@ impl Tail {
         }
     }
 }
+
+/// A model's blocks as this process holds them: every block, or with pipeline sharding a
+/// contiguous range of them (see `Weights::shard`). Blocks are addressed by their global index
+/// (the one hook names use) whichever blocks are held.
+pub struct Stack<B> {
+    first: usize,
+    total: usize,
+    blocks: Vec<B>,
+}
+
+impl<B> Stack<B> {
+    /// Builds the blocks `w` holds out of `total`, calling `build(w, i)` with each global index.
+    pub fn load(
+        w: &mut super::weights::Weights,
+        total: usize,
+        mut build: impl FnMut(&mut super::weights::Weights, usize) -> Result<B>,
+    ) -> Result<Stack<B>> {
+        let range = w.layer_range(total);
+        let mut blocks = Vec::with_capacity(range.len());
+        for i in range.clone() {
+            blocks.push(build(w, i)?);
+        }
+        Ok(Stack {
+            first: range.start,
+            total,
+            blocks,
+        })
+    }
+
+    /// Every block of the model, held here or not.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// The held blocks with a global index below `n` (all held blocks when `None`), in order.
+    pub fn upto(&self, n: Option<usize>) -> impl Iterator<Item = (usize, &B)> {
+        let n = n.unwrap_or(self.total);
+        let first = self.first;
+        self.blocks
+            .iter()
+            .enumerate()
+            .map(move |(j, b)| (first + j, b))
+            .take_while(move |(i, _)| *i < n)
+    }
+
+    /// The held blocks, in order.
+    pub fn held(&self) -> impl Iterator<Item = &B> {
+        self.blocks.iter()
+    }
+
+    /// Block `i` (global index), if held here.
+    pub fn get(&self, i: usize) -> Option<&B> {
+        self.blocks.get(i.checked_sub(self.first)?)
+    }
+
+    /// Block `i` (global index), if held here.
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut B> {
+        self.blocks.get_mut(i.checked_sub(self.first)?)
+    }
+
+    /// `f` of every block by global index, `T::default()` for the blocks not held here.
+    pub fn per_layer<T: Default>(&self, f: impl Fn(&B) -> T) -> Vec<T> {
+        (0..self.total)
+            .map(|i| self.get(i).map(&f).unwrap_or_default())
+            .collect()
+    }
+}

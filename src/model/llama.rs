@@ -8,7 +8,8 @@ use mlx_rs::Array;
 use serde::Deserialize;
 
 use super::layers::{
-    attend, gated_mlp, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, RopeScaling, Step, Tail,
+    attend, gated_mlp, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, RopeScaling, Stack, Step,
+    Tail,
 };
 use super::lora::Target;
 use super::validate;
@@ -125,7 +126,7 @@ struct Block {
 pub struct Llama {
     pub cfg: Config,
     tail: Tail,
-    layers: Vec<Block>,
+    layers: Stack<Block>,
     rope: Rope,
 }
 
@@ -142,8 +143,7 @@ impl Llama {
         let eps = cfg.rms_norm_eps;
         w.discard_matching(|k| k.ends_with("self_attn.rotary_emb.inv_freq"));
         let embed = w.embedding("model.embed_tokens", cfg.vocab_size, d)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
+        let layers = Stack::load(w, cfg.num_hidden_layers, |w, i| {
             let p = format!("model.layers.{i}");
             let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
             let qkv_b = ab || cfg.qkv_bias;
@@ -152,7 +152,7 @@ impl Llama {
                 .as_ref()
                 .and_then(|t| t.get(i))
                 .is_some_and(|t| t == "sliding_attention");
-            layers.push(Block {
+            Ok(Block {
                 input_norm: w.rms_norm(&format!("{p}.input_layernorm"), d, eps)?,
                 q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, h * hd, qkv_b)?,
                 k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, qkv_b)?,
@@ -171,8 +171,8 @@ impl Llama {
                 up_proj: w.linear(&format!("{p}.mlp.up_proj"), d, cfg.intermediate_size, mb)?,
                 down_proj: w.linear(&format!("{p}.mlp.down_proj"), cfg.intermediate_size, d, mb)?,
                 window: if sliding { cfg.sliding_window } else { None },
-            });
-        }
+            })
+        })?;
         let norm = w.rms_norm("model.norm", d, eps)?;
         let tail = Tail::load(w, embed, norm, cfg.tie_word_embeddings, (d, cfg.vocab_size))?;
         let rope = Rope::new(
@@ -198,11 +198,10 @@ impl Architecture for Llama {
         step: &mut Step,
         n: Option<usize>,
     ) -> Result<Array> {
-        let masks = Masks::build(step, self.layers.iter().find_map(|l| l.window))?;
+        let masks = Masks::build(step, self.layers.held().find_map(|l| l.window))?;
         let heads = self.cfg.heads();
         let (h_heads, kv_heads, hd) = (heads.n, heads.kv, heads.d);
-        let n = n.unwrap_or(self.layers.len()).min(self.layers.len());
-        for (i, layer) in self.layers.iter().take(n).enumerate() {
+        for (i, layer) in self.layers.upto(n) {
             let (b, t) = (h.shape()[0], h.shape()[1]);
             h = step.hook(HookName::ResidPre(i), h)?;
             let x = layer.input_norm.hooked(&h, HookName::ln1(i), step)?;
@@ -246,7 +245,7 @@ impl Architecture for Llama {
         &self.tail
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        self.layers.first().and_then(|l| l.q_proj.quantization())
+        self.layers.held().next().and_then(|l| l.q_proj.quantization())
     }
     fn projection_mut(&mut self, layer: usize, target: Target) -> Option<&mut Linear> {
         let l = self.layers.get_mut(layer)?;
@@ -261,12 +260,12 @@ impl Architecture for Llama {
         ]))
     }
     fn windows(&self) -> Vec<Option<i32>> {
-        self.layers.iter().map(|l| l.window).collect()
+        self.layers.per_layer(|l| l.window)
     }
     fn dims(&self) -> Dims {
         let c = &self.cfg;
         Dims {
-            n_layers: self.layers.len(),
+            n_layers: self.layers.total(),
             d_model: c.hidden_size,
             heads: c.heads(),
             d_mlp: c.intermediate_size,

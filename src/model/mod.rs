@@ -12,6 +12,7 @@ pub mod llama;
 pub mod lora;
 pub mod moe;
 pub mod phi3;
+pub mod pipeline;
 pub mod quant;
 pub mod qwen2;
 pub mod qwen3;
@@ -32,7 +33,8 @@ use crate::hooks::{HookName, Hooks};
 use crate::tokenizer::Tokenizer;
 use layers::{Heads, KvCache, Linear, Step, Tail};
 use lora::{Adapter, Target};
-use weights::{QuantConfig, Weights};
+use pipeline::Pipeline;
+use weights::{layer_of, QuantConfig, Weights};
 
 /// Positions a long prompt is run through at a time when generating (see [`Model::prefill`]).
 pub const PREFILL_CHUNK: i32 = 256;
@@ -219,6 +221,18 @@ impl ArchConfig {
     }
 
     /// The architecture's own checks ([`llama::Config::validate`] and the others).
+    /// The number of blocks the config asks for.
+    pub fn n_layers(&self) -> usize {
+        match self {
+            ArchConfig::Llama(c) => c.num_hidden_layers,
+            ArchConfig::Gemma2(c) => c.num_hidden_layers,
+            ArchConfig::Gemma3Text(c) => c.num_hidden_layers,
+            ArchConfig::Phi3(c) => c.num_hidden_layers,
+            ArchConfig::Qwen3Moe(c) => c.num_hidden_layers,
+            ArchConfig::GptOss(c) => c.num_hidden_layers,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         match self {
             ArchConfig::Llama(c) => c.validate(),
@@ -244,6 +258,9 @@ pub struct LoadOptions {
     pub adapter: Option<std::path::PathBuf>,
     /// Merge the adapter into the weights (it can then not be switched off).
     pub fuse: bool,
+    /// Pipeline sharding: when this process is one rank of a group of several, load only this
+    /// rank's share of the blocks (see [`pipeline`]). Alone, the whole model loads as usual.
+    pub pipeline: bool,
 }
 
 /// `m.info()`: what a researcher wants to know about a loaded model.
@@ -271,6 +288,8 @@ pub struct ModelInfo {
     pub path: String,
     /// The LoRA adapter: "none", or its format, rank, layers, state (on, off, fused) and folder.
     pub adapter: String,
+    /// Pipeline sharding: "none", or this rank's stage (`rank 0 of 2: blocks 0-14`).
+    pub pipeline: String,
 }
 
 /// How the weights were loaded: the parameter dtype, whether quantized layers were
@@ -282,6 +301,8 @@ struct LoadedAs {
     params: u64,
     bytes: u64,
     parameters: Vec<anatomy::ParamInfo>,
+    /// This rank's stage when the model is pipeline-sharded.
+    stage: Option<Pipeline>,
 }
 
 /// A loaded model: network, hooks, and what it was loaded from.
@@ -296,6 +317,8 @@ pub struct Model {
     pub parameters: Vec<anatomy::ParamInfo>,
     /// The LoRA adapter attached, if any.
     pub adapter: Option<Adapter>,
+    /// This rank's stage when the model is pipeline-sharded over several processes.
+    pub pipeline: Option<Pipeline>,
 }
 
 /// True when MLX's default device is a GPU (Metal or CUDA), asked of the device itself.
@@ -368,6 +391,13 @@ impl Model {
     }
 
     fn with_adapter(mut self, opts: &LoadOptions) -> Result<Model> {
+        if opts.adapter.is_some() && self.pipeline.is_some() {
+            return Err(Error::Invalid(
+                "an adapter on a pipeline-sharded model is not supported yet: load it with \
+                 #{pipeline: false}"
+                    .into(),
+            ));
+        }
         if let Some(dir) = &opts.adapter {
             self.attach_adapter(dir, opts.fuse)?;
         } else if opts.fuse {
@@ -468,6 +498,26 @@ impl Model {
         }
     }
 
+    /// This rank's stage for a model of `n_layers` blocks, when `opts` asks for pipeline
+    /// sharding and this process is one rank of a group of several.
+    fn stage(opts: &LoadOptions, n_layers: usize) -> Result<Option<Pipeline>> {
+        if !opts.pipeline || !crate::distributed::launched() {
+            return Ok(None);
+        }
+        let world = crate::distributed::world()?;
+        if world.size() < 2 {
+            return Ok(None);
+        }
+        Ok(Some(Pipeline {
+            rank: world.rank(),
+            size: world.size(),
+            ranges: pipeline::plan(n_layers, &world)?,
+            // Set once the weights are loaded (see `assemble`).
+            dtype: Dtype::Float32,
+            d_model: 0,
+        }))
+    }
+
     fn resolve_opts(opts: &LoadOptions, stored: Option<Dtype>) -> (Dtype, bool) {
         let gpu = gpu_available();
         let dtype = opts.dtype.unwrap_or(match (gpu, stored) {
@@ -489,12 +539,24 @@ impl Model {
             )));
         }
         let heads = g.head_counts()?;
-        let tensors = g.tensors(Some(heads))?;
+        let stage = Model::stage(opts, g.block_count()?)?;
+        let tensors = match &stage {
+            Some(s) => {
+                let held = s.held();
+                g.tensors_where(Some(heads), &|k| {
+                    layer_of(k).is_none_or(|i| held.contains(&i))
+                })?
+            }
+            None => g.tensors(Some(heads))?,
+        };
         let cfg = g.llama_config(&tensors)?;
         // Quantized layers: their scales' dtype; F16/BF16 files: the matrices' own dtype.
         let stored = stored_dtype(&tensors);
         let (dtype, dequantize) = Model::resolve_opts(opts, stored);
         let mut w = Weights::new(tensors, None, dequantize, dtype);
+        if let Some(s) = &stage {
+            w.shard(s.held(), Some(g.blocks_present()));
+        }
         let net = Net::Llama(llama::Llama::load(cfg, &mut w).map_err(|e| e.in_file(path))?);
         let (stored, params, bytes) = (w.stored_quantization(), w.params, w.param_bytes());
         let parameters = std::mem::take(&mut w.parameters);
@@ -520,6 +582,7 @@ impl Model {
                 params,
                 bytes,
                 parameters,
+                stage,
             },
         )
     }
@@ -544,6 +607,10 @@ impl Model {
         let (dtype, dequantize) = Model::resolve_opts(opts, stored);
         let mut w = Weights::new(tensors, quant, dequantize, dtype);
         w.set_origins(origins);
+        let stage = Model::stage(opts, arch.n_layers())?;
+        if let Some(s) = &stage {
+            w.shard(s.held(), None);
+        }
         let net = match arch {
             ArchConfig::Llama(c) => llama::Llama::load(c, &mut w).map(Net::Llama),
             ArchConfig::Gemma2(c) => gemma2::Gemma2::load(c, &mut w).map(Net::Gemma2),
@@ -576,6 +643,7 @@ impl Model {
                 params,
                 bytes,
                 parameters,
+                stage,
             },
         )
     }
@@ -595,6 +663,7 @@ impl Model {
             params,
             bytes,
             parameters,
+            stage,
         } = how;
         let stored_quantization = stored.or_else(|| net.arch().quantization());
         let Dims {
@@ -624,8 +693,17 @@ impl Model {
             device: if gpu_available() { "gpu" } else { "cpu" }.into(),
             path: path.display().to_string(),
             adapter: "none".into(),
+            pipeline: "none".into(),
         };
+        let pipeline = stage.map(|mut p| {
+            p.dtype = dtype;
+            p.d_model = d_model;
+            p
+        });
         let mut info = info;
+        if let Some(p) = &pipeline {
+            info.pipeline = p.describe();
+        }
         info.quantization = match stored_quantization {
             None => "none".into(),
             Some((bits, group)) if dequantized => {
@@ -641,6 +719,7 @@ impl Model {
             stored_quantization,
             parameters,
             adapter: None,
+            pipeline,
         })
     }
 
@@ -825,6 +904,7 @@ impl Model {
             }
             None => 0,
         };
+        let before = self.captures_before();
         let mut step = Step {
             len,
             offset,
@@ -833,8 +913,14 @@ impl Model {
             hooks: &mut self.hooks,
             lora: self.adapter.as_ref(),
         };
-        let h = self.net.embed(ids, &mut step)?;
-        let h = self.net.blocks(h, cache.as_deref_mut(), &mut step, None)?;
+        let h = trunk(
+            &self.net,
+            self.pipeline.as_ref(),
+            ids,
+            cache.as_deref_mut(),
+            &mut step,
+            None,
+        )?;
         let whole_final_norm = [HookName::LnFinalScale, HookName::LnFinal]
             .iter()
             .any(|p| step.hooks.is_active(p));
@@ -853,6 +939,7 @@ impl Model {
         if let Some(c) = cache {
             c.offset += len;
         }
+        self.share_captures(&before)?;
         Ok(logits)
     }
 
@@ -867,6 +954,7 @@ impl Model {
     ) -> Result<Array> {
         let len = ids.shape()[1];
         self.hooks.prompt_len = len;
+        let before = self.captures_before();
         let mut step = Step {
             len,
             offset: 0,
@@ -875,14 +963,67 @@ impl Model {
             hooks: &mut self.hooks,
             lora: self.adapter.as_ref(),
         };
-        let h = self.net.embed(ids, &mut step)?;
-        match n_blocks {
-            Some(0) => Ok(h),
-            Some(n) => self.net.blocks(h, None, &mut step, Some(n)),
+        let pipe = self.pipeline.as_ref();
+        let h = match n_blocks {
+            Some(0) if pipe.is_none() => self.net.embed(ids, &mut step)?,
+            Some(n) => trunk(&self.net, pipe, ids, None, &mut step, Some(n))?,
             None => {
-                let h = self.net.blocks(h, None, &mut step, None)?;
-                self.net.final_norm(&h, &mut step)
+                let h = trunk(&self.net, pipe, ids, None, &mut step, None)?;
+                self.net.final_norm(&h, &mut step)?
             }
+        };
+        self.share_captures(&before)?;
+        Ok(h)
+    }
+
+    /// With pipeline sharding: each captured point's count before a forward (see
+    /// [`Pipeline::share_captures`]); nothing otherwise.
+    fn captures_before(&self) -> Vec<(HookName, usize)> {
+        match &self.pipeline {
+            Some(_) => self.hooks.capture_counts(),
+            None => Vec::new(),
+        }
+    }
+
+    /// With pipeline sharding: hands what each stage captured in the last forward to every
+    /// rank.
+    fn share_captures(&mut self, before: &[(HookName, usize)]) -> Result<()> {
+        match &self.pipeline {
+            Some(p) => p.share_captures(&mut self.hooks, before),
+            None => Ok(()),
+        }
+    }
+
+    /// The group a data-parallel verb (capture, batched generation, ...) splits its inputs
+    /// over: none for a pipeline-sharded model, whose ranks all run every input together.
+    pub fn data_parallel(&self) -> Result<Option<std::rc::Rc<crate::distributed::World>>> {
+        if self.pipeline.is_some() {
+            return Ok(None);
+        }
+        crate::distributed::data_parallel()
+    }
+
+    /// A random seed every stage agrees on (rank 0's) for a pipeline-sharded model, so that
+    /// sampling picks the same tokens on every rank; `seed` itself otherwise.
+    pub fn agree_seed(&self, seed: u64) -> Result<u64> {
+        if self.pipeline.is_none() {
+            return Ok(seed);
+        }
+        let world = crate::distributed::world()?;
+        let words = Array::from_slice(&[seed as u32, (seed >> 32) as u32], &[2]);
+        let got = world.broadcast_same(&words, 0)?;
+        let w = got.as_slice::<u32>();
+        Ok(u64::from(w[0]) | (u64::from(w[1]) << 32))
+    }
+
+    /// An error for verbs that cannot run on a pipeline-sharded model.
+    pub fn refuse_pipeline(&self, verb: &str) -> Result<()> {
+        match &self.pipeline {
+            Some(_) => Err(Error::Invalid(format!(
+                "{verb}: not supported on a pipeline-sharded model (load it without \
+                 pipeline: true)"
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -906,6 +1047,30 @@ impl Model {
         let x = self.net.final_norm(h, &mut step)?;
         self.net.unembed(&x)
     }
+}
+
+/// The embedding and the blocks (`0..n`, all when `None`) over `ids`: on this process alone,
+/// or, pipeline-sharded, as this rank's stage of the whole (every rank gets the last stage's
+/// output).
+fn trunk(
+    net: &Net,
+    pipe: Option<&Pipeline>,
+    ids: &Array,
+    cache: Option<&mut KvCache>,
+    step: &mut Step,
+    n: Option<usize>,
+) -> Result<Array> {
+    let Some(p) = pipe else {
+        let h = net.embed(ids, step)?;
+        return net.blocks(h, cache, step, n);
+    };
+    let (batch, len) = (ids.shape()[0], ids.shape()[1]);
+    let h = match p.receive(batch, len)? {
+        Some(h) => h,
+        None => net.embed(ids, step)?,
+    };
+    let h = net.blocks(h, cache, step, n)?;
+    p.pass_on(h, batch, len)
 }
 
 /// Left-pad rows of ids with `pad_id` into `[batch, max_len]`; returns the pad length per row.

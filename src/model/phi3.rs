@@ -11,6 +11,7 @@ use mlx_rs::{ops, Array};
 use serde::Deserialize;
 
 use super::layers::{
+    Stack,
     attend, gated_mlp, Act, Heads, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step, Tail,
 };
 use super::validate;
@@ -138,7 +139,7 @@ struct Block {
 pub struct Phi3 {
     pub cfg: Config,
     tail: Tail,
-    layers: Vec<Block>,
+    layers: Stack<Block>,
     rope: Rope,
 }
 
@@ -155,10 +156,9 @@ impl Phi3 {
         );
         let eps = cfg.rms_norm_eps;
         let embed = w.embedding("model.embed_tokens", cfg.vocab_size, d)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
+        let layers = Stack::load(w, cfg.num_hidden_layers, |w, i| {
             let p = format!("model.layers.{i}");
-            layers.push(Block {
+            Ok(Block {
                 input_norm: w.rms_norm(&format!("{p}.input_layernorm"), d, eps)?,
                 qkv_proj: w.linear(
                     &format!("{p}.self_attn.qkv_proj"),
@@ -170,8 +170,8 @@ impl Phi3 {
                 post_attn_norm: w.rms_norm(&format!("{p}.post_attention_layernorm"), d, eps)?,
                 gate_up_proj: w.linear(&format!("{p}.mlp.gate_up_proj"), d, 2 * ff, false)?,
                 down_proj: w.linear(&format!("{p}.mlp.down_proj"), ff, d, false)?,
-            });
-        }
+            })
+        })?;
         let norm = w.rms_norm("model.norm", d, eps)?;
         let tail = Tail::load(w, embed, norm, cfg.tie_word_embeddings, (d, cfg.vocab_size))?;
         let rope = cfg.rope()?;
@@ -196,8 +196,7 @@ impl Architecture for Phi3 {
         let heads = self.cfg.heads();
         let (h_heads, kv_heads, hd) = (heads.n, heads.kv, heads.d);
         let ff = self.cfg.intermediate_size;
-        let n = n.unwrap_or(self.layers.len()).min(self.layers.len());
-        for (i, layer) in self.layers.iter().take(n).enumerate() {
+        for (i, layer) in self.layers.upto(n) {
             let (b, t) = (h.shape()[0], h.shape()[1]);
             h = step.hook(HookName::ResidPre(i), h)?;
             let x = layer.input_norm.hooked(&h, HookName::ln1(i), step)?;
@@ -237,12 +236,12 @@ impl Architecture for Phi3 {
         &self.tail
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        self.layers.first().and_then(|l| l.qkv_proj.quantization())
+        self.layers.held().next().and_then(|l| l.qkv_proj.quantization())
     }
     fn dims(&self) -> Dims {
         let c = &self.cfg;
         Dims {
-            n_layers: self.layers.len(),
+            n_layers: self.layers.total(),
             d_model: c.hidden_size,
             heads: c.heads(),
             d_mlp: c.intermediate_size,

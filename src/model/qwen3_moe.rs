@@ -23,6 +23,7 @@ use mlx_rs::{ops, Array};
 use serde::Deserialize;
 
 use super::layers::{
+    Stack,
     attend, gated_mlp, Act, Heads, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step, Tail,
 };
 use super::moe::{Router, Weighting};
@@ -207,7 +208,7 @@ struct Block {
 pub struct Qwen3Moe {
     pub cfg: Config,
     tail: Tail,
-    layers: Vec<Block>,
+    layers: Stack<Block>,
     rope: Rope,
 }
 
@@ -224,8 +225,7 @@ impl Qwen3Moe {
         let eps = cfg.rms_norm_eps;
         sanitize(&cfg, w)?;
         let embed = w.embedding("model.embed_tokens", cfg.vocab_size, d)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
+        let layers = Stack::load(w, cfg.num_hidden_layers, |w, i| {
             let p = format!("model.layers.{i}");
             let mlp = if cfg.is_sparse(i) {
                 let (e, ff) = (cfg.num_experts, cfg.moe_intermediate_size);
@@ -243,7 +243,7 @@ impl Qwen3Moe {
                     down_proj: w.linear(&format!("{p}.mlp.down_proj"), ff, d, false)?,
                 }
             };
-            layers.push(Block {
+            Ok(Block {
                 input_norm: w.rms_norm(&format!("{p}.input_layernorm"), d, eps)?,
                 q_proj: w.linear(&format!("{p}.self_attn.q_proj"), d, h * hd, false)?,
                 k_proj: w.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, false)?,
@@ -253,8 +253,8 @@ impl Qwen3Moe {
                 k_norm: w.rms_norm(&format!("{p}.self_attn.k_norm"), hd, eps)?,
                 post_attn_norm: w.rms_norm(&format!("{p}.post_attention_layernorm"), d, eps)?,
                 mlp,
-            });
-        }
+            })
+        })?;
         let norm = w.rms_norm("model.norm", d, eps)?;
         let tail = Tail::load(w, embed, norm, cfg.tie_word_embeddings, (d, cfg.vocab_size))?;
         let rope = Rope::new(hd, cfg.rope_theta, false, cfg.rope_scaling.as_ref())?;
@@ -319,8 +319,7 @@ impl Architecture for Qwen3Moe {
         let mask = Mask::build(step, None)?;
         let heads = self.cfg.heads();
         let (h_heads, kv_heads, hd) = (heads.n, heads.kv, heads.d);
-        let n = n.unwrap_or(self.layers.len()).min(self.layers.len());
-        for (i, layer) in self.layers.iter().take(n).enumerate() {
+        for (i, layer) in self.layers.upto(n) {
             let (b, t) = (h.shape()[0], h.shape()[1]);
             h = step.hook(HookName::ResidPre(i), h)?;
             let x = layer.input_norm.hooked(&h, HookName::ln1(i), step)?;
@@ -355,7 +354,7 @@ impl Architecture for Qwen3Moe {
         &self.tail
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        self.layers.first().and_then(|l| l.q_proj.quantization())
+        self.layers.held().next().and_then(|l| l.q_proj.quantization())
     }
     fn router(&self, layer: usize) -> Option<Router> {
         self.cfg.is_sparse(layer).then(|| self.router_of())
@@ -363,7 +362,7 @@ impl Architecture for Qwen3Moe {
     fn dims(&self) -> Dims {
         let c = &self.cfg;
         Dims {
-            n_layers: self.layers.len(),
+            n_layers: self.layers.total(),
             d_model: c.hidden_size,
             heads: c.heads(),
             // The width of one expert (every layer is sparse in released Qwen3-MoE models).

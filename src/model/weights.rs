@@ -95,6 +95,18 @@ pub struct Weights {
     pub parameters: Vec<ParamInfo>,
     /// The file each tensor came from, for error messages (empty when unknown).
     origins: HashMap<String, PathBuf>,
+    /// Pipeline sharding: the blocks this process builds, and how many the checkpoint holds
+    /// (the other blocks' tensors were dropped unread).
+    shard: Option<(std::ops::Range<usize>, usize)>,
+}
+
+/// The block index of a checkpoint key `model.layers.N.*`, if it is one.
+pub fn layer_of(key: &str) -> Option<usize> {
+    key.strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse::<usize>()
+        .ok()
 }
 
 /// True for the float dtypes a parameter may be stored in.
@@ -122,6 +134,25 @@ impl Weights {
             loaded: Vec::new(),
             parameters: Vec::new(),
             origins: HashMap::new(),
+            shard: None,
+        }
+    }
+
+    /// Keep only blocks `range` (pipeline sharding): the other blocks' tensors are dropped
+    /// before anything reads them. `present` is how many blocks the checkpoint holds; `None`
+    /// counts them from the tensors still here (which must then be all of them).
+    pub fn shard(&mut self, range: std::ops::Range<usize>, present: Option<usize>) {
+        let present = present.unwrap_or_else(|| self.layers_present());
+        self.map
+            .retain(|k, _| layer_of(k).is_none_or(|i| range.contains(&i)));
+        self.shard = Some((range, present));
+    }
+
+    /// The blocks to build out of `n`: all of them, or this process's share when sharded.
+    pub fn layer_range(&self, n: usize) -> std::ops::Range<usize> {
+        match &self.shard {
+            Some((r, _)) => r.start.min(n)..r.end.min(n),
+            None => 0..n,
         }
     }
 
@@ -141,15 +172,12 @@ impl Weights {
     /// How many numbered layers the checkpoint holds: the highest `N` in `model.layers.N.*`,
     /// plus one.
     pub fn layers_present(&self) -> usize {
+        if let Some((_, present)) = &self.shard {
+            return *present;
+        }
         self.map
             .keys()
-            .filter_map(|k| {
-                k.strip_prefix("model.layers.")?
-                    .split('.')
-                    .next()?
-                    .parse::<usize>()
-                    .ok()
-            })
+            .filter_map(|k| layer_of(k))
             .max()
             .map_or(0, |n| n + 1)
     }

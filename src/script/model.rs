@@ -131,7 +131,11 @@ fn check_vocab(m: &Model, rows: &[Vec<u32>], verb: &str) -> Result<()> {
 }
 
 fn load_impl(ctx: &NativeCallContext, source: Option<&str>, opts: &Map) -> Result<ModelHandle> {
-    let o = Options::parse("load", opts, &["dtype", "dequantize", "adapter", "fuse"])?;
+    let o = Options::parse(
+        "load",
+        opts,
+        &["dtype", "dequantize", "adapter", "fuse", "pipeline"],
+    )?;
     // An adapter folder resolves as a model path does (reading it is not restricted).
     let adapter = o
         .string("adapter")?
@@ -155,6 +159,7 @@ fn load_impl(ctx: &NativeCallContext, source: Option<&str>, opts: &Map) -> Resul
             .transpose()?,
         fuse: o.bool("fuse", false)?,
         adapter,
+        pipeline: o.bool("pipeline", false)?,
     };
     use crate::model::source;
     let m = match source {
@@ -711,7 +716,9 @@ mod model_functions {
 
     /// `load` with options: `dtype` ("f32", "f16", "bf16"), `dequantize` (bool; default true on
     /// the CPU backend, false on a GPU), `adapter` (a LoRA adapter folder from mlx-lm or PEFT),
-    /// `fuse` (merge the adapter into the weights; default false: switchable with `adapter`).
+    /// `fuse` (merge the adapter into the weights; default false: switchable with `adapter`),
+    /// `pipeline` (bool, default false: under `mlxi launch -n N`, each rank loads only its
+    /// share of the blocks and the ranks run every forward together; alone, ignored).
     ///
     /// Example: `let m = load("models/qwen3", #{dtype: "bf16"});`
     #[rhai_fn(name = "load", return_raw)]
