@@ -658,7 +658,9 @@ impl World {
         self.wait(&what, &all)?;
         let flat = all.as_slice::<i32>();
         let Some(c) = flat.chunks(HEADER).nth(root) else {
-            return Err(Error::Invalid(format!("{what}: the headers did not arrive")));
+            return Err(Error::Invalid(format!(
+                "{what}: the headers did not arrive"
+            )));
         };
         if c[0] < 0 {
             return Ok(None);

@@ -502,8 +502,11 @@ impl Hooks {
 
     /// Each captured point with how many activations it holds, in point order.
     pub fn capture_counts(&self) -> Vec<(HookName, usize)> {
-        let mut v: Vec<(HookName, usize)> =
-            self.capture.iter().map(|(k, c)| (*k, c.store.len())).collect();
+        let mut v: Vec<(HookName, usize)> = self
+            .capture
+            .iter()
+            .map(|(k, c)| (*k, c.store.len()))
+            .collect();
         v.sort();
         v
     }
@@ -511,7 +514,9 @@ impl Hooks {
     /// The newest activation recorded at `point`, if it holds more than `n`.
     pub fn captured_after(&self, point: &HookName, n: usize) -> Option<Array> {
         let c = self.capture.get(point)?;
-        (c.store.len() > n).then(|| c.store.last().cloned()).flatten()
+        (c.store.len() > n)
+            .then(|| c.store.last().cloned())
+            .flatten()
     }
 
     /// Records `x` at `point` as if this process had computed it (pipeline stages share what

@@ -13,8 +13,8 @@ use mlx_rs::Array;
 use serde::Deserialize;
 
 use super::layers::{
-    Stack,
-    attend, gated_mlp, offset_norm, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, Step, Tail,
+    attend, gated_mlp, offset_norm, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, Stack, Step,
+    Tail,
 };
 use super::lora::Target;
 use super::validate;
@@ -241,7 +241,10 @@ impl Architecture for Gemma2 {
         &self.tail
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        self.layers.held().next().and_then(|l| l.q_proj.quantization())
+        self.layers
+            .held()
+            .next()
+            .and_then(|l| l.q_proj.quantization())
     }
     fn projection_mut(&mut self, layer: usize, target: Target) -> Option<&mut Linear> {
         let l = self.layers.get_mut(layer)?;

@@ -14,9 +14,8 @@ use mlx_rs::{ops, Array, Dtype};
 use serde::Deserialize;
 
 use super::layers::{
-    Stack,
     attend, gated_mlp, offset_norm, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, RopeScaling,
-    Step, Tail,
+    Stack, Step, Tail,
 };
 use super::lora::Target;
 use super::validate;
@@ -274,7 +273,10 @@ impl Architecture for Gemma3Text {
         &self.tail
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        self.layers.held().next().and_then(|l| l.q_proj.quantization())
+        self.layers
+            .held()
+            .next()
+            .and_then(|l| l.q_proj.quantization())
     }
     fn projection_mut(&mut self, layer: usize, target: Target) -> Option<&mut Linear> {
         let l = self.layers.get_mut(layer)?;

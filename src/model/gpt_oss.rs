@@ -28,9 +28,8 @@ use mlx_rs::{Array, Dtype};
 use serde::Deserialize;
 
 use super::layers::{
-    Stack,
     attend_with_sinks, gated_mlp, Act, Heads, KvCache, Linear, Masks, RmsNorm, Rope, RopeScaling,
-    Step, Tail,
+    Stack, Step, Tail,
 };
 use super::moe::{Router, Weighting};
 use super::validate;
@@ -411,7 +410,10 @@ impl Architecture for GptOss {
         &self.tail
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        self.layers.held().next().and_then(|l| l.q_proj.quantization())
+        self.layers
+            .held()
+            .next()
+            .and_then(|l| l.q_proj.quantization())
     }
     fn router(&self, _layer: usize) -> Option<Router> {
         Some(self.router_of())

@@ -245,7 +245,10 @@ impl Architecture for Llama {
         &self.tail
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        self.layers.held().next().and_then(|l| l.q_proj.quantization())
+        self.layers
+            .held()
+            .next()
+            .and_then(|l| l.q_proj.quantization())
     }
     fn projection_mut(&mut self, layer: usize, target: Target) -> Option<&mut Linear> {
         let l = self.layers.get_mut(layer)?;

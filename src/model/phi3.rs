@@ -11,8 +11,8 @@ use mlx_rs::{ops, Array};
 use serde::Deserialize;
 
 use super::layers::{
-    Stack,
-    attend, gated_mlp, Act, Heads, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step, Tail,
+    attend, gated_mlp, Act, Heads, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Stack, Step,
+    Tail,
 };
 use super::validate;
 use super::weights::Weights;
@@ -236,7 +236,10 @@ impl Architecture for Phi3 {
         &self.tail
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        self.layers.held().next().and_then(|l| l.qkv_proj.quantization())
+        self.layers
+            .held()
+            .next()
+            .and_then(|l| l.qkv_proj.quantization())
     }
     fn dims(&self) -> Dims {
         let c = &self.cfg;

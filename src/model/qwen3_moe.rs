@@ -23,8 +23,8 @@ use mlx_rs::{ops, Array};
 use serde::Deserialize;
 
 use super::layers::{
-    Stack,
-    attend, gated_mlp, Act, Heads, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Step, Tail,
+    attend, gated_mlp, Act, Heads, KvCache, Linear, Mask, RmsNorm, Rope, RopeScaling, Stack, Step,
+    Tail,
 };
 use super::moe::{Router, Weighting};
 use super::validate;
@@ -354,7 +354,10 @@ impl Architecture for Qwen3Moe {
         &self.tail
     }
     fn quantization(&self) -> Option<(i32, i32)> {
-        self.layers.held().next().and_then(|l| l.q_proj.quantization())
+        self.layers
+            .held()
+            .next()
+            .and_then(|l| l.q_proj.quantization())
     }
     fn router(&self, layer: usize) -> Option<Router> {
         self.cfg.is_sparse(layer).then(|| self.router_of())
