@@ -43,6 +43,7 @@ fn opts(adapter: Option<&str>, fuse: bool, dequantize: bool) -> LoadOptions {
         dequantize: Some(dequantize),
         adapter: adapter.map(PathBuf::from),
         fuse,
+        pipeline: false,
     }
 }
 

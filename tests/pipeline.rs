@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{run_limited, scratch, write, Run};
+use common::{max_abs_diff, run_limited, scratch, write, Run};
 use mlx_rs::Array;
 
 /// A test's whole job must end within this.
@@ -44,12 +44,6 @@ fn tensors(path: &Path) -> BTreeMap<String, Array> {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .into_iter()
         .collect()
-}
-
-fn max_abs_diff(a: &Array, b: &Array) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    let d = a.subtract(b).unwrap().abs().unwrap().max(None).unwrap();
-    d.item::<f32>()
 }
 
 /// Rank K's lines (rank 0's are not prefixed).
@@ -251,7 +245,7 @@ fn what_a_pipeline_cannot_do_is_a_clear_error() {
     let (r, _d) = launch(
         3,
         r#"load(args.model, #{pipeline: true});"#,
-        &[model.clone()],
+        std::slice::from_ref(&model),
     );
     assert_ne!(r.code, Some(0));
     let said = format!("{}{}", r.stdout, r.stderr);
