@@ -317,7 +317,7 @@ fn finetune_compares_base_and_adapter() {
         dtype: Some(mlx_rs::Dtype::Float32),
         dequantize: Some(true),
         adapter: Some(dir),
-        fuse: false,
+        ..Default::default()
     };
     let mut m = mlxi::model::Model::load_default(&opts).unwrap();
     let ids = m.encode("Tell me about your day.", true).unwrap();
