@@ -391,13 +391,6 @@ impl Model {
     }
 
     fn with_adapter(mut self, opts: &LoadOptions) -> Result<Model> {
-        if opts.adapter.is_some() && self.pipeline.is_some() {
-            return Err(Error::Invalid(
-                "an adapter on a pipeline-sharded model is not supported yet: load it with \
-                 #{pipeline: false}"
-                    .into(),
-            ));
-        }
         if let Some(dir) = &opts.adapter {
             self.attach_adapter(dir, opts.fuse)?;
         } else if opts.fuse {
@@ -419,12 +412,24 @@ impl Model {
             ));
         }
         let n = self.n_layers();
+        let held = self.pipeline.as_ref().map_or(0..n, |p| p.held());
         let arch = self.net.arch_mut();
         let mut dims = HashMap::new();
-        for l in 0..n {
+        for l in held.clone() {
             for t in Target::ALL {
                 if let Some(p) = arch.projection_mut(l, t) {
                     dims.insert((l, t), p.dims());
+                }
+            }
+        }
+        // A pipeline stage holds some blocks only; the architectures that take adapters have
+        // the same projections in every block, so the others' are the first held block's.
+        if held != (0..n) {
+            for l in (0..n).filter(|l| !held.contains(l)) {
+                for t in Target::ALL {
+                    if let Some(&d) = dims.get(&(held.start, t)) {
+                        dims.insert((l, t), d);
+                    }
                 }
             }
         }
@@ -436,6 +441,8 @@ impl Model {
             )));
         }
         let mut adapter = Adapter::load(dir, n, &|l, t| dims.get(&(l, t)).copied())?;
+        // Checked whole; this stage keeps its own blocks' updates.
+        adapter.modules.retain(|(l, _), _| held.contains(l));
         if fuse {
             self.fuse(&mut adapter)?;
         }
