@@ -152,7 +152,8 @@ fn batch_figures(
     })
 }
 
-fn max_rss_bytes() -> u64 {
+/// This process's peak resident set size in bytes (0 when the system does not say).
+pub fn max_rss_bytes() -> u64 {
     // getrusage: kilobytes on Linux, bytes on macOS.
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes a full rusage struct into the pointer we pass.

@@ -208,9 +208,26 @@ mod inspect_functions {
     pub fn diagonal(t: Tensor, offset: INT) -> RhaiResult<Tensor> {
         Ok(diagonal_impl(&t, offset)?)
     }
+
+    /// This process's memory in MB: `rss_peak` (the operating system's peak resident set
+    /// size), `mlx_active` (what MLX's arrays hold now) and `mlx_peak` (their peak). Under
+    /// `mlxi launch` each rank reports its own.
+    ///
+    /// Example: `memory().rss_peak`
+    #[rhai_fn(return_raw)]
+    pub fn memory() -> RhaiResult<Map> {
+        let mb = |b: u64| Dynamic::from_float(b as f64 / 1e6);
+        let mut out = Map::new();
+        out.insert("rss_peak".into(), mb(crate::bench::max_rss_bytes()));
+        let active = mlx_rs::memory::active_memory().map_err(Error::from)?;
+        let peak = mlx_rs::memory::peak_memory().map_err(Error::from)?;
+        out.insert("mlx_active".into(), mb(active as u64));
+        out.insert("mlx_peak".into(), mb(peak as u64));
+        Ok(out)
+    }
 }
 
-/// Registers `weights`, `weight`, `embedding`, `nearest_tokens` and `diagonal`.
+/// Registers `weights`, `weight`, `embedding`, `nearest_tokens`, `diagonal` and `memory`.
 pub fn register(engine: &mut Engine) {
     engine.register_global_module(exported_module!(inspect_functions).into());
 }
