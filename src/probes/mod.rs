@@ -681,7 +681,7 @@ pub mod wire {
     }
 
     fn short() -> Error {
-        Error::Invalid("probe: a rank's trained layers did not arrive whole".into())
+        Error::Invalid("a rank's results did not arrive whole".into())
     }
 
     impl<'a> Reader<'a> {
@@ -878,5 +878,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("c must be a positive number"), "{e}");
+    }
+    #[test]
+    fn layer_results_cross_the_wire_bit_for_bit() {
+        let x = Array2::from_shape_fn((12, 3), |(i, j)| {
+            ((i * 7 + j * 3) % 5) as f64 + 0.1 * j as f64
+        });
+        let folds = |t: &Target| folds_for(t, 3, 1);
+        let binary = classes(&(0..12).map(|i| i % 2).collect::<Vec<_>>(), 2);
+        let multi = classes(&(0..12).map(|i| i % 3).collect::<Vec<_>>(), 4);
+        let values = Target::Values((0..12).map(|i| i as f64 * 0.5 - 1.0).collect());
+        let s = Settings {
+            folds: 3,
+            ..Settings::default()
+        };
+        for t in [&binary, &values] {
+            let r = evaluate(x.view(), t, &folds(t), &s).unwrap();
+            let mut bytes = Vec::new();
+            wire::put_result(&mut bytes, &r);
+            let back = wire::read_result(&mut wire::Reader::new(&bytes)).unwrap();
+            assert_eq!(format!("{r:?}"), format!("{back:?}"));
+            assert!(wire::read_result(&mut wire::Reader::new(&bytes[..bytes.len() - 1])).is_err());
+        }
+        // A multinomial fit where class 3 is absent: its intercept is -inf, which survives.
+        let fit = Fitted::fit(x.view(), &multi, 1.0, 100).unwrap();
+        let r = LayerResult {
+            scores: vec![0.5],
+            mean: 0.5,
+            std: 0.0,
+            fold_c: vec![1.0],
+            c: 1.0,
+            fitted: fit,
+        };
+        let mut bytes = Vec::new();
+        wire::put_result(&mut bytes, &r);
+        let back = wire::read_result(&mut wire::Reader::new(&bytes)).unwrap();
+        assert_eq!(format!("{r:?}"), format!("{back:?}"));
+        assert!(
+            matches!(&back.fitted.weights, Weights::Multi { b, .. } if b[3] == f64::NEG_INFINITY)
+        );
     }
 }
