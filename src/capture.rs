@@ -556,15 +556,111 @@ fn capture_local(
 /// One forward of `rows` (one batch, left-padded as `Model::forward_ids` pads) that returns
 /// both the logits `[batch, pos, vocab]` (float32, as `forward_ids` gives them) and the cache
 /// of `positions` at `points`, as [`capture`] would keep them.
+///
+/// In a group of several processes this is a collective call, as [`capture`]: each rank runs
+/// its share of `rows` (padded to the longest row of all, so that each row is the input one
+/// process would run) and the ranks exchange logits and caches, so every rank returns those of
+/// all the rows (up to float noise: the batches differ). With fewer rows than ranks every rank
+/// runs them all.
 pub fn run_with_cache(
     model: &mut Model,
     rows: &[Vec<u32>],
     points: &[HookName],
     positions: Positions,
 ) -> Result<(Array, ActivationCache)> {
+    let world = match crate::distributed::data_parallel()? {
+        Some(w) if rows.len() >= w.size() => w,
+        _ => return run_with_cache_local(model, rows, points, positions, 0),
+    };
+    check_request(rows, points, positions)?;
+    let t = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let share = &rows[world.share(rows.len())];
+    let (logits, mine) = run_with_cache_local(model, share, points, positions, t)?;
+    let logits = world.all_gather(&logits)?;
+    let mut entries = HashMap::new();
+    for p in points {
+        let all = match mine.entries.get(p) {
+            Some(Captured::Stacked(a)) => Captured::Stacked(world.all_gather(a)?),
+            Some(Captured::PerInput(parts)) => Captured::PerInput(gather_parts(&world, parts)?),
+            None => {
+                return Err(Error::Invalid(format!(
+                    "run_with_cache: {p} was not captured on rank {}",
+                    world.rank()
+                )))
+            }
+        };
+        entries.insert(*p, all);
+    }
+    let cache = ActivationCache {
+        n: rows.len(),
+        prompts_hash: hash_ids(rows),
+        ids: Some(rows.to_vec()),
+        entries,
+        ..mine
+    };
+    Ok((logits, cache))
+}
+
+/// Every rank's `parts` (arrays of one dtype and rank, any shapes), in rank order: each part
+/// travels flattened, with its shape beside it.
+fn gather_parts(world: &crate::distributed::World, parts: &[Array]) -> Result<Vec<Array>> {
+    let ndim = parts.first().map_or(0, |a| a.ndim());
+    if parts.iter().any(|a| a.ndim() != ndim) {
+        return Err(Error::Invalid(
+            "run_with_cache: the parts of one point differ in rank".into(),
+        ));
+    }
+    let shapes: Vec<i32> = parts.iter().flat_map(|a| a.shape().to_vec()).collect();
+    let flat = parts
+        .iter()
+        .map(|a| a.reshape(&[-1]))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let joined = world.all_gather(&ops::concatenate(&flat, 0)?)?;
+    let shapes = world.all_gather(&Array::from_slice(
+        &shapes,
+        &[parts.len() as i32, ndim as i32],
+    ))?;
+    let shapes = shapes.as_slice::<i32>().to_vec();
+    let mut out = Vec::new();
+    let mut start = 0;
+    for shape in shapes.chunks(ndim.max(1)) {
+        let n: i32 = shape.iter().product();
+        let idx = Array::from_iter(start..start + n, &[n]);
+        out.push(joined.take_axis(&idx, 0)?.reshape(shape)?);
+        start += n;
+    }
+    Ok(out)
+}
+
+/// Rows left-padded with `pad_id` to `t` tokens, or to the longest row if that is longer
+/// (as [`pad_left`]).
+fn pad_left_to(rows: &[Vec<u32>], pad_id: u32, t: usize) -> Result<(Array, Vec<i32>)> {
+    let (ids, pads) = pad_left(rows, pad_id)?;
+    let have = ids.shape()[1] as usize;
+    if have >= t {
+        return Ok((ids, pads));
+    }
+    let extra = (t - have) as i32;
+    let fill = Array::from_slice(
+        &vec![pad_id as i32; rows.len() * extra as usize],
+        &[rows.len() as i32, extra],
+    );
+    let ids = ops::concatenate(&[&fill, &ids], 1)?;
+    let pads = rows.iter().map(|r| (t - r.len()) as i32).collect();
+    Ok((ids, pads))
+}
+
+/// [`run_with_cache`] in this process alone, the rows left-padded to at least `t` tokens.
+fn run_with_cache_local(
+    model: &mut Model,
+    rows: &[Vec<u32>],
+    points: &[HookName],
+    positions: Positions,
+    t: usize,
+) -> Result<(Array, ActivationCache)> {
     check_request(rows, points, positions)?;
     crate::interrupt::check()?;
-    let (ids, pads) = pad_left(rows, 0)?;
+    let (ids, pads) = pad_left_to(rows, 0, t)?;
     model
         .hooks
         .start_capture_with(points.iter().map(|&p| (p, reducer(p, positions))).collect());

@@ -375,10 +375,15 @@ impl World {
     /// This rank's share of `n` items: a contiguous range, the first `n % size` ranks one
     /// longer. Concatenating every rank's share in rank order gives `0..n`.
     pub fn share(&self, n: usize) -> std::ops::Range<usize> {
+        self.share_of(self.rank, n)
+    }
+
+    /// Rank `rank`'s share of `n` items (see [`World::share`]).
+    pub fn share_of(&self, rank: usize, n: usize) -> std::ops::Range<usize> {
         let base = n / self.size;
         let extra = n % self.size;
-        let start = self.rank * base + self.rank.min(extra);
-        start..start + base + usize::from(self.rank < extra)
+        let start = rank * base + rank.min(extra);
+        start..start + base + usize::from(rank < extra)
     }
 
     fn limit(&self) -> Result<Option<Duration>> {

@@ -561,3 +561,150 @@ print(`outputs ${outs} ${sampled}`);
     assert_eq!(seen[0], seen[1]);
     assert_eq!(seen[0], seen[2]);
 }
+
+/// Probes (two classes, several classes with a choice of c, a regression), directions over
+/// every layer and a run_with_cache of every hook point; each capture runs one row per batch,
+/// so the activations, and so everything trained on them, are the same bits on any number of
+/// processes. Each rank prints the layers it trained and the rows it ran; rank 0 saves the
+/// rest, with the same probe trained `locally` (every layer on this rank) beside it.
+const PROBE_STUDY: &str = r#"
+let m = load(args.model);
+let pos = ["a b c", "a a b c d", "b c", "c c c a", "a b", "d d a b c"];
+let neg = ["d c b a", "c b", "b b b d a", "d d d", "c a", "a d c b b", "b a"];
+let texts = pos + neg;
+let opts = #{layers: "all", folds: 3, batch_size: 1, progress: false};
+let p = probe(m, pos, neg, opts);
+let alone = locally(|| probe(m, pos, neg, opts));
+let c = capture(m, texts, #{batch_size: 1});
+let classes = [];
+for i in 0..texts.len() { classes.push(i % 3); }
+let multi = probe(m, c, classes, #{folds: 2, c: [0.1, 1.0], progress: false});
+let reg = probe(m, c, texts.map(|t| t.len() * 0.5), #{folds: 3, c: [0.5, 2.0], progress: false});
+let rows = 0;
+hook(m, "blocks.0.hook_resid_post", |x| { rows += x.shape[0]; });
+let r = run_with_cache(m, texts, #{points: "all"});
+clear_hooks(m);
+let ds = directions(m, pos, neg, #{method: "probe", batch_size: 1});
+print(`trained ${p.trained_here} ${multi.trained_here} ${reg.trained_here} ${alone.trained_here} rows ${rows}`);
+let vectors = |xs| xs.map(|d| d.vector.to_array());
+save_json(#{
+    probe: p.to_map(), alone: alone.to_map(), multi: multi.to_map(), reg: reg.to_map(),
+    dirs: vectors.call(directions(p)), alone_dirs: vectors.call(directions(alone)),
+    multi_dirs: [0, 1].map(|l| direction(multi, l, 2).vector.to_array()),
+    reg_dirs: vectors.call(directions(reg)),
+    layer_dirs: vectors.call(ds),
+    logits: r.logits.to_array(),
+    cache: keys(r.cache).map(|k| [k, r.cache[k].map(|t| t.to_array())]),
+    cache_n: r.cache.n,
+}, args.out + "/probe.json");
+"#;
+
+/// [`PROBE_STUDY`] on `n` processes: rank 0's saved values and each rank's printed line.
+fn probe_study(n: usize) -> (serde_json::Value, Vec<Vec<String>>) {
+    let dir = scratch();
+    write(dir.path(), "p.rhai", PROBE_STUDY);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let out_s = out.display().to_string();
+    let model = format!("model={FIXTURE}");
+    let n_s = n.to_string();
+    let r = run(
+        dir.path(),
+        &[
+            "launch", "-n", &n_s, "p.rhai", "--set", &model, "--out", &out_s,
+        ],
+    );
+    r.ok();
+    let lines = (0..n).map(|rank| lines_of(&r.stdout, rank)).collect();
+    let v = serde_json::from_str(&std::fs::read_to_string(out.join("probe.json")).unwrap());
+    (v.unwrap(), lines)
+}
+
+#[test]
+fn probes_split_their_layers_and_give_one_process_results() {
+    let (one, lines) = probe_study(1);
+    assert_eq!(
+        lines,
+        [["trained [0, 1] [0, 1] [0, 1] [0, 1] rows 13"]],
+        "one process trains every layer and runs every row"
+    );
+    // Every layer trained here gives the same probe as the shared training, on one process too.
+    assert_eq!(one["probe"], one["alone"]);
+    assert_eq!(one["dirs"], one["alone_dirs"]);
+    assert_eq!(one["cache_n"], 13);
+    // The fixture has two layers: ranks train one each (a third rank none), and run their
+    // share of the 13 rows.
+    for (n, want) in [
+        (
+            2,
+            vec!["[0] [0] [0] [0, 1] rows 7", "[1] [1] [1] [0, 1] rows 6"],
+        ),
+        (
+            3,
+            vec![
+                "[0] [0] [0] [0, 1] rows 5",
+                "[1] [1] [1] [0, 1] rows 4",
+                "[] [] [] [0, 1] rows 4",
+            ],
+        ),
+    ] {
+        let (many, lines) = probe_study(n);
+        let want: Vec<Vec<String>> = want.iter().map(|w| vec![format!("trained {w}")]).collect();
+        assert_eq!(lines, want, "{n} processes");
+        for key in [
+            "probe",
+            "alone",
+            "multi",
+            "reg",
+            "dirs",
+            "multi_dirs",
+            "reg_dirs",
+            "layer_dirs",
+            "cache_n",
+        ] {
+            let d = max_diff(&one[key], &many[key], key);
+            assert!(
+                d < 1e-6,
+                "{n} processes: {key} differs from one process by {d}"
+            );
+        }
+        assert_eq!(
+            one["probe"]["score"], many["probe"]["score"],
+            "{n} processes"
+        );
+        assert_eq!(many["probe"], many["alone"], "{n} processes");
+        for key in ["logits", "cache"] {
+            let d = max_diff(&one[key], &many[key], key);
+            assert!(
+                d < 1e-5,
+                "{n} processes: {key} differs from one process by {d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_probe_of_different_data_per_rank_is_an_error_on_every_rank() {
+    let script = r#"
+let m = load(args.model);
+let texts = ["a b c", "a a b c d", "b c", "c c c a", "d c b a", "c b", "b b b d a", "d d d"];
+let c = capture(m, texts);
+let labels = [];
+for i in 0..texts.len() { labels.push((i + world().rank) % 2); }
+probe(m, c, labels, #{folds: 2, progress: false});
+"#;
+    let dir = scratch();
+    write(dir.path(), "d.rhai", script);
+    let model = format!("model={FIXTURE}");
+    let r = run(
+        dir.path(),
+        &["launch", "-n", "2", "d.rhai", "--set", &model],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("ranks 0 and 1 hold different activations, labels or options"),
+        "{}",
+        r.stderr
+    );
+}

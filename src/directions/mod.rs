@@ -138,6 +138,14 @@ impl Recipe {
         layer: usize,
         point: &str,
     ) -> Result<Direction> {
+        let n = (p.shape()[0] + q.shape()[0]) as usize;
+        let (v, raw) = self.vector(p, q)?;
+        Ok(self.assemble(m, v, raw, n, layer, point))
+    }
+
+    /// The vector separating `p` from `q` (normalized if the recipe says so) and its length
+    /// before normalizing.
+    fn vector(&self, p: &Array, q: &Array) -> Result<(Vec<f32>, f64)> {
         let flat = |a: &Array| -> Result<Array> { Ok(a.reshape(&[a.shape()[0], -1])?) };
         let (p, q) = (flat(p)?, flat(q)?);
         let v = compute(self.method, &p, &q)?;
@@ -147,16 +155,29 @@ impl Recipe {
         } else {
             v
         };
-        Ok(Direction {
+        Ok((v, raw))
+    }
+
+    /// The Direction of vector `v` (of length `raw` before normalizing) from `n` examples.
+    fn assemble(
+        &self,
+        m: &Model,
+        v: Vec<f32>,
+        raw: f64,
+        n: usize,
+        layer: usize,
+        point: &str,
+    ) -> Direction {
+        Direction {
             vector: Array::from_slice(&v, &[v.len() as i32]),
             layer,
             point: point.to_string(),
             method: self.method.name().into(),
-            n: (p.shape()[0] + q.shape()[0]) as usize,
+            n,
             model: m.info.name.clone(),
             arch: m.info.arch.clone(),
             norm: raw,
-        })
+        }
     }
 
     /// The Direction at `blocks.{layer}.{point}` separating the `positive` inputs (token ids)
@@ -196,18 +217,28 @@ impl Recipe {
             Array::from_slice(&v, &[v.len() as i32])
         };
         let (np, n) = (positive.len() as i32, rows.len() as i32);
-        hooks
-            .iter()
+        let vector_at = |i: usize| -> Result<(Vec<f32>, f64)> {
+            let h = &hooks[i];
+            let Some(Captured::Stacked(a)) = c.entries.get(h) else {
+                return Err(Error::Invalid(format!("directions: {h} was not captured")));
+            };
+            let p = a.take_axis(idx(0..np), 0)?;
+            let q = a.take_axis(idx(np..n), 0)?;
+            self.vector(&p, &q)
+        };
+        // In a group every rank holds the whole capture: each computes its share of the layers
+        // and the ranks exchange the vectors.
+        let vectors = match crate::distributed::data_parallel()? {
+            Some(world) => shared_vectors(&world, layers.len(), vector_at)?,
+            None => (0..layers.len())
+                .map(vector_at)
+                .collect::<Result<Vec<_>>>()?,
+        };
+        Ok(vectors
+            .into_iter()
             .zip(layers)
-            .map(|(h, &layer)| {
-                let Some(Captured::Stacked(a)) = c.entries.get(h) else {
-                    return Err(Error::Invalid(format!("directions: {h} was not captured")));
-                };
-                let p = a.take_axis(idx(0..np), 0)?;
-                let q = a.take_axis(idx(np..n), 0)?;
-                self.build(m, &p, &q, layer, point)
-            })
-            .collect()
+            .map(|((v, raw), &layer)| self.assemble(m, v, raw, n as usize, layer, point))
+            .collect())
     }
 
     /// Activations `[n, ...]` of `rows` at `point`.
@@ -220,6 +251,59 @@ impl Recipe {
             ))),
         }
     }
+}
+
+/// `vector_at(i)` for every `i` in `0..n`, each rank of `world` computing its share of them
+/// ([`crate::distributed::World::share`]) and the ranks exchanging the results bit for bit. A
+/// rank whose computation fails still takes part, so every rank stops with the first error.
+fn shared_vectors(
+    world: &crate::distributed::World,
+    n: usize,
+    vector_at: impl Fn(usize) -> Result<(Vec<f32>, f64)>,
+) -> Result<Vec<(Vec<f32>, f64)>> {
+    use crate::probes::wire::{put_f64, put_floats, put_str, put_u64, Reader};
+    let mine = world.share(n);
+    let local = mine.clone().map(&vector_at).collect::<Result<Vec<_>>>();
+    let mut msg = Vec::new();
+    match &local {
+        Ok(vs) => {
+            msg.push(1);
+            put_u64(&mut msg, vs.len() as u64);
+            for (v, raw) in vs {
+                put_f64(&mut msg, *raw);
+                put_floats(&mut msg, v.iter().map(|&x| x as f64));
+            }
+        }
+        Err(e) => {
+            msg.push(0);
+            put_str(&mut msg, &e.to_string());
+        }
+    }
+    let parts = world.all_gather_bytes(&msg)?;
+    let mut out = Vec::with_capacity(n);
+    for (rank, bytes) in parts.iter().enumerate() {
+        let mut r = Reader::new(bytes);
+        if r.u8()? == 0 {
+            let message = r.str()?;
+            return Err(match local {
+                Err(e) if rank == world.rank() => e,
+                _ => Error::Invalid(message),
+            });
+        }
+        let want = world.share_of(rank, n).len() as u64;
+        if r.u64()? != want {
+            return Err(Error::Invalid(format!(
+                "directions: rank {rank} did not send its share of {want} layers"
+            )));
+        }
+        for _ in 0..want {
+            let raw = r.f64()?;
+            // f32 -> f64 -> f32 is exact.
+            let v = r.floats()?.into_iter().map(|x| x as f32).collect();
+            out.push((v, raw));
+        }
+    }
+    Ok(out)
 }
 
 /// What steering does along a direction (see [`crate::interventions::Op`]).

@@ -7,9 +7,11 @@ use std::time::Instant;
 use mlx_rs::{Array, Dtype};
 use ndarray::Array2;
 
+use super::wire::{self, Reader};
 use super::{evaluate_layers, folds_for, LayerResult, Settings, Target};
 use crate::capture::{capture, hash_ids, ActivationCache, Captured, Positions};
 use crate::directions::{norm, Direction};
+use crate::distributed::World;
 use crate::error::{Error, Result};
 use crate::hooks::HookName;
 use crate::model::Model;
@@ -32,6 +34,9 @@ pub struct Probe {
     pub inputs_hash: String,
     pub capture_seconds: f64,
     pub train_seconds: f64,
+    /// The layers this process trained: all of them alone, its share in a group of several
+    /// (the others' results arrived from their ranks).
+    pub trained_here: Vec<usize>,
 }
 
 /// A probe's training data: one `[n, d]` matrix per layer, and where it came from.
@@ -146,7 +151,15 @@ impl Probe {
         }
         let d = examples.xs.first().map_or(0, |x| x.ncols());
         let t1 = Instant::now();
-        let results = evaluate_layers(&examples.xs, &target, &settings, done)?;
+        let (results, trained_here) = match crate::distributed::data_parallel()? {
+            Some(world) => {
+                evaluate_shared(&world, &layers, &examples.xs, &target, &settings, done)?
+            }
+            None => (
+                evaluate_layers(&examples.xs, &target, &settings, done)?,
+                layers.clone(),
+            ),
+        };
         Ok(Probe {
             model_name: m.info.name.clone(),
             arch: m.info.arch.clone(),
@@ -160,6 +173,7 @@ impl Probe {
             inputs_hash: examples.inputs_hash,
             capture_seconds: examples.capture_seconds,
             train_seconds: t1.elapsed().as_secs_f64(),
+            trained_here,
         })
     }
 
@@ -429,4 +443,101 @@ fn bar(frac: f64, width: usize, chance: f64) -> String {
         s.push('┆');
     }
     s
+}
+
+/// [`evaluate_layers`] split over the ranks of `world`: each rank trains its share of the
+/// layers (a contiguous range, [`World::share`]) and the ranks exchange their results bit for
+/// bit, so every rank returns what one process would, with the layers it trained itself.
+///
+/// Every rank must hold the same activations and labels (a probe after a collective capture
+/// does); ranks that do not get an error on every rank instead of a probe mixing their data.
+/// A rank whose training fails still takes part in the exchange, so that every rank stops with
+/// the error of the first failing layer.
+fn evaluate_shared(
+    world: &World,
+    layers: &[usize],
+    xs: &[Array2<f64>],
+    target: &Target,
+    settings: &Settings,
+    done: &(dyn Fn() + Sync),
+) -> Result<(Vec<LayerResult>, Vec<usize>)> {
+    let mine = world.share(xs.len());
+    let local = evaluate_layers(&xs[mine.clone()], target, settings, done);
+    let mut msg = Vec::new();
+    wire::put_u64(&mut msg, fingerprint(layers, xs, target, settings));
+    match &local {
+        Ok(results) => {
+            msg.push(1);
+            wire::put_u64(&mut msg, results.len() as u64);
+            results.iter().for_each(|r| wire::put_result(&mut msg, r));
+        }
+        Err(e) => {
+            msg.push(0);
+            wire::put_str(&mut msg, &e.to_string());
+        }
+    }
+    let parts = world.all_gather_bytes(&msg)?;
+    let mut readers: Vec<Reader> = parts.iter().map(|p| Reader::new(p)).collect();
+    let prints = readers
+        .iter_mut()
+        .map(|r| r.u64())
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(r) = prints.iter().position(|&p| p != prints[0]) {
+        return Err(Error::Invalid(format!(
+            "probe: ranks 0 and {r} hold different activations, labels or options, so the \
+             layers cannot be shared out; a probe of each rank's own data goes inside \
+             locally(...)"
+        )));
+    }
+    let mut results = Vec::with_capacity(xs.len());
+    for (rank, reader) in readers.iter_mut().enumerate() {
+        if reader.u8()? == 0 {
+            let message = reader.str()?;
+            // This rank's own failure keeps its kind (an interruption stays one).
+            return Err(match local {
+                Err(e) if rank == world.rank() => e,
+                _ => Error::Invalid(message),
+            });
+        }
+        let want = world.share_of(rank, xs.len()).len();
+        let n = reader.u64()?;
+        if n != want as u64 {
+            return Err(Error::Invalid(format!(
+                "probe: rank {rank} trained {n} layers, not its share of {want}"
+            )));
+        }
+        for _ in 0..n {
+            results.push(wire::read_result(reader)?);
+        }
+    }
+    Ok((results, layers[mine].to_vec()))
+}
+
+/// A hash of everything a probe's training depends on (FNV-1a over the bits), to check that
+/// the ranks train on the same data.
+fn fingerprint(layers: &[usize], xs: &[Array2<f64>], target: &Target, s: &Settings) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |x: u64| {
+        h ^= x;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    layers.iter().for_each(|&l| eat(l as u64));
+    for x in xs {
+        eat(x.nrows() as u64);
+        eat(x.ncols() as u64);
+        x.iter().for_each(|v| eat(v.to_bits()));
+    }
+    match target {
+        Target::Classes { y, names } => {
+            eat(names.len() as u64);
+            y.iter().for_each(|&k| eat(k as u64));
+        }
+        Target::Values(v) => v.iter().for_each(|x| eat(x.to_bits())),
+    }
+    eat(s.folds as u64);
+    eat(s.seed);
+    s.cs.iter().for_each(|c| eat(c.to_bits()));
+    eat(s.inner_folds as u64);
+    eat(s.max_iterations);
+    h
 }

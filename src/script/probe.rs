@@ -341,8 +341,13 @@ fn train(
             examples
         }
     };
-    let bar = (progress && layers.len() > 1)
-        .then(|| super::progress::Progress::new(layers.len() as u64, "probe layers"));
+    // In a group each rank trains its share of the layers (see `Probe::fit`).
+    let here = match crate::distributed::data_parallel()? {
+        Some(world) => world.share(layers.len()).len(),
+        None => layers.len(),
+    };
+    let bar =
+        (progress && here > 1).then(|| super::progress::Progress::new(here as u64, "probe layers"));
     let done = || {
         if let Some(b) = &bar {
             b.inc(1);
@@ -537,6 +542,15 @@ mod probe_functions {
             .iter()
             .map(|r| Dynamic::from_array(floats(r.scores.iter().copied())))
             .collect()
+    }
+
+    /// The layers this process trained: every layer alone; in a group of several processes
+    /// its share of them (the others' results came from their ranks).
+    ///
+    /// Example: `print(p.trained_here)  // [0, 1, ..., 14] on rank 0 of 2, for 30 layers`
+    #[rhai_fn(get = "trained_here", pure)]
+    pub fn trained_here(p: &mut Probe) -> RhaiArray {
+        p.trained_here.iter().map(|&l| (l as INT).into()).collect()
     }
 
     /// The c of each layer's final fit.
