@@ -568,7 +568,7 @@ pub fn run_with_cache(
     points: &[HookName],
     positions: Positions,
 ) -> Result<(Array, ActivationCache)> {
-    let world = match crate::distributed::data_parallel()? {
+    let world = match model.data_parallel()? {
         Some(w) if rows.len() >= w.size() => w,
         _ => return run_with_cache_local(model, rows, points, positions, 0),
     };
