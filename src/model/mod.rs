@@ -319,6 +319,8 @@ pub struct Model {
     pub adapter: Option<Adapter>,
     /// This rank's stage when the model is pipeline-sharded over several processes.
     pub pipeline: Option<Pipeline>,
+    /// Each layer's sliding window, read once at load (see [`Model::windows`]).
+    windows: Vec<Option<i32>>,
 }
 
 /// True when MLX's default device is a GPU (Metal or CUDA), asked of the device itself.
@@ -719,7 +721,6 @@ impl Model {
             Some((bits, group)) => format!("{bits}-bit group {group}"),
         };
         Ok(Model {
-            net,
             tokenizer,
             hooks: Hooks::default(),
             info,
@@ -727,6 +728,8 @@ impl Model {
             parameters,
             adapter: None,
             pipeline,
+            windows: net.arch().windows(),
+            net,
         })
     }
 
@@ -735,8 +738,8 @@ impl Model {
     }
 
     /// Each layer's sliding window (`None`: full attention); empty when no layer has one.
-    pub fn windows(&self) -> Vec<Option<i32>> {
-        self.net.arch().windows()
+    pub fn windows(&self) -> &[Option<i32>] {
+        &self.windows
     }
 
     /// The mixture-of-experts router of block `layer`, if it has one.
@@ -906,7 +909,7 @@ impl Model {
         let mut cache = cache;
         let window_start = match cache.as_deref_mut() {
             Some(c) => {
-                c.trim_windows(&self.net.arch().windows())?;
+                c.trim_windows(&self.windows)?;
                 c.window_start
             }
             None => 0,
