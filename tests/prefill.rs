@@ -158,7 +158,7 @@ fn long_generation_with_trimmed_window_caches_matches_a_cacheless_forward() {
             logits = m.run(&next, &pads, Some(&mut cache), true).unwrap();
         }
         assert!(cache.window_start > 300, "{case}: never trimmed");
-        let windowed = m.windows();
+        let windowed = m.windows().to_vec();
         let held: Vec<i32> = cache.layers.iter().map(|l| l.held()).collect();
         for (h, w) in held.iter().zip(&windowed) {
             match w {
