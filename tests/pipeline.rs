@@ -272,6 +272,23 @@ catch (e) { print(`grad: ${e}`); }
             "{out}"
         );
     }
+    // A hook that throws on the stage holding its block ends the whole job, at once.
+    let script = r#"
+let m = load(args.model, #{pipeline: true});
+hook(m, "blocks.1.hook_resid_post", |x| { throw "bad hook"; });
+forward(m, "a b c");
+"#;
+    let started = std::time::Instant::now();
+    let (r, _d) = launch(2, script, std::slice::from_ref(&model));
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("bad hook"), "{}", r.stderr);
+    assert!(r.stderr.contains("rank 1"), "{}", r.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+
     let (r, _d) = launch(
         1,
         r#"let m = load(args.model, #{pipeline: true}); print(m.info().pipeline);"#,
