@@ -21,7 +21,8 @@ W=/tmp/cudaw
 TARGET=/work/target-cuda
 PY="$MLXI_HOME/refvenv/bin/python"
 [ -x "$PY" ] || PY=python3
-TESTS="parity_default parity_archs model_cli hooks hooks_archs"
+# GPU_TESTS picks the test binaries to build (run.sh runs the same list).
+TESTS="${GPU_TESTS:-parity_default parity_archs model_cli hooks hooks_archs}"
 
 echo "==> wheels"
 mkdir -p "$W/x" "$W/py312"
