@@ -261,47 +261,39 @@ fn shared_vectors(
     n: usize,
     vector_at: impl Fn(usize) -> Result<(Vec<f32>, f64)>,
 ) -> Result<Vec<(Vec<f32>, f64)>> {
-    use crate::probes::wire::{put_f64, put_floats, put_str, put_u64, Reader};
     let mine = world.share(n);
-    let local = mine.clone().map(&vector_at).collect::<Result<Vec<_>>>();
-    let mut msg = Vec::new();
-    match &local {
-        Ok(vs) => {
-            msg.push(1);
-            put_u64(&mut msg, vs.len() as u64);
-            for (v, raw) in vs {
-                put_f64(&mut msg, *raw);
-                put_floats(&mut msg, v.iter().map(|&x| x as f64));
-            }
-        }
-        Err(e) => {
-            msg.push(0);
-            put_str(&mut msg, &e.to_string());
-        }
-    }
+    let local = mine.map(&vector_at).collect::<Result<Vec<_>>>();
+    // Postcard bytes, every number bit for bit: the vectors, or the rank's first error.
+    let msg: std::result::Result<&[(Vec<f32>, f64)], String> =
+        local.as_deref().map_err(|e| e.to_string());
+    let msg = postcard::to_stdvec(&msg)
+        .map_err(|e| Error::Invalid(format!("directions: cannot send the vectors: {e}")))?;
     let parts = world.all_gather_bytes(&msg)?;
     let mut out = Vec::with_capacity(n);
     for (rank, bytes) in parts.iter().enumerate() {
-        let mut r = Reader::new(bytes);
-        if r.u8()? == 0 {
-            let message = r.str()?;
-            return Err(match local {
-                Err(e) if rank == world.rank() => e,
-                _ => Error::Invalid(message),
-            });
-        }
-        let want = world.share_of(rank, n).len() as u64;
-        if r.u64()? != want {
+        // Truncated or garbled bytes are an error; postcard allocates no more than they hold.
+        let theirs: std::result::Result<Vec<(Vec<f32>, f64)>, String> = postcard::from_bytes(bytes)
+            .map_err(|e| {
+                Error::Invalid(format!(
+                    "directions: rank {rank}'s vectors did not arrive whole ({e})"
+                ))
+            })?;
+        let theirs = match theirs {
+            Ok(theirs) => theirs,
+            Err(message) => {
+                return Err(match local {
+                    Err(e) if rank == world.rank() => e,
+                    _ => Error::Invalid(message),
+                })
+            }
+        };
+        let want = world.share_of(rank, n).len();
+        if theirs.len() != want {
             return Err(Error::Invalid(format!(
                 "directions: rank {rank} did not send its share of {want} layers"
             )));
         }
-        for _ in 0..want {
-            let raw = r.f64()?;
-            // f32 -> f64 -> f32 is exact.
-            let v = r.floats()?.into_iter().map(|x| x as f32).collect();
-            out.push((v, raw));
-        }
+        out.extend(theirs);
     }
     Ok(out)
 }

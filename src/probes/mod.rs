@@ -28,6 +28,7 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::{interrupt, Error, Result};
 
@@ -224,7 +225,7 @@ pub fn folds_for(target: &Target, k: usize, seed: u64) -> Vec<usize> {
 }
 
 /// Per-feature standardisation fitted on training data.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scaler {
     pub mean: Array1<f64>,
     /// Standard deviation (ddof 0); 1 where a feature is constant.
@@ -248,7 +249,7 @@ impl Scaler {
 }
 
 /// Weights of a fitted probe, on standardised features.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Weights {
     /// Logit of the positive class (class 1) = `w·z + b`.
     Binary { w: Array1<f64>, b: f64 },
@@ -259,7 +260,7 @@ pub enum Weights {
 }
 
 /// A probe fitted on some data: its standardisation and weights.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fitted {
     pub scaler: Scaler,
     pub weights: Weights,
@@ -509,8 +510,9 @@ fn best_c(
     Ok(best.0)
 }
 
-/// One layer's cross-validated evaluation and final fit.
-#[derive(Debug, Clone)]
+/// One layer's cross-validated evaluation and final fit. Serializable so that ranks sharing the
+/// training exchange it (postcard, every f64 bit for bit: see `probe.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerResult {
     /// Score (accuracy or R²) on each outer test fold.
     pub scores: Vec<f64>,
@@ -648,159 +650,6 @@ pub fn binary_weights(d: usize, positive: &[f64], negative: &[f64]) -> Result<Ve
     Ok(fit.input_weights(1))
 }
 
-/// Writes and reads [`LayerResult`]s as bytes, every number bit for bit (f64 as its IEEE bits,
-/// so infinities and the last digit survive), for sharing trained layers between ranks.
-pub mod wire {
-    use ndarray::{Array1, Array2};
-
-    use super::{Fitted, LayerResult, Scaler, Weights};
-    use crate::{Error, Result};
-
-    pub fn put_u64(out: &mut Vec<u8>, x: u64) {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-
-    pub fn put_f64(out: &mut Vec<u8>, x: f64) {
-        put_u64(out, x.to_bits());
-    }
-
-    pub fn put_floats(out: &mut Vec<u8>, xs: impl ExactSizeIterator<Item = f64>) {
-        put_u64(out, xs.len() as u64);
-        xs.for_each(|x| put_f64(out, x));
-    }
-
-    pub fn put_str(out: &mut Vec<u8>, s: &str) {
-        put_u64(out, s.len() as u64);
-        out.extend_from_slice(s.as_bytes());
-    }
-
-    /// Bytes being read back; every read checks that they are there.
-    pub struct Reader<'a> {
-        bytes: &'a [u8],
-        at: usize,
-    }
-
-    fn short() -> Error {
-        Error::Invalid("a rank's results did not arrive whole".into())
-    }
-
-    impl<'a> Reader<'a> {
-        pub fn new(bytes: &'a [u8]) -> Reader<'a> {
-            Reader { bytes, at: 0 }
-        }
-
-        fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-            let end = self.at.checked_add(n).ok_or_else(short)?;
-            let s = self.bytes.get(self.at..end).ok_or_else(short)?;
-            self.at = end;
-            Ok(s)
-        }
-
-        pub fn u8(&mut self) -> Result<u8> {
-            Ok(self.take(1)?[0])
-        }
-
-        pub fn u64(&mut self) -> Result<u64> {
-            let b = self.take(8)?;
-            Ok(u64::from_le_bytes(b.try_into().map_err(|_| short())?))
-        }
-
-        pub fn f64(&mut self) -> Result<f64> {
-            Ok(f64::from_bits(self.u64()?))
-        }
-
-        /// A length that the remaining bytes can hold `each` bytes per item of.
-        fn len(&mut self, each: usize) -> Result<usize> {
-            let n = usize::try_from(self.u64()?).map_err(|_| short())?;
-            if n.checked_mul(each)
-                .is_none_or(|b| b > self.bytes.len() - self.at)
-            {
-                return Err(short());
-            }
-            Ok(n)
-        }
-
-        pub fn floats(&mut self) -> Result<Vec<f64>> {
-            let n = self.len(8)?;
-            (0..n).map(|_| self.f64()).collect()
-        }
-
-        pub fn str(&mut self) -> Result<String> {
-            let n = self.len(1)?;
-            Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
-        }
-    }
-
-    pub fn put_result(out: &mut Vec<u8>, r: &LayerResult) {
-        put_floats(out, r.scores.iter().copied());
-        put_f64(out, r.mean);
-        put_f64(out, r.std);
-        put_floats(out, r.fold_c.iter().copied());
-        put_f64(out, r.c);
-        put_floats(out, r.fitted.scaler.mean.iter().copied());
-        put_floats(out, r.fitted.scaler.scale.iter().copied());
-        match &r.fitted.weights {
-            Weights::Binary { w, b } => {
-                out.push(0);
-                put_floats(out, w.iter().copied());
-                put_f64(out, *b);
-            }
-            Weights::Multi { w, b } => {
-                out.push(1);
-                put_u64(out, w.ncols() as u64);
-                put_floats(out, w.iter().copied());
-                put_floats(out, b.iter().copied());
-            }
-            Weights::Ridge { w, b } => {
-                out.push(2);
-                put_floats(out, w.iter().copied());
-                put_f64(out, *b);
-            }
-        }
-    }
-
-    pub fn read_result(r: &mut Reader) -> Result<LayerResult> {
-        let scores = r.floats()?;
-        let mean = r.f64()?;
-        let std = r.f64()?;
-        let fold_c = r.floats()?;
-        let c = r.f64()?;
-        let scaler = Scaler {
-            mean: Array1::from(r.floats()?),
-            scale: Array1::from(r.floats()?),
-        };
-        let weights = match r.u8()? {
-            0 => Weights::Binary {
-                w: Array1::from(r.floats()?),
-                b: r.f64()?,
-            },
-            1 => {
-                let cols = usize::try_from(r.u64()?).map_err(|_| short())?.max(1);
-                let flat = r.floats()?;
-                let w =
-                    Array2::from_shape_vec((flat.len() / cols, cols), flat).map_err(|_| short())?;
-                Weights::Multi {
-                    w,
-                    b: Array1::from(r.floats()?),
-                }
-            }
-            2 => Weights::Ridge {
-                w: Array1::from(r.floats()?),
-                b: r.f64()?,
-            },
-            _ => return Err(short()),
-        };
-        Ok(LayerResult {
-            scores,
-            mean,
-            std,
-            fold_c,
-            c,
-            fitted: Fitted { scaler, weights },
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -881,6 +730,31 @@ mod tests {
     }
     #[test]
     fn layer_results_cross_the_wire_bit_for_bit() {
+        use probe::Share;
+        // One rank's message, read back: the same results, every bit (the bytes of what was
+        // read back are the bytes that were sent, NaN payloads and signed zeros included).
+        let cross = |results: &[LayerResult]| {
+            let sent = Share {
+                fingerprint: 7,
+                results: Ok(results),
+            };
+            let bytes = sent.encode().unwrap();
+            let back = Share::decode(&bytes).unwrap();
+            assert_eq!(back.fingerprint, 7);
+            let back = back.results.unwrap();
+            assert_eq!(format!("{results:?}"), format!("{back:?}"));
+            let again = Share {
+                fingerprint: 7,
+                results: Ok(&back[..]),
+            };
+            assert_eq!(again.encode().unwrap(), bytes);
+            // A message cut short anywhere is an error, not a panic.
+            for cut in 0..bytes.len() {
+                let e = Share::decode(&bytes[..cut]).err().unwrap().to_string();
+                assert!(e.contains("did not arrive whole"), "{e}");
+            }
+            back
+        };
         let x = Array2::from_shape_fn((12, 3), |(i, j)| {
             ((i * 7 + j * 3) % 5) as f64 + 0.1 * j as f64
         });
@@ -892,30 +766,41 @@ mod tests {
             folds: 3,
             ..Settings::default()
         };
-        for t in [&binary, &values] {
-            let r = evaluate(x.view(), t, &folds(t), &s).unwrap();
-            let mut bytes = Vec::new();
-            wire::put_result(&mut bytes, &r);
-            let back = wire::read_result(&mut wire::Reader::new(&bytes)).unwrap();
-            assert_eq!(format!("{r:?}"), format!("{back:?}"));
-            assert!(wire::read_result(&mut wire::Reader::new(&bytes[..bytes.len() - 1])).is_err());
-        }
+        let rs: Vec<LayerResult> = [&binary, &values]
+            .into_iter()
+            .map(|t| evaluate(x.view(), t, &folds(t), &s).unwrap())
+            .collect();
+        cross(&rs);
         // A multinomial fit where class 3 is absent: its intercept is -inf, which survives.
         let fit = Fitted::fit(x.view(), &multi, 1.0, 100).unwrap();
         let r = LayerResult {
-            scores: vec![0.5],
+            scores: vec![0.5, f64::NAN, -0.0],
             mean: 0.5,
-            std: 0.0,
+            std: f64::from_bits(0x7ff8_0000_0000_beef),
             fold_c: vec![1.0],
             c: 1.0,
             fitted: fit,
         };
-        let mut bytes = Vec::new();
-        wire::put_result(&mut bytes, &r);
-        let back = wire::read_result(&mut wire::Reader::new(&bytes)).unwrap();
-        assert_eq!(format!("{r:?}"), format!("{back:?}"));
+        let back = cross(std::slice::from_ref(&r));
         assert!(
-            matches!(&back.fitted.weights, Weights::Multi { b, .. } if b[3] == f64::NEG_INFINITY)
+            matches!(&back[0].fitted.weights, Weights::Multi { b, .. } if b[3] == f64::NEG_INFINITY)
         );
+        assert_eq!(back[0].std.to_bits(), 0x7ff8_0000_0000_beef);
+        assert_eq!(back[0].scores[2].to_bits(), (-0.0f64).to_bits());
+        // A failed rank's error crosses too.
+        let failed: Share<&[LayerResult]> = Share {
+            fingerprint: 1,
+            results: Err("probe: layer 3 failed".into()),
+        };
+        let back = Share::decode(&failed.encode().unwrap()).unwrap();
+        assert_eq!(back.results.err().as_deref(), Some("probe: layer 3 failed"));
+        // Garbage is an error, and a length claiming more than the bytes hold is not
+        // allocated: fingerprint 0, Ok, then u64::MAX layers (a varint), then nothing.
+        let e = Share::decode(&[0xff; 40]).err().unwrap().to_string();
+        assert!(e.contains("did not arrive whole"), "{e}");
+        let mut huge = vec![0, 0];
+        huge.extend([0xff; 9]);
+        huge.push(0x01);
+        assert!(Share::decode(&huge).is_err());
     }
 }

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use mlx_rs::{Array, Dtype};
 use ndarray::Array2;
+use serde::{Deserialize, Serialize};
 
-use super::wire::{self, Reader};
 use super::{evaluate_layers, folds_for, LayerResult, Settings, Target};
 use crate::capture::{capture, hash_ids, ActivationCache, Captured, Positions};
 use crate::directions::{norm, Direction};
@@ -463,26 +463,20 @@ fn evaluate_shared(
 ) -> Result<(Vec<LayerResult>, Vec<usize>)> {
     let mine = world.share(xs.len());
     let local = evaluate_layers(&xs[mine.clone()], target, settings, done);
-    let mut msg = Vec::new();
-    wire::put_u64(&mut msg, fingerprint(layers, xs, target, settings));
-    match &local {
-        Ok(results) => {
-            msg.push(1);
-            wire::put_u64(&mut msg, results.len() as u64);
-            results.iter().for_each(|r| wire::put_result(&mut msg, r));
-        }
-        Err(e) => {
-            msg.push(0);
-            wire::put_str(&mut msg, &e.to_string());
-        }
+    let msg = Share {
+        fingerprint: fingerprint(layers, xs, target, settings),
+        results: local.as_deref().map_err(|e| e.to_string()),
     }
-    let parts = world.all_gather_bytes(&msg)?;
-    let mut readers: Vec<Reader> = parts.iter().map(|p| Reader::new(p)).collect();
-    let prints = readers
-        .iter_mut()
-        .map(|r| r.u64())
+    .encode()?;
+    let shares = world
+        .all_gather_bytes(&msg)?
+        .iter()
+        .map(|bytes| Share::decode(bytes))
         .collect::<Result<Vec<_>>>()?;
-    if let Some(r) = prints.iter().position(|&p| p != prints[0]) {
+    if let Some(r) = shares
+        .iter()
+        .position(|s| s.fingerprint != shares[0].fingerprint)
+    {
         return Err(Error::Invalid(format!(
             "probe: ranks 0 and {r} hold different activations, labels or options, so the \
              layers cannot be shared out; a probe of each rank's own data goes inside \
@@ -490,27 +484,58 @@ fn evaluate_shared(
         )));
     }
     let mut results = Vec::with_capacity(xs.len());
-    for (rank, reader) in readers.iter_mut().enumerate() {
-        if reader.u8()? == 0 {
-            let message = reader.str()?;
+    for (rank, share) in shares.into_iter().enumerate() {
+        let theirs = match share.results {
+            Ok(theirs) => theirs,
             // This rank's own failure keeps its kind (an interruption stays one).
-            return Err(match local {
-                Err(e) if rank == world.rank() => e,
-                _ => Error::Invalid(message),
-            });
-        }
+            Err(message) => {
+                return Err(match local {
+                    Err(e) if rank == world.rank() => e,
+                    _ => Error::Invalid(message),
+                })
+            }
+        };
         let want = world.share_of(rank, xs.len()).len();
-        let n = reader.u64()?;
-        if n != want as u64 {
+        if theirs.len() != want {
             return Err(Error::Invalid(format!(
-                "probe: rank {rank} trained {n} layers, not its share of {want}"
+                "probe: rank {rank} trained {} layers, not its share of {want}",
+                theirs.len()
             )));
         }
-        for _ in 0..n {
-            results.push(wire::read_result(reader)?);
-        }
+        results.extend(theirs);
     }
     Ok((results, layers[mine].to_vec()))
+}
+
+/// What each rank sends the others in [`evaluate_shared`], as postcard bytes (every f64 bit
+/// for bit, so an infinite intercept and the last digit survive): sent as
+/// `Share<&[LayerResult]>`, read back as `Share<Vec<LayerResult>>`.
+#[derive(Serialize, Deserialize)]
+pub(super) struct Share<R> {
+    /// [`fingerprint`] of what the rank trained on.
+    pub fingerprint: u64,
+    /// The rank's layers in order, or the error of its first failing layer.
+    pub results: std::result::Result<R, String>,
+}
+
+impl Share<&[LayerResult]> {
+    pub(super) fn encode(&self) -> Result<Vec<u8>> {
+        postcard::to_stdvec(self)
+            .map_err(|e| Error::Invalid(format!("probe: cannot send the results: {e}")))
+    }
+}
+
+impl Share<Vec<LayerResult>> {
+    /// Reads a [`Share`] back. Truncated or garbled bytes are an error, never a panic, and
+    /// what decoding allocates is bounded by the bytes: postcard reads from the slice, and a
+    /// length that the remaining bytes cannot hold is not preallocated.
+    pub(super) fn decode(bytes: &[u8]) -> Result<Share<Vec<LayerResult>>> {
+        postcard::from_bytes(bytes).map_err(|e| {
+            Error::Invalid(format!(
+                "probe: a rank's results did not arrive whole ({e})"
+            ))
+        })
+    }
 }
 
 /// A hash of everything a probe's training depends on (FNV-1a over the bits), to check that
