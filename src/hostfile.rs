@@ -316,7 +316,7 @@ mod tests {
                 !err.contains("rm -rf") && !err.contains("$(x)") && !err.contains("ProxyCommand")
             );
         }
-        let many = format!("[{}]", vec![r#"{"ssh": "a"}"#; 9].join(","));
+        let many = format!("[{}]", [r#"{"ssh": "a"}"#; 9].join(","));
         assert!(parse(many.as_bytes(), 8)
             .unwrap_err()
             .contains("9 hosts; one launch starts at most 8"));
