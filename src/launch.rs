@@ -429,7 +429,8 @@ pub fn launch_hosts(spec: &HostsSpec) -> Result<i32> {
             },
         ));
     }
-    if spec.per_host == 0 || spec.per_host * file.hosts.len() > MAX_PROCESSES {
+    let total = spec.per_host.checked_mul(file.hosts.len());
+    if spec.per_host == 0 || total.is_none_or(|t| t > MAX_PROCESSES) {
         return Err(bad(format!(
             "-n {} on {} host(s): expected 1 to {MAX_PROCESSES} processes in all",
             spec.per_host,
@@ -457,15 +458,15 @@ pub fn launch_hosts(spec: &HostsSpec) -> Result<i32> {
             spec.port, spec.port
         )));
     }
-    let mut port = spec.port;
+    let mut next = u32::from(spec.port);
     let ring: Vec<Vec<String>> = hosts
         .iter()
         .map(|h| {
             h.ips
                 .iter()
                 .map(|ip| {
-                    port += 1;
-                    format!("{ip}:{}", port - 1)
+                    next += 1;
+                    format!("{ip}:{}", next - 1)
                 })
                 .collect()
         })

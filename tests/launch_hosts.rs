@@ -264,6 +264,32 @@ fn bad_host_files_are_errors_that_start_nothing() {
         assert_eq!(ssh_log(dir.path()), Vec::<String>::new(), "{want}");
         assert!(!dir.path().join("pwned").exists());
     }
+    // Good host file, bad options.
+    host_file(dir.path(), &["alpha", "beta"]);
+    let ssh = dir.path().join("ssh");
+    let ssh = ssh.to_str().unwrap();
+    for (args, want) in [
+        (
+            &["--port", "65535"][..],
+            "--port 65535: the ranks need ports 65535 to 65536",
+        ),
+        (
+            &["-n", "40"],
+            "-n 40 on 2 host(s): expected 1 to 64 processes in all",
+        ),
+        (
+            &["--backend", "tcp"],
+            "--backend: expected one of ring, jaccl",
+        ),
+        (&["--env", "A B=1"], "--env: not KEY=VALUE"),
+    ] {
+        let mut all = vec!["launch", "--hostfile", "hosts.json", "--ssh", ssh];
+        all.extend_from_slice(args);
+        all.push("c.rhai");
+        let (r, _) = run(dir.path(), &all);
+        assert!(r.failed().contains(want), "want {want:?} in:\n{}", r.stderr);
+        assert_eq!(ssh_log(dir.path()), Vec::<String>::new(), "{want}");
+    }
 }
 
 #[test]
