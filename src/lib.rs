@@ -16,6 +16,7 @@ pub mod generate;
 pub mod gguf;
 pub mod grad;
 pub mod hooks;
+pub mod hostfile;
 pub mod interrupt;
 pub mod interventions;
 pub mod launch;

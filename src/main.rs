@@ -72,15 +72,24 @@ enum Command {
         #[command(flatten)]
         access: Access,
     },
-    /// Run a script as N processes of one MLX group (ring backend on loopback); the script
-    /// sees its rank in `world()`. Several machines: `mlx.launch --hostfile H -- mlxi run F`
+    /// Run a script as N processes of one MLX group (ring backend on loopback), or as one
+    /// process per host of an mlx.launch host file (`--hostfile`, started over ssh); the
+    /// script sees its rank in `world()`
     Launch {
-        /// Number of processes
-        #[arg(short = 'n', long = "processes", value_name = "N")]
-        n: usize,
-        /// The first ring port (the ranks take PORT..PORT+N); default: free ports
+        /// Number of processes; with --hostfile, processes per host (mlx.launch's -n)
+        #[arg(
+            short = 'n',
+            long = "processes",
+            value_name = "N",
+            required_unless_present = "hostfile"
+        )]
+        n: Option<usize>,
+        /// The first ring port (the ranks take PORT..PORT+N); default: free ports, or 32323
+        /// with --hostfile (one port per rank and IP, as mlx.launch)
         #[arg(long, value_name = "PORT")]
         port: Option<u16>,
+        #[command(flatten)]
+        hosts: LaunchHosts,
         /// The script and its `run` arguments (`study.rhai --set k=v`), or `-e CODE`
         #[arg(
             trailing_var_arg = true,
@@ -234,7 +243,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             access,
         }) => run_file(&file, set, out, &access),
-        Some(Command::Launch { n, port, command }) => launch(n, port, command),
+        Some(Command::Launch {
+            n,
+            port,
+            hosts,
+            command,
+        }) => {
+            if hosts.hostfile.is_some() {
+                launch_hosts(n, port, hosts, command)
+            } else {
+                launch(n.unwrap_or(1), port, command)
+            }
+        }
         Some(Command::Models { json }) => models(json),
         Some(Command::Bench {
             source,
@@ -337,6 +357,68 @@ fn launch(n: usize, port: Option<u16>, command: Vec<std::ffi::OsString>) -> anyh
         args.insert(0, "run".into());
     }
     let code = mlxi::launch::launch(&mlxi::launch::LaunchSpec { n, port, exe, args })?;
+    exit_now(code)
+}
+
+/// `mlxi launch --hostfile`'s options (mlx.launch's names).
+#[derive(clap::Args)]
+struct LaunchHosts {
+    /// An mlx.launch host file (JSON: `[{"ssh": HOST, "ips": [IP, ...]}, ...]`): one rank per
+    /// host, started over ssh
+    #[arg(long, value_name = "FILE")]
+    hostfile: Option<PathBuf>,
+    /// The ssh program (default: $MLXI_SSH, else `ssh`)
+    #[arg(long, value_name = "PROGRAM", requires = "hostfile")]
+    ssh: Option<std::ffi::OsString>,
+    /// The backend: `ring` (the host file's `backend` by default); jaccl, mpi and nccl jobs
+    /// start with mlx.launch
+    #[arg(long, value_name = "NAME", requires = "hostfile")]
+    backend: Option<String>,
+    /// The folder the ranks run in on every host (default: this folder, where it exists)
+    #[arg(long, value_name = "DIR", requires = "hostfile")]
+    cwd: Option<String>,
+    /// A variable for every rank (ssh passes none of this environment); repeatable
+    #[arg(long, value_name = "KEY=VALUE", requires = "hostfile")]
+    env: Vec<String>,
+    /// The mlxi program on the hosts (default: this one's path)
+    #[arg(long, value_name = "PATH", requires = "hostfile")]
+    mlxi: Option<String>,
+}
+
+/// `mlxi launch --hostfile FILE SCRIPT [ARGS]`: exits with the ranks' status.
+fn launch_hosts(
+    n: Option<usize>,
+    port: Option<u16>,
+    hosts: LaunchHosts,
+    command: Vec<std::ffi::OsString>,
+) -> anyhow::Result<()> {
+    let program = match hosts.mlxi {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("cannot find the mlxi binary")?
+            .to_str()
+            .context("the mlxi binary's path is not UTF-8; give --mlxi")?
+            .to_string(),
+    };
+    let mut args = command;
+    if args.first().is_some_and(|a| a != "-e" && a != "--eval") {
+        args.insert(0, "run".into());
+    }
+    let ssh = hosts
+        .ssh
+        .or_else(|| std::env::var_os("MLXI_SSH"))
+        .unwrap_or_else(|| "ssh".into());
+    let code = mlxi::launch::launch_hosts(&mlxi::launch::HostsSpec {
+        hostfile: hosts.hostfile.context("--hostfile")?,
+        per_host: n.unwrap_or(1),
+        port: port.unwrap_or(mlxi::launch::DEFAULT_PORT),
+        ssh,
+        backend: hosts.backend,
+        cwd: hosts.cwd,
+        env: hosts.env,
+        program,
+        args,
+    })?;
     exit_now(code)
 }
 

@@ -10,7 +10,11 @@ use std::path::Path;
 use serde_json::Value;
 
 /// Runs scripts/NAME.rhai in quick mode with `out` in a scratch folder; returns the folder.
+/// One script at a time across the file: each MLX process already uses every core through its
+/// BLAS threads, and two at once on CI's two cores only compete (as tests/docs_run.rs found).
 fn run_script(name: &str) -> tempfile::TempDir {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = common::scratch();
     let script = common::repo().join("scripts").join(format!("{name}.rhai"));
     let r = common::run_with_models(

@@ -270,6 +270,19 @@ fn series_of(value: &Dynamic, verb: &str) -> Result<Vec<Series>> {
     ))
 }
 
+/// The chart `plot::line` and `plot::scatter` draw: `series` with the options both take
+/// (title and axis labels, `hline`, `y_min`, `y_max`, `width`, `height`).
+fn chart_from(o: &Options, verb: &str, series: Vec<Series>) -> Result<LineChart> {
+    Ok(LineChart {
+        labels: chart_labels(o)?,
+        series,
+        hline: hline(o)?,
+        y_min: o.opt_float("y_min")?,
+        y_max: o.opt_float("y_max")?,
+        size: size(o, verb)?,
+    })
+}
+
 fn line_verb(ctx: &NativeCallContext, series: &Dynamic, opts: &Map) -> Result<String> {
     let verb = "plot::line";
     let o = Options::parse(verb, opts, LINE_KEYS)?;
@@ -280,15 +293,7 @@ fn line_verb(ctx: &NativeCallContext, series: &Dynamic, opts: &Map) -> Result<St
             s.x = Some(x.clone());
         }
     }
-    let chart = LineChart {
-        labels: chart_labels(&o)?,
-        series,
-        hline: hline(&o)?,
-        y_min: o.opt_float("y_min")?,
-        y_max: o.opt_float("y_max")?,
-        size: size(&o, verb)?,
-    };
-    let svg = plot::line_svg(&chart)?;
+    let svg = plot::line_svg(&chart_from(&o, verb, series)?)?;
     write_svg(ctx, &o, verb, &svg)
 }
 
@@ -315,15 +320,7 @@ fn scatter_verb(ctx: &NativeCallContext, x: &Dynamic, y: &Dynamic, opts: &Map) -
         y: vector(y, verb, "y")?,
         err: None,
     }];
-    let chart = LineChart {
-        labels: chart_labels(&o)?,
-        series,
-        hline: hline(&o)?,
-        y_min: o.opt_float("y_min")?,
-        y_max: o.opt_float("y_max")?,
-        size: size(&o, verb)?,
-    };
-    let svg = plot::scatter_svg(&chart)?;
+    let svg = plot::scatter_svg(&chart_from(&o, verb, series)?)?;
     write_svg(ctx, &o, verb, &svg)
 }
 
