@@ -106,15 +106,16 @@ step "sentiment.rhai (quick)" "$MLXI" run "$ROOT/scripts/sentiment.rhai" --set q
 
 # Speed: random-weight bf16 checkpoints of the SmolLM2-135M and -1.7B shapes, mlx-lm and mlxi
 # on the same GPU, one after the other.
-for shape in 135m 1.7b; do
+# GPU_SPEED=0 skips the speed runs (a parity-only session).
+[ "${GPU_SPEED:-1}" = 0 ] || for shape in 135m 1.7b; do
     dir="/tmp/random-$shape"
     step "make $shape" python3 "$ROOT/bench/gpu/random_llama.py" "$shape" "$dir" "$PARK/tokenizer"
     step "mlx-lm $shape" sh -c "python3 '$ROOT/tests/reference/mlxlm_bench.py' '$dir' --prompt-tokens 512 --gen-tokens 128 --trials 5 --forward-batch 32 --forward-len 64 --json > '$J/mlxlm-$shape.json'"
     step "mlxi $shape" sh -c "'$MLXI' bench '$dir' --prompt-tokens 512 --gen-tokens 128 --trials 5 --batch 32 --batch-len 64 --json > '$J/mlxi-$shape.json'"
 done
-[ -n "${GPU_QUICK:-}" ] || step "mlxi default (Q4_1 GGUF)" sh -c "'$MLXI' bench default --prompt-tokens 512 --gen-tokens 128 --trials 5 --batch 32 --batch-len 64 --json > '$J/mlxi-default.json'"
-[ -n "${GPU_QUICK:-}" ] || step "torch 135m" python3 "$ROOT/bench/gpu/torch_decode.py" /tmp/random-135m "$J/torch-135m.json"
+[ -n "${GPU_QUICK:-}" ] || [ "${GPU_SPEED:-1}" = 0 ] || step "mlxi default (Q4_1 GGUF)" sh -c "'$MLXI' bench default --prompt-tokens 512 --gen-tokens 128 --trials 5 --batch 32 --batch-len 64 --json > '$J/mlxi-default.json'"
+[ -n "${GPU_QUICK:-}" ] || [ "${GPU_SPEED:-1}" = 0 ] || step "torch 135m" python3 "$ROOT/bench/gpu/torch_decode.py" /tmp/random-135m "$J/torch-135m.json"
 
-python3 "$ROOT/bench/gpu/table.py" "$J" | tee "$OUT/table.txt"
+[ "${GPU_SPEED:-1}" = 0 ] || python3 "$ROOT/bench/gpu/table.py" "$J" | tee "$OUT/table.txt"
 printf '%s\n' "${status[@]}" | tee "$OUT/status.txt"
 tar -cf "$OUT/json.tar" -C "$OUT" json && rm -rf "$J"
