@@ -14,8 +14,9 @@ use std::time::Duration;
 use common::{max_abs_diff, run_limited, scratch, write, Run};
 use mlx_rs::Array;
 
-/// A test's whole job must end within this.
-const LIMIT: Duration = Duration::from_secs(120);
+/// A test's whole job must end within this (generous: on a GPU the first forward of each
+/// fixture compiles its kernels, about 40 s a fixture on the lent H200).
+const LIMIT: Duration = Duration::from_secs(600);
 
 /// Runs `script` (its `args.out` a fresh folder) alone (`n` = 1) or as `n` ranks; returns the
 /// run and the output folder.
@@ -91,22 +92,26 @@ for p in points { t[p] = c[p]; }
 save_tensors(t, `${args.out}/tensors.safetensors`);
 save_json(#{steered: steered, plain: plain}, `${args.out}/text.json`);
 print(`sampled ${sampled}`);
-print(`stage ${m.info().pipeline}; bytes ${m.info().bytes}; params ${weights(m).len()}`);
+let tail = 0;
+for p in weights(m) { if !p.name.starts_with("model.layers.") { tail += p.bytes; } }
+print(`stage ${m.info().pipeline}; bytes ${m.info().bytes}; tail ${tail}`);
 "#;
 
-fn stage_bytes(stdout: &str, rank: usize) -> u64 {
+/// The number after `key` on rank `rank`'s `stage ...` line.
+fn stage_figure(stdout: &str, rank: usize, key: &str) -> u64 {
     let line = lines_of(stdout, rank)
         .into_iter()
         .find(|l| l.starts_with("stage "))
         .unwrap_or_else(|| panic!("no stage line from rank {rank}: {stdout}"));
-    line.split("bytes ")
+    line.split(key)
         .nth(1)
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+        .and_then(|v| v.split(';').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key:?} in {line:?}"))
+}
+
+fn stage_bytes(stdout: &str, rank: usize) -> u64 {
+    stage_figure(stdout, rank, "bytes ")
 }
 
 #[test]
@@ -170,12 +175,13 @@ fn two_stages_of_the_default_model_match_the_whole_model() {
     assert!(lines_of(&two.stdout, 1)
         .iter()
         .any(|l| l.starts_with("stage rank 1 of 2: blocks 15-29;")));
-    // Every rank keeps the embedding (49152 x 576, tied with the head) and the final norm
-    // (576), f32; the blocks split evenly.
-    let tail = (49152 * 576 + 576) * 4;
-    let blocks = whole - tail;
+    // Every rank keeps the embedding (tied with the head) and the final norm; the 30 blocks,
+    // all the same size, split 15 and 15. (Bytes as loaded: f32 on a CPU, 4-bit on a GPU.)
+    let tail = stage_figure(&one.stdout, 0, "tail ");
+    assert_eq!(tail, stage_figure(&two.stdout, 0, "tail "));
+    assert!(tail > 0 && tail < whole / 2, "tail {tail} of {whole}");
     for s in [s0, s1] {
-        assert_eq!(s, tail + blocks / 2, "whole {whole}, stage {s}");
+        assert_eq!(s, tail + (whole - tail) / 2, "whole {whole}, stage {s}");
     }
 }
 
