@@ -88,6 +88,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
         if spec.n > 1 {
             cmd.env("MLX_RANK", rank.to_string())
                 .env("MLX_HOSTFILE", hostfile.path());
+            share_cores(&mut cmd, spec.n);
         }
         die_with_parent(&mut cmd);
         match cmd.spawn() {
@@ -103,6 +104,31 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
         r.join_output();
     }
     Ok(code)
+}
+
+/// The variables that cap a CPU BLAS's threads (MKL, OpenMP, OpenBLAS, Apple's Accelerate).
+const BLAS_THREADS: [&str; 4] = [
+    "MKL_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+];
+
+/// `n` ranks on one machine: each rank's BLAS gets its share of the cores, unless the user set
+/// the variables. Left at its default each rank's BLAS starts a thread per core, and ranks that
+/// wait on each other (a pipeline's stages, every collective) keep their threads spinning on
+/// the cores the working rank needs: on 2 cores a 2-stage pipeline generated 7x slower than
+/// one process, and at the same speed with one thread per rank (BENCHMARKS.md, "Pipeline
+/// sharding").
+fn share_cores(cmd: &mut Command, n: usize) {
+    if BLAS_THREADS.iter().any(|v| std::env::var_os(v).is_some()) {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let each = (cores / n.max(1)).max(1).to_string();
+    for v in BLAS_THREADS {
+        cmd.env(v, &each);
+    }
 }
 
 /// `n` distinct ports that were free a moment ago (bound to port 0, then released).
