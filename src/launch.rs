@@ -657,6 +657,32 @@ fn kill_remote(r: &Remote) -> Option<Child> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn local_ranks_share_the_cores() {
+        let mut cmd = Command::new("true");
+        share_cores(&mut cmd, 2);
+        let set: Vec<(String, String)> = cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+            .collect();
+        if BLAS_THREADS.iter().any(|v| std::env::var_os(v).is_some()) {
+            // The user's own setting wins: nothing is added.
+            assert!(set.is_empty(), "{set:?}");
+            return;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let each = (cores / 2).max(1).to_string();
+        let mut want: Vec<(String, String)> = BLAS_THREADS
+            .iter()
+            .map(|v| (v.to_string(), each.clone()))
+            .collect();
+        want.sort();
+        let mut set = set;
+        set.sort();
+        assert_eq!(set, want);
+    }
+
     use super::*;
 
     /// The script, run by a real `sh`, passes every word through unchanged.
