@@ -8,86 +8,19 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{mlxi, scratch, write, Run};
+use common::ranks::{command, finish, lines_of};
+use common::{scratch, write, Run};
 
 /// A test's whole job must end within this (a hang is a failure, not a stuck CI).
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// `mlxi ARGS...` in `dir` with the distributed variables of this test process removed.
-fn command(home: &Path, dir: &Path, args: &[&str]) -> Command {
-    let mut c = mlxi(home);
-    c.current_dir(dir)
-        .args(args)
-        .env_remove("MLX_RANK")
-        .env_remove("MLX_HOSTFILE")
-        .env_remove("MLXI_BACKEND")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-/// Waits for `child` up to `limit`; past it, kills it (its ranks die with it) and fails.
-fn finish(mut child: Child, limit: Duration) -> (Run, Duration) {
-    let start = Instant::now();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let run = Run {
-                code: status.code(),
-                stdout: reader.join().unwrap(),
-                stderr: err_reader.join().unwrap(),
-            };
-            return (run, start.elapsed());
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "still running after {limit:?}: stdout {:?} stderr {:?}",
-                reader.join(),
-                err_reader.join()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn run(dir: &Path, args: &[&str]) -> Run {
     let home = scratch();
     let child = command(home.path(), dir, args).spawn().expect("mlxi runs");
     finish(child, LIMIT).0
-}
-
-/// Rank 0's lines (unprefixed) and rank K's lines (prefix removed).
-fn lines_of(stdout: &str, rank: usize) -> Vec<String> {
-    let prefix = format!("[rank {rank}] ");
-    stdout
-        .lines()
-        .filter_map(|l| {
-            if rank == 0 {
-                (!l.starts_with("[rank ")).then(|| l.to_string())
-            } else {
-                l.strip_prefix(&prefix).map(str::to_string)
-            }
-        })
-        .collect()
 }
 
 const COLLECTIVES: &str = r#"

@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{mlxi, scratch, write, Run};
+use common::ranks::{command, finish, lines_of};
+use common::{scratch, write, Run};
 
 /// A test's whole job must end within this (a hang is a failure, not a stuck CI).
 const LIMIT: Duration = Duration::from_secs(60);
@@ -77,61 +76,12 @@ fn free_ports(n: u16) -> u16 {
     panic!("no {n} consecutive free ports");
 }
 
-/// `mlxi ARGS...` in `dir` with the distributed variables of this test process removed.
-fn command(home: &Path, dir: &Path, args: &[&str]) -> Command {
-    let mut c = mlxi(home);
-    c.current_dir(dir)
-        .args(args)
-        .env_remove("MLX_RANK")
-        .env_remove("MLX_HOSTFILE")
-        .env_remove("MLXI_BACKEND")
-        .env_remove("MLXI_SSH")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-/// Waits for `child` up to [`LIMIT`]; past it, kills it and fails.
-fn finish(mut child: Child) -> (Run, Duration) {
-    let start = Instant::now();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let run = Run {
-                code: status.code(),
-                stdout: reader.join().unwrap(),
-                stderr: err_reader.join().unwrap(),
-            };
-            return (run, start.elapsed());
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "still running after {LIMIT:?}: stdout {:?} stderr {:?}",
-                reader.join(),
-                err_reader.join()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn run(dir: &Path, args: &[&str]) -> (Run, Duration) {
     let home = scratch();
-    finish(command(home.path(), dir, args).spawn().expect("mlxi runs"))
+    finish(
+        command(home.path(), dir, args).spawn().expect("mlxi runs"),
+        LIMIT,
+    )
 }
 
 /// `mlxi launch --hostfile hosts.json --ssh STUB --port P ARGS...` in `dir`.
@@ -149,21 +99,6 @@ fn run_hosts(dir: &Path, ranks: u16, args: &[&str]) -> (Run, Duration) {
     ];
     all.extend_from_slice(args);
     run(dir, &all)
-}
-
-/// Rank 0's lines (unprefixed) and rank K's lines (prefix removed).
-fn lines_of(stdout: &str, rank: usize) -> Vec<String> {
-    let prefix = format!("[rank {rank}] ");
-    stdout
-        .lines()
-        .filter_map(|l| {
-            if rank == 0 {
-                (!l.starts_with("[rank ")).then(|| l.to_string())
-            } else {
-                l.strip_prefix(&prefix).map(str::to_string)
-            }
-        })
-        .collect()
 }
 
 const COLLECTIVES: &str = r#"

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use common::ranks::lines_of;
 use common::{max_abs_diff, run_limited, scratch, write, Run};
 use mlx_rs::Array;
 
@@ -44,21 +45,6 @@ fn tensors(path: &Path) -> BTreeMap<String, Array> {
     Array::load_safetensors(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .into_iter()
-        .collect()
-}
-
-/// Rank K's lines (rank 0's are not prefixed).
-fn lines_of(stdout: &str, rank: usize) -> Vec<&str> {
-    let prefix = format!("[rank {rank}] ");
-    stdout
-        .lines()
-        .filter_map(|l| {
-            if rank == 0 {
-                (!l.starts_with("[rank ")).then_some(l)
-            } else {
-                l.strip_prefix(&prefix)
-            }
-        })
         .collect()
 }
 
@@ -154,7 +140,9 @@ fn two_stages_of_the_default_model_match_the_whole_model() {
     };
     assert_eq!(ran(0), 0, "{}", two.stdout);
     assert!(ran(1) >= 8, "{}", two.stdout);
-    assert!(lines_of(&two.stdout, 1).contains(&"hook at block 20 ran on rank 1"));
+    assert!(lines_of(&two.stdout, 1)
+        .iter()
+        .any(|l| l == "hook at block 20 ran on rank 1"));
 
     // Sampling without a seed: the ranks agree on one seed, so they draw the same tokens.
     let sampled = |rank: usize| {

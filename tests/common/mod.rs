@@ -231,53 +231,14 @@ pub fn floats(v: &rhai::Dynamic) -> Vec<f64> {
         .collect()
 }
 
+pub mod ranks;
+
 /// `mlxi ARGS...` in `dir` (a `launch` or a `run`), with the default model available and the
-/// distributed variables of this test process removed; killed and failed past `limit` (a hang
-/// is a failure, not a stuck CI).
+/// distributed variables of this test process removed; killed and failed past `limit`.
 pub fn run_limited(dir: &Path, args: &[&str], limit: std::time::Duration) -> Run {
-    use std::io::Read;
     let home = home_with_models();
-    let mut child = mlxi(home.path())
-        .current_dir(dir)
-        .args(args)
-        .env_remove("MLX_RANK")
-        .env_remove("MLX_HOSTFILE")
-        .env_remove("MLXI_BACKEND")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+    let child = ranks::command(home.path(), dir, args)
         .spawn()
         .expect("mlxi runs");
-    let start = std::time::Instant::now();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Run {
-                code: status.code(),
-                stdout: out.join().unwrap(),
-                stderr: err.join().unwrap(),
-            };
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "still running after {limit:?}: stdout {:?} stderr {:?}",
-                out.join(),
-                err.join()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    ranks::finish(child, limit).0
 }
