@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::ranks::{command, finish, lines_of};
-use common::{scratch, write, Run};
+use common::{json_max_diff as max_diff, scratch, write, Run};
 
 /// A test's whole job must end within this (a hang is a failure, not a stuck CI).
 const LIMIT: Duration = Duration::from_secs(60);
@@ -355,33 +355,6 @@ fn study(n: usize) -> serde_json::Value {
         .collect();
     assert_eq!(files, ["study.json"]);
     serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap()
-}
-
-/// The largest difference between two JSON values of the same structure (numbers compared,
-/// everything else equal), or a panic naming where they differ.
-fn max_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> f64 {
-    use serde_json::Value::*;
-    match (a, b) {
-        (Number(x), Number(y)) => (x.as_f64().unwrap() - y.as_f64().unwrap()).abs(),
-        (Array(x), Array(y)) => {
-            assert_eq!(x.len(), y.len(), "{at}: lengths");
-            x.iter()
-                .zip(y)
-                .enumerate()
-                .map(|(i, (x, y))| max_diff(x, y, &format!("{at}[{i}]")))
-                .fold(0.0, f64::max)
-        }
-        (Object(x), Object(y)) => {
-            assert_eq!(x.len(), y.len(), "{at}: keys");
-            x.iter()
-                .map(|(k, v)| max_diff(v, &y[k], &format!("{at}.{k}")))
-                .fold(0.0, f64::max)
-        }
-        _ => {
-            assert_eq!(a, b, "{at}");
-            0.0
-        }
-    }
 }
 
 #[test]

@@ -242,3 +242,30 @@ pub fn run_limited(dir: &Path, args: &[&str], limit: std::time::Duration) -> Run
         .expect("mlxi runs");
     ranks::finish(child, limit).0
 }
+
+/// The largest difference between two JSON values of the same structure (numbers compared,
+/// everything else equal), or a panic naming where they differ.
+pub fn json_max_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> f64 {
+    use serde_json::Value::*;
+    match (a, b) {
+        (Number(x), Number(y)) => (x.as_f64().unwrap() - y.as_f64().unwrap()).abs(),
+        (Array(x), Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: lengths");
+            x.iter()
+                .zip(y)
+                .enumerate()
+                .map(|(i, (x, y))| json_max_diff(x, y, &format!("{at}[{i}]")))
+                .fold(0.0, f64::max)
+        }
+        (Object(x), Object(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: keys");
+            x.iter()
+                .map(|(k, v)| json_max_diff(v, &y[k], &format!("{at}.{k}")))
+                .fold(0.0, f64::max)
+        }
+        _ => {
+            assert_eq!(a, b, "{at}");
+            0.0
+        }
+    }
+}
