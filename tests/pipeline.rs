@@ -250,7 +250,8 @@ fn every_architecture_splits_into_stages() {
 fn what_a_pipeline_cannot_do_is_a_clear_error() {
     let llama = common::repo().join("tests/fixtures/models/llama");
     let model = format!("model={}", llama.display());
-    // More ranks than blocks: every rank says so.
+    // More ranks than blocks: an error (every rank finds it; the first to exit ends the job,
+    // so the others may be stopped before they print it).
     let (r, _d) = launch(
         3,
         r#"load(args.model, #{pipeline: true});"#,
@@ -258,10 +259,8 @@ fn what_a_pipeline_cannot_do_is_a_clear_error() {
     );
     assert_ne!(r.code, Some(0));
     let said = format!("{}{}", r.stdout, r.stderr);
-    assert_eq!(
-        said.matches("2 block(s) cannot be split over 3 ranks")
-            .count(),
-        3,
+    assert!(
+        said.contains("pipeline: 2 block(s) cannot be split over 3 ranks"),
         "{said}"
     );
     // Gradients do not cross a stage boundary.
