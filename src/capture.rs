@@ -460,41 +460,7 @@ pub fn capture(
         batch_size,
         progress,
     )?;
-    let mut entries = HashMap::new();
-    for p in points {
-        let all = match mine.entries.get(p) {
-            Some(Captured::Stacked(a)) => Captured::Stacked(world.all_gather(a)?),
-            Some(Captured::PerInput(parts)) => {
-                // One array of every input's tokens, and each input's token count.
-                let lens: Vec<i32> = parts.iter().map(|a| a.shape()[0]).collect();
-                let joined = ops::concatenate(parts, 0)?;
-                let joined = world.all_gather(&joined)?;
-                let lens = world.all_gather(&Array::from_slice(&lens, &[lens.len() as i32]))?;
-                let mut start = 0;
-                let mut out = Vec::with_capacity(rows.len());
-                for &n in lens.as_slice::<i32>() {
-                    let idx = Array::from_iter(start..start + n, &[n]);
-                    out.push(joined.take_axis(&idx, 0)?);
-                    start += n;
-                }
-                Captured::PerInput(out)
-            }
-            None => {
-                return Err(Error::Invalid(format!(
-                    "capture: {p} was not captured on rank {}",
-                    world.rank()
-                )))
-            }
-        };
-        entries.insert(*p, all);
-    }
-    Ok(ActivationCache {
-        n: rows.len(),
-        prompts_hash: hash_ids(rows),
-        ids: Some(rows.to_vec()),
-        entries,
-        ..mine
-    })
+    gather_cache(&world, "capture", rows, points, mine)
 }
 
 /// [`capture`] in this process alone.
@@ -577,38 +543,56 @@ pub fn run_with_cache(
     let share = &rows[world.share(rows.len())];
     let (logits, mine) = run_with_cache_local(model, share, points, positions, t)?;
     let logits = world.all_gather(&logits)?;
+    let cache = gather_cache(&world, "run_with_cache", rows, points, mine)?;
+    Ok((logits, cache))
+}
+
+/// The cache of all `rows` from each rank's cache of its share (`mine`), in rank order, on
+/// every rank: what the data-parallel [`capture`] and [`run_with_cache`] return.
+fn gather_cache(
+    world: &crate::distributed::World,
+    verb: &str,
+    rows: &[Vec<u32>],
+    points: &[HookName],
+    mine: ActivationCache,
+) -> Result<ActivationCache> {
     let mut entries = HashMap::new();
     for p in points {
         let all = match mine.entries.get(p) {
             Some(Captured::Stacked(a)) => Captured::Stacked(world.all_gather(a)?),
-            Some(Captured::PerInput(parts)) => Captured::PerInput(gather_parts(&world, parts)?),
+            Some(Captured::PerInput(parts)) => {
+                Captured::PerInput(gather_parts(world, verb, parts)?)
+            }
             None => {
                 return Err(Error::Invalid(format!(
-                    "run_with_cache: {p} was not captured on rank {}",
+                    "{verb}: {p} was not captured on rank {}",
                     world.rank()
                 )))
             }
         };
         entries.insert(*p, all);
     }
-    let cache = ActivationCache {
+    Ok(ActivationCache {
         n: rows.len(),
         prompts_hash: hash_ids(rows),
         ids: Some(rows.to_vec()),
         entries,
         ..mine
-    };
-    Ok((logits, cache))
+    })
 }
 
 /// Every rank's `parts` (arrays of one dtype and rank, any shapes), in rank order: each part
 /// travels flattened, with its shape beside it.
-fn gather_parts(world: &crate::distributed::World, parts: &[Array]) -> Result<Vec<Array>> {
+fn gather_parts(
+    world: &crate::distributed::World,
+    verb: &str,
+    parts: &[Array],
+) -> Result<Vec<Array>> {
     let ndim = parts.first().map_or(0, |a| a.ndim());
     if parts.iter().any(|a| a.ndim() != ndim) {
-        return Err(Error::Invalid(
-            "run_with_cache: the parts of one point differ in rank".into(),
-        ));
+        return Err(Error::Invalid(format!(
+            "{verb}: the parts of one point differ in rank"
+        )));
     }
     let shapes: Vec<i32> = parts.iter().flat_map(|a| a.shape().to_vec()).collect();
     let flat = parts

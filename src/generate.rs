@@ -258,7 +258,7 @@ pub fn generate(
 }
 
 /// [`generate`] in a group of processes: each rank generates its share of the rows (row `i`
-/// samples from the same random stream as alone, and an unseeded run uses rank 0's seed), then
+/// samples from the same random stream as alone; `seed` is the same on every rank), then
 /// the ranks exchange their rows, so every rank returns every row in order.
 #[allow(clippy::too_many_arguments)]
 fn generate_shared(
@@ -272,12 +272,6 @@ fn generate_shared(
     decode: &dyn Fn(&[u32]) -> Result<String>,
     sink: &mut dyn Sink,
 ) -> Result<Vec<Generation>> {
-    let seeds = world.all_gather_bytes(&seed.to_le_bytes())?;
-    let seed = seeds
-        .first()
-        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-        .map(u64::from_le_bytes)
-        .ok_or_else(|| Error::Invalid("generate: rank 0's seed did not arrive".into()))?;
     let range = world.share(prompts.len());
     let mut mine = Vec::with_capacity(range.len());
     for (i, chunk) in prompts[range.clone()].chunks(opts.batch_size).enumerate() {

@@ -1013,13 +1013,17 @@ impl Model {
         crate::distributed::data_parallel()
     }
 
-    /// A random seed every stage agrees on (rank 0's) for a pipeline-sharded model, so that
-    /// sampling picks the same tokens on every rank; `seed` itself otherwise.
+    /// The seed every rank uses for an unseeded generation: rank 0's `seed`, when this model's
+    /// forwards or a data-parallel split involve the other ranks (so that sampling picks the same
+    /// tokens as one process would); `seed` itself otherwise.
     pub fn agree_seed(&self, seed: u64) -> Result<u64> {
-        if self.pipeline.is_none() {
+        let world = match &self.pipeline {
+            Some(_) => Some(crate::distributed::world()?),
+            None => self.data_parallel()?,
+        };
+        let Some(world) = world else {
             return Ok(seed);
-        }
-        let world = crate::distributed::world()?;
+        };
         let words = Array::from_slice(&[seed as u32, (seed >> 32) as u32], &[2]);
         let got = world.broadcast_same(&words, 0)?;
         let w = got.as_slice::<u32>();
